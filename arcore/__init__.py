@@ -1,0 +1,1 @@
+"""Shared core: the sampling engine, caches, decoding, base LightningModule, callbacks."""

@@ -1,0 +1,64 @@
+"""Turn one step's logits into codes: temperature, top-k, top-p (nucleus), greedy.
+
+Everything here is tensor arithmetic with no host synchronisation, so it can sit inside a captured sampling step.
+Sampling uses the Gumbel-max trick with uniform noise the caller owns: the cached and cache-free paths of the
+engine draw the same noise at the same position and therefore the same codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from arcore.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to pick a code from logits. ``temperature=0`` means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def filter(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scaled logits with every code outside the top-k / top-p set at -inf (classes last)."""
+        if self.temperature not in (0.0, 1.0):
+            logits = logits / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p is not None and self.top_p < 1.0:
+            logits = top_p_filter(logits, self.top_p)
+        return logits
+
+    def choose(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Codes [..] from logits [.., K] and uniform noise of the same shape (ignored when greedy)."""
+        if self.greedy:
+            return logits.argmax(dim=-1)
+        filtered = self.filter(logits)
+        gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20, max=1.0 - 1e-7)))
+        return (filtered + gumbel.to(filtered.dtype)).argmax(dim=-1)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely codes whose probability mass reaches ``p``; the rest get -inf."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))

@@ -1,0 +1,59 @@
+"""Writing what the models make: PNG grids of images, 16-bit PCM WAV clips and spectrogram pictures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile float images ``[B, C, H, W]`` in [0, 1] (C = 1 or 3) into one uint8 ``[H', W', 3]`` array."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [B, 1 or 3, H, W], got {list(images.shape)}")
+    b, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    ncol = math.ceil(b / nrow)
+    grid = torch.ones(3, ncol * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i, img in enumerate(images.detach().float().cpu().clamp(0, 1)):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write a PNG grid of ``images`` (see :func:`image_grid`) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images, nrow)).save(path)
+    return path
+
+
+def save_wav(clip: torch.Tensor, sample_rate: int, path: str | Path) -> Path:
+    """Write a mono float clip in [-1, 1] as 16-bit PCM WAV."""
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), clip.detach().float().cpu().clamp(-1, 1).numpy(), int(sample_rate),
+                    subtype="PCM_16")
+    return path
+
+
+def spectrogram_image(clip: torch.Tensor, sample_rate: int, path: str | Path, n_mels: int = 80) -> Path:
+    """Save a log-mel spectrogram of a mono clip as a PNG (low frequencies at the bottom)."""
+    import torchaudio
+
+    n_fft = 1024 if sample_rate > 12000 else 512
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels)
+    spec = mel(clip.detach().float().cpu()).clamp(min=1e-10).log10()
+    spec = (spec - spec.max() + 8.0).clamp(min=0) / 8.0  # 80 dB of range
+    heat = torch.stack([spec.sqrt(), spec ** 1.5, 0.3 + 0.7 * spec * (1 - spec)], dim=0).flip(1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (heat.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(pixels).resize((max(pixels.shape[1], 400), 240)).save(path)
+    return path

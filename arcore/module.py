@@ -1,0 +1,186 @@
+"""Base LightningModule for every autoregressive model here: likelihood, metrics, optimiser, sampling hooks.
+
+A subclass sets ``num_classes`` and ``event_shape`` and writes four things: ``forward`` (teacher-forced logits,
+classes last), ``init_cache`` and ``step`` (the incremental path), and ``render_samples`` (codes to media for
+logging). Everything else, the exact log-likelihood, bits/dim, the training loop, sampling and beam search through
+the shared engine, and checkpoint identity, is written once here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from arcore import engine
+from arcore.cache import StepCache
+from arcore.errors import UsageError
+
+
+class AutoregressiveModule(pl.LightningModule):
+    """p(x) = prod_t p(x_t | x_<t) over ``event_shape`` codes with ``num_classes`` values each."""
+
+    num_classes: int
+    event_shape: tuple[int, ...]
+    num_labels: int = 0  # classes of the global conditioning label (0: unconditional)
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 100,
+                 lr_schedule: str = "cosine") -> None:
+        super().__init__()
+        if lr_schedule not in ("cosine", "constant"):
+            raise UsageError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.lr_schedule = lr_schedule
+
+    # ----- the model contract -------------------------------------------------------------------------------
+    def event_shape_for(self, length: int | None) -> tuple[int, ...]:
+        """Shape of one sample's codes; ``length`` only applies to models of variable length (audio)."""
+        if length is not None and length != self.event_shape[0]:
+            raise UsageError(f"this model generates a fixed shape {self.event_shape}; length does not apply")
+        return self.event_shape
+
+    def to_order(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, *event_shape, ...]`` to ``[B, N, ...]`` in generation order (row-major by default)."""
+        return x.flatten(1, len(self.event_shape))
+
+    def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
+        """A prefix along the first event dimension, ``[B, P, *event_shape[1:]]``, to ``[B, P * ...]`` codes."""
+        if prime.dim() != len(event_shape) + 1 or tuple(prime.shape[2:]) != tuple(event_shape[1:]) \
+                or prime.shape[1] > event_shape[0]:
+            rest = "".join(f", {s}" for s in event_shape[1:])
+            raise UsageError(f"prime must have shape [B, P{rest}] with P <= {event_shape[0]}, "
+                             f"got {list(prime.shape)}")
+        return self.to_order(prime)
+
+    def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
+        """Inverse of :meth:`to_order` for a full sequence."""
+        return seq.reshape(seq.shape[0], *event_shape, *seq.shape[2:])
+
+    def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache:
+        raise NotImplementedError
+
+    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
+        """Media for logging: ``{"images": float [B, C, H, W] in [0, 1]}`` or ``{"audio": float [B, T]}``."""
+        raise NotImplementedError
+
+    # ----- likelihood -------------------------------------------------------------------------------------------
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """One-line errors for codes of the wrong shape, type or range."""
+        shape = self.event_shape_for(codes.shape[-1] if len(self.event_shape) == 1 else None)
+        if codes.dim() != len(shape) + 1 or tuple(codes.shape[1:]) != tuple(shape):
+            raise UsageError(f"{type(self).__name__} expects codes of shape [B, {', '.join(map(str, shape))}], "
+                             f"got {list(codes.shape)}")
+        if codes.dtype.is_floating_point:
+            raise UsageError(f"codes must be integers in [0, {self.num_classes}), got {codes.dtype}")
+
+    def log_prob(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log-likelihood of each sample in nats, ``[B]``."""
+        logits = self(codes, cond)
+        logp = logits.float().log_softmax(dim=-1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+        return logp.flatten(1).sum(dim=1)
+
+    def dims(self, codes: torch.Tensor) -> int:
+        """Number of coded dimensions per sample (the denominator of bits/dim)."""
+        return codes[0].numel()
+
+    # ----- sampling --------------------------------------------------------------------------------------------
+    def sample(self, n: int, *, cond: torch.Tensor | None = None, prime: torch.Tensor | None = None,
+               length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.engine.sample`)."""
+        return engine.sample(self, n, cond=cond, prime=prime, length=length, temperature=temperature,
+                             top_k=top_k, top_p=top_p, use_cache=use_cache, generator=generator,
+                             progress=progress)
+
+    def beam_search(self, n: int = 1, *, beams: int = 4, cond: torch.Tensor | None = None,
+                    prime: torch.Tensor | None = None, length: int | None = None,
+                    use_cache: bool = True) -> engine.BeamResult:
+        """The most likely completions and their log-likelihoods (see :func:`arcore.engine.beam_search`)."""
+        return engine.beam_search(self, n, beams=beams, cond=cond, prime=prime, length=length,
+                                  use_cache=use_cache)
+
+    # ----- training --------------------------------------------------------------------------------------------
+    def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A data-module batch ``(codes, labels)`` to ``(codes, cond)``; labels are dropped when unconditional."""
+        codes, labels = batch
+        return codes, (labels if self.num_labels else None)
+
+    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        codes, cond = self.unpack(batch)
+        nll = -self.log_prob(codes, cond)  # nats per sample
+        dims = self.dims(codes)
+        loss = nll.mean() / dims
+        size = codes.shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=on_step, on_step=on_step, on_epoch=True, batch_size=size,
+                 sync_dist=not on_step)
+        self.log(f"{stage}/bpd", loss / math.log(2), prog_bar=not on_step, on_step=on_step, on_epoch=True,
+                 batch_size=size, sync_dist=not on_step)
+        self.log(f"{stage}/nll", nll.mean(), on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log_extra_metrics(stage, codes, nll, size)
+        return loss
+
+    def log_extra_metrics(self, stage: str, codes: torch.Tensor, nll: torch.Tensor, size: int) -> None:
+        """Hook for model-specific metrics (e.g. bits per palette token); nothing by default."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+        warmup = max(1, self.warmup_steps)
+        cosine = self.lr_schedule == "cosine" and math.isfinite(total) and total > warmup
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----- checkpoints -----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu"
+                    ) -> AutoregressiveModule:
+    """Load a model saved by ``fit`` and check it belongs to ``package`` (``pixelgen`` or ``wavegen``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist (pass the .ckpt written by `{package} fit`)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise UsageError(f"{path} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt written "
+                         f"by `{package} fit`") from None
+    name = checkpoint.get("model_class") if isinstance(checkpoint, dict) else None
+    if not name:
+        raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
+    if name.split(".")[0] != package:
+        raise UsageError(f"{path} holds a {name.split('.')[0]} model ({name.rsplit('.', 1)[-1]}); "
+                         f"use `{name.split('.')[0]} sample` for it")
+    module_name, cls_name = name.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.load_from_checkpoint(path, map_location=map_location)

@@ -1,0 +1,1 @@
+"""Autoregressive image models: Gated PixelCNN and a small image GPT."""

@@ -1,0 +1,185 @@
+"""Image data for the pixel models: MNIST, CIFAR-10 (torchvision) or any ImageFolder tree, as integer codes.
+
+Images are held in memory as one uint8 tensor per split (MNIST is 47 MB, CIFAR-10 150 MB), so batches cost a
+slice and a shift, not a PIL decode. Codes are the 8-bit pixel values reduced to ``bits`` bits, or {0, 1} when
+``binarize`` thresholds at 128 (the fixed binarisation of MNIST used by the PixelCNN papers' NLL in nats).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from arcore.errors import UsageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def quantise(pixels: torch.Tensor, bits: int = 8, binarize: bool = False) -> torch.Tensor:
+    """8-bit pixels (uint8) to integer codes in [0, 2**bits) (still uint8), or {0, 1} when binarised."""
+    if binarize:
+        return (pixels >= 128).to(torch.uint8)
+    return pixels >> (8 - bits)
+
+
+def dequantise(codes: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integer codes to intensities in [0, 1] (each code maps to the middle of its bin's range, ends exact)."""
+    return codes.float() / max(levels - 1, 1)
+
+
+def _offline_error(dataset: str, root: Path, exc: BaseException) -> UsageError:
+    return UsageError(
+        f"could not load {dataset} from {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        f"; without network access, put the files there or point --data.root at a copy "
+        f"(on this project's machines: --data.root ../shared/data)")
+
+
+def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[dataset]
+    try:
+        ds = cls(str(root), train=train, download=download)
+    except Exception as exc:  # noqa: BLE001 - torchvision raises several types for a failed download
+        raise _offline_error(dataset, root, exc) from None
+    data = torch.as_tensor(np.asarray(ds.data))
+    images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+
+
+def _folder_split(folder: Path, classes: list[str], channels: int, size: int | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("L" if channels == 1 else "RGB")
+                    if size is not None and img.size != (size, size):
+                        img = img.resize((size, size), Image.BICUBIC)
+                    array = np.asarray(img)
+            except (OSError, UnidentifiedImageError):
+                raise UsageError(f"cannot read image {path}: remove it or replace it with a valid image") from None
+            images.append(torch.from_numpy(array.copy()))
+            labels.append(label)
+    if not images:
+        raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}/<class>/")
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) > 1:
+        raise UsageError(f"images under {folder} differ in size ({sorted(shapes)[:3]}...): set --data.image_size")
+    stacked = torch.stack(images)
+    stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
+    return stacked.contiguous(), torch.tensor(labels, dtype=torch.long)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """MNIST, CIFAR-10 or an ImageFolder tree (``root/train/<class>/*.png``, optional ``root/test``) as codes.
+
+    Batches are ``(codes long [B, C, H, W], labels long [B])``. The validation set is the last ``val_size``
+    training images (a fixed split, so validation bits/dim are comparable across runs).
+    """
+
+    def __init__(self, dataset: Literal["mnist", "cifar10", "folder"] = "mnist", root: str = "./data",
+                 bits: int = 8, binarize: bool = False, batch_size: int = 64, val_size: int = 5000,
+                 num_workers: int = 0, download: bool = True, channels: int = 3,
+                 image_size: int | None = None) -> None:
+        super().__init__()
+        if dataset not in ("mnist", "cifar10", "folder"):
+            raise UsageError(f"--data.dataset must be mnist, cifar10 or folder, got {dataset!r}")
+        if not 1 <= bits <= 8:
+            raise UsageError(f"--data.bits must be between 1 and 8, got {bits}")
+        if channels not in (1, 3):
+            raise UsageError(f"--data.channels must be 1 or 3, got {channels}")
+        self.save_hyperparameters()
+        self.dataset, self.root, self.bits, self.binarize = dataset, Path(root), bits, binarize
+        self.batch_size, self.val_size, self.num_workers, self.download = batch_size, val_size, num_workers, download
+        self.channels, self.image_size = channels, image_size
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def levels(self) -> int:
+        """How many values a code takes."""
+        return 2 if self.binarize else 2 ** self.bits
+
+    @property
+    def num_labels(self) -> int:
+        return len(self._classes()) if self.dataset == "folder" else 10
+
+    def _classes(self) -> list[str]:
+        train = self.root / "train"
+        if not train.is_dir():
+            raise UsageError(f"folder dataset needs {train}/<class>/<images> (ImageFolder layout); "
+                             f"set --data.root to the folder that holds train/ (and test/)")
+        return sorted(p.name for p in train.iterdir() if p.is_dir())
+
+    def _raw(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [N, C, H, W] and labels of the official train or test split."""
+        key = "train" if train else "test"
+        if key not in self._splits:
+            if self.dataset == "folder":
+                folder = self.root / key
+                if not folder.is_dir():
+                    raise UsageError(f"{folder} does not exist: the folder dataset needs train/ and test/ "
+                                     f"under --data.root")
+                self._splits[key] = _folder_split(folder, self._classes(), self.channels, self.image_size)
+            else:
+                self._splits[key] = _torchvision_split(self.dataset, self.root, train, self.download)
+        return self._splits[key]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        if self.dataset == "mnist":
+            return (1, 28, 28)
+        if self.dataset == "cifar10":
+            return (3, 32, 32)
+        return tuple(self._raw(train=True)[0].shape[1:])  # type: ignore[return-value]
+
+    def prepare_data(self) -> None:
+        if self.dataset != "folder":
+            for train in (True, False):
+                self._raw(train)
+
+    def _codes(self, pixels: torch.Tensor) -> torch.Tensor:
+        return quantise(pixels, self.bits, self.binarize)
+
+    def split(self, name: Literal["train", "val", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (uint8) and labels of one split."""
+        if name == "test":
+            images, labels = self._raw(train=False)
+            return self._codes(images), labels
+        images, labels = self._raw(train=True)
+        val = min(self.val_size, len(images) // 5)
+        part = slice(len(images) - val, None) if name == "val" else slice(0, len(images) - val)
+        return self._codes(images[part]), labels[part]
+
+    def train_pixels(self) -> torch.Tensor:
+        """The raw 8-bit training images [N, C, H, W] (e.g. to fit a colour palette)."""
+        images, _ = self._raw(train=True)
+        return images[: len(images) - min(self.val_size, len(images) // 5)]
+
+    def _loader(self, name: Literal["train", "val", "test"]) -> DataLoader:
+        return DataLoader(TensorDataset(*self.split(name)), batch_size=self.batch_size, shuffle=name == "train",
+                          drop_last=name == "train", num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, labels = batch
+        return codes.long(), labels
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,297 @@
+"""Gated PixelCNN (van den Oord et al. 2016) with masked convolutions, class conditioning and a cached sampler.
+
+Generation order is raster: row, column, then channel R -> G -> B inside a pixel. Two stacks avoid the blind spot
+of plain masked convolutions:
+
+- the vertical stack sees the rows at and above its own (a ``(k//2+1) x k`` convolution, padded on top); its
+  output is shifted one row down before it reaches the horizontal stack, so pixel (i, j) only hears rows < i;
+- the horizontal stack sees the current row up to the current column (a ``1 x (k//2+1)`` convolution, padded on the
+  left). At the current pixel its weights are masked by channel group: hidden features are split into C groups,
+  group c speaks for colour c and sees colours < c of the input (mask A, first layer) or groups <= c (mask B).
+
+Each layer is gated, ``tanh(a) * sigmoid(b)``, the horizontal stack is residual, and a class label adds a learned
+bias to every gate. The output is a categorical distribution over ``levels`` values for every sub-pixel.
+
+Cached sampling (Ramachandran et al. 2017) keeps, per layer, the last ``k//2+1`` input rows of the vertical stack
+and the current input row of the horizontal stack. The vertical stack advances once per image row; each sub-pixel
+step pushes only the new pixel's column through the horizontal stack: a handful of matrix products per layer,
+independent of the image size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arcore.cache import StepCache
+from arcore.errors import UsageError, check_labels
+from arcore.module import AutoregressiveModule
+
+
+def channel_groups(channels: int, groups: int) -> torch.Tensor:
+    """The colour group (0..groups-1) each of ``channels`` features speaks for: contiguous equal blocks."""
+    return torch.arange(channels) * groups // channels
+
+
+def centre_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, mask_type: str) -> torch.Tensor:
+    """``[out, in]`` connectivity at the current pixel: A sees earlier colours only, B also its own colour."""
+    if mask_type == "A":
+        return (in_groups[None, :] < out_groups[:, None]).float()
+    return (in_groups[None, :] <= out_groups[:, None]).float()
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution whose weight is multiplied by a fixed mask (a buffer) on every use."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], mask: torch.Tensor
+                 ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(self.weight.shape)}")
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.masked_weight(), self.bias)
+
+
+def horizontal_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, width: int, mask_type: str) -> torch.Tensor:
+    """Mask of a ``1 x width`` convolution whose last column is the current pixel."""
+    mask = torch.ones(len(out_groups), len(in_groups), 1, width)
+    mask[:, :, 0, -1] = centre_mask(out_groups, in_groups, mask_type)
+    return mask
+
+
+def pointwise_mask(out_groups: torch.Tensor, in_groups: torch.Tensor) -> torch.Tensor:
+    """Mask of a 1x1 convolution inside the current pixel (type B)."""
+    return centre_mask(out_groups, in_groups, "B")[:, :, None, None]
+
+
+class GatedLayer(nn.Module):
+    """One vertical + horizontal gated layer; ``first`` layers read the image with mask A and have no residual."""
+
+    def __init__(self, in_channels: int, hidden: int, colours: int, kernel_size: int, first: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.hidden = hidden
+        half = kernel_size // 2
+        in_groups = channel_groups(in_channels, colours)
+        gate_groups = channel_groups(hidden, colours).repeat(2)  # tanh half and sigmoid half share the grouping
+        self.vertical = nn.Conv2d(in_channels, 2 * hidden, (half + 1, kernel_size))
+        self.horizontal = MaskedConv2d(in_channels, 2 * hidden, (1, half + 1),
+                                       horizontal_mask(gate_groups, in_groups, half + 1, "A" if first else "B"))
+        self.vertical_to_horizontal = nn.Conv2d(2 * hidden, 2 * hidden, 1)
+        hidden_groups = channel_groups(hidden, colours)
+        self.residual = MaskedConv2d(hidden, hidden, (1, 1), pointwise_mask(hidden_groups, hidden_groups))
+
+    @staticmethod
+    def gate(x: torch.Tensor, dim: int) -> torch.Tensor:
+        a, b = x.chunk(2, dim=dim)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, cond_v: torch.Tensor | None, cond_h: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.vertical.kernel_size[1] // 2
+        v_pre = self.vertical(F.pad(v, (half, half, half, 0)))
+        v_shifted = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row i hears vertical features of rows < i
+        h_pre = self.horizontal(F.pad(h, (half, 0, 0, 0))) + self.vertical_to_horizontal(v_shifted)
+        if cond_v is not None:
+            v_pre = v_pre + cond_v[:, :, None, None]
+            h_pre = h_pre + cond_h[:, :, None, None]
+        h_out = self.residual(self.gate(h_pre, 1))
+        return self.gate(v_pre, 1), h_out if self.first else h + h_out
+
+
+class PixelCNN(AutoregressiveModule):
+    """Gated PixelCNN over ``image_shape = (C, H, W)`` images with ``levels`` values per sub-pixel.
+
+    Args:
+        image_shape: (channels, height, width); channels 1 or 3.
+        levels: values a sub-pixel takes (2 for binarised, 256 for 8-bit, 2**bits in general).
+        hidden: features per stack; a multiple of the channel count (they are split into colour groups).
+        layers: gated layers; the receptive field grows by ``kernel_size // 2`` pixels per layer.
+        kernel_size: odd width of the vertical kernel; the horizontal kernel covers ``kernel_size // 2 + 1`` columns.
+        head: features of the ReLU-1x1-ReLU-1x1 output head.
+        num_labels: classes for class conditioning (0: unconditional).
+    The defaults (hidden 48, 8 layers) train at a few hundred MNIST images/s on 2 CPU cores.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), levels: int = 256, hidden: int = 48,
+                 layers: int = 8, kernel_size: int = 5, head: int = 96, num_labels: int = 0, lr: float = 2e-3,
+                 weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine") -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3 or image_shape[0] not in (1, 3) or min(image_shape) < 1:
+            raise UsageError(f"image_shape must be (C, H, W) with C = 1 or 3, got {image_shape}")
+        if levels < 2:
+            raise UsageError(f"levels must be >= 2, got {levels}")
+        colours = image_shape[0]
+        if hidden % colours or head % colours:
+            raise UsageError(f"hidden ({hidden}) and head ({head}) must be multiples of the channel count "
+                             f"{colours}")
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise UsageError(f"kernel_size must be odd and >= 3, got {kernel_size}")
+        if layers < 1:
+            raise UsageError(f"layers must be >= 1, got {layers}")
+        self.save_hyperparameters()
+        self.image_shape = image_shape
+        self.event_shape = image_shape
+        self.num_classes = levels
+        self.num_labels = num_labels
+        self.hidden = hidden
+        self.kernel_size = kernel_size
+        self.layers = nn.ModuleList(
+            GatedLayer(colours if i == 0 else hidden, hidden, colours, kernel_size, first=i == 0)
+            for i in range(layers))
+        hidden_groups = channel_groups(hidden, colours)
+        head_groups = channel_groups(head, colours)
+        out_groups = torch.arange(colours).repeat_interleave(levels)
+        self.head1 = MaskedConv2d(hidden, head, (1, 1), pointwise_mask(head_groups, hidden_groups))
+        self.head2 = MaskedConv2d(head, colours * levels, (1, 1), pointwise_mask(out_groups, head_groups))
+        self.cond_embedding = nn.Embedding(num_labels, layers * 4 * hidden) if num_labels else None
+
+    # ----- order: raster (row, column), channel last -------------------------------------------------------------
+    def to_order(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W, ...]`` to ``[B, H*W*C, ...]``: row, column, then channel."""
+        return x.movedim(1, 3).flatten(1, 3)
+
+    def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
+        c, h, w = event_shape
+        return seq.reshape(seq.shape[0], h, w, c, *seq.shape[2:]).movedim(3, 1)
+
+    def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
+        """The top ``R`` rows ``[B, C, R, W]`` of the images, as the first ``R*W*C`` codes."""
+        c, h, w = event_shape
+        if prime.dim() != 4 or prime.shape[1] != c or prime.shape[3] != w or prime.shape[2] > h:
+            raise UsageError(f"prime must be the top rows of the images, [B, {c}, R, {w}] with R <= {h}, "
+                             f"got {list(prime.shape)}")
+        return self.to_order(prime)
+
+    # ----- teacher-forced pass -----------------------------------------------------------------------------------
+    def scale_input(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes to inputs in [-1, 1]."""
+        return codes.to(self.dtype) * (2.0 / (self.num_classes - 1)) - 1.0
+
+    def _cond_biases(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Per-layer gate biases from the label, ``[B, layers, 2 (vertical, horizontal), 2 * hidden]``."""
+        cond = check_labels(cond, self.num_labels, batch)
+        if cond is None:
+            return None
+        return self.cond_embedding(cond).view(batch, len(self.layers), 2, 2 * self.hidden)
+
+    def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, C, H, W, levels]``; position (i, j, c) depends only on earlier positions in raster order."""
+        self.check_codes(codes)
+        biases = self._cond_biases(cond, codes.shape[0])
+        x = self.scale_input(codes)
+        v, h = x, x
+        for i, layer in enumerate(self.layers):
+            cond_v, cond_h = (None, None) if biases is None else (biases[:, i, 0], biases[:, i, 1])
+            v, h = layer(v, h, cond_v, cond_h)
+        logits = self.head2(F.relu(self.head1(F.relu(h))))
+        b, c, height, width = codes.shape
+        return logits.view(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
+
+    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
+        return {"images": codes.float() / (self.num_classes - 1)}
+
+    def setup(self, stage: str) -> None:
+        check_image_data(self, self.trainer.datamodule)
+
+    # ----- cached sampling ---------------------------------------------------------------------------------------
+    def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache:
+        """Row buffers for both stacks, per-row vertical contributions, and the masked weights as matrices."""
+        colours, height, width = event_shape
+        half = self.kernel_size // 2
+        cache = StepCache(batch_size, self.device, self.dtype)
+        biases = self._cond_biases(cond, batch_size)
+        hidden, n_layers = self.hidden, len(self.layers)
+        for i, layer in enumerate(self.layers):
+            c_in = layer.vertical.in_channels
+            cache.alloc(f"v_rows{i}", (batch_size, c_in, half + 1, width + 2 * half))
+            cache.alloc(f"h_row{i}", (batch_size, width + half, c_in))
+        cache.alloc("h_out", (batch_size, hidden))  # the last layer's output at the current pixel
+        # what the vertical stack, the horizontal bias and the label add to each horizontal gate, per column
+        cache.alloc("row_bias", (n_layers, batch_size, width, 2 * hidden), batch_dim=1)
+        static_bias = torch.stack([layer.horizontal.bias + layer.vertical_to_horizontal.bias
+                                   for layer in self.layers])  # [L, 2F]
+        cond_v = torch.zeros(n_layers, batch_size, 2 * hidden, device=self.device, dtype=self.dtype)
+        cond_h = static_bias[:, None, :].expand(n_layers, batch_size, 2 * hidden).clone()
+        if biases is not None:
+            cond_v += biases[:, :, 0].transpose(0, 1)
+            cond_h += biases[:, :, 1].transpose(0, 1)
+        cache.register("cond_v", cond_v, batch_dim=1)
+        cache.register("cond_h", cond_h, batch_dim=1)
+        cache.row_bias.copy_(cond_h[:, :, None, :].expand_as(cache.row_bias))
+        # masked weights as [in * width, out] matrices for the one-column products of the horizontal stack
+        cache.horizontal_w = [layer.horizontal.masked_weight()[:, :, 0].permute(2, 1, 0).flatten(0, 1)
+                              for layer in self.layers]
+        cache.residual_w = [layer.residual.masked_weight()[:, :, 0, 0].t() for layer in self.layers]
+        cache.head1_w = self.head1.masked_weight()[:, :, 0, 0].t()
+        cache.head2_w = self.head2.masked_weight()[:, :, 0, 0].t().view(-1, colours, self.num_classes)
+        cache.head2_b = self.head2.bias.view(colours, self.num_classes)
+        return cache
+
+    def _advance_row(self, cache: StepCache, image: torch.Tensor, row: int) -> None:
+        """Run the vertical stack over the finished row ``row - 1`` and store what it adds to row ``row``."""
+        half = self.kernel_size // 2
+        width = image.shape[2]
+        new_row = self.scale_input(image[:, row - 1]).transpose(1, 2)  # [B, C, W]
+        for i, layer in enumerate(self.layers):
+            rows = getattr(cache, f"v_rows{i}")
+            rows[:, :, :-1] = rows[:, :, 1:].clone()
+            rows[:, :, -1, half: half + width] = new_row
+            v_pre = F.conv2d(rows, layer.vertical.weight, layer.vertical.bias)[:, :, 0]  # [B, 2F, W]
+            link = F.conv1d(v_pre, layer.vertical_to_horizontal.weight[:, :, 0], None)  # [B, 2F, W]
+            torch.add(link.transpose(1, 2), cache.cond_h[i][:, None, :], out=cache.row_bias[i])
+            new_row = GatedLayer.gate(v_pre + cache.cond_v[i][:, :, None], 1)
+
+    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
+        """Logits for sub-pixel ``t``: the new pixel's column through the horizontal stack, then the head."""
+        colours, height, width = self.image_shape
+        row, rest = divmod(t, width * colours)
+        col, colour = divmod(rest, colours)
+        half = self.kernel_size // 2
+        image = seq.view(seq.shape[0], height, width, colours)
+        if col == 0 and colour == 0 and row > 0:
+            self._advance_row(cache, image, row)
+        first = max(col - 1, 0)  # the previous pixel became complete after its last step
+        cache.h_row0[:, half + first: half + col + 1] = self.scale_input(image[:, row, first: col + 1])
+        kernel = half + 1
+        for i, layer in enumerate(self.layers):
+            window = getattr(cache, f"h_row{i}")[:, col: col + kernel].flatten(1)
+            pre = torch.addmm(cache.row_bias[i, :, col], window, cache.horizontal_w[i])
+            gated = GatedLayer.gate(pre, 1)
+            out = torch.addmm(layer.residual.bias, gated, cache.residual_w[i])
+            if not layer.first:
+                out += getattr(cache, f"h_row{i}")[:, half + col]
+            if i + 1 < len(self.layers):
+                getattr(cache, f"h_row{i + 1}")[:, half + col] = out
+            else:
+                cache.h_out.copy_(out)
+        hidden = torch.addmm(self.head1.bias, F.relu(cache.h_out), cache.head1_w)
+        return torch.addmm(cache.head2_b[colour], F.relu(hidden), cache.head2_w[:, colour])
+
+
+def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:
+    """Fail early, in one line, when the data's image shape, levels or labels differ from the model's."""
+    if datamodule is None or not hasattr(datamodule, "image_shape"):
+        return
+    data_shape = tuple(datamodule.image_shape)
+    if data_shape != tuple(model.hparams.image_shape):
+        raise UsageError(f"the data gives images of shape {data_shape} but the model was built for "
+                         f"{tuple(model.hparams.image_shape)}: set --model.init_args.image_shape "
+                         f"[{', '.join(map(str, data_shape))}]")
+    if getattr(datamodule, "levels", None) is not None and "levels" in model.hparams \
+            and datamodule.levels != model.hparams.levels:
+        raise UsageError(f"the data has {datamodule.levels} levels per sub-pixel but the model "
+                         f"{model.hparams.levels}: set --model.init_args.levels {datamodule.levels}")
+    if model.num_labels and model.num_labels < datamodule.num_labels:
+        raise UsageError(f"the data has {datamodule.num_labels} classes but the model only "
+                         f"{model.num_labels}: set --model.init_args.num_labels {datamodule.num_labels}")
+
