@@ -85,8 +85,14 @@ class AutoregressiveModule(pl.LightningModule):
     def log_prob(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log-likelihood of each sample in nats, ``[B]``."""
         logits = self(codes, cond)
-        logp = logits.float().log_softmax(dim=-1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision sums in float32
+        logp = logits.log_softmax(dim=-1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
         return logp.flatten(1).sum(dim=1)
+
+    @property
+    def num_codes(self) -> int:
+        """Codes in one sample of ``event_shape``."""
+        return math.prod(self.event_shape)
 
     def dims(self, codes: torch.Tensor) -> int:
         """Number of coded dimensions per sample (the denominator of bits/dim)."""

@@ -166,8 +166,10 @@ class ImageDataModule(pl.LightningDataModule):
         return images[: len(images) - min(self.val_size, len(images) // 5)]
 
     def _loader(self, name: Literal["train", "val", "test"]) -> DataLoader:
-        return DataLoader(TensorDataset(*self.split(name)), batch_size=self.batch_size, shuffle=name == "train",
-                          drop_last=name == "train", num_workers=self.num_workers,
+        dataset = TensorDataset(*self.split(name))
+        train = name == "train"
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
+                          drop_last=train and len(dataset) > self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int

@@ -118,7 +118,8 @@ class PixelCNN(AutoregressiveModule):
         kernel_size: odd width of the vertical kernel; the horizontal kernel covers ``kernel_size // 2 + 1`` columns.
         head: features of the ReLU-1x1-ReLU-1x1 output head.
         num_labels: classes for class conditioning (0: unconditional).
-    The defaults (hidden 48, 8 layers) train at a few hundred MNIST images/s on 2 CPU cores.
+    The defaults (hidden 48, 8 layers, 0.7 M weights for grey images) train at roughly 75 binarised MNIST
+    images/s on 2 CPU cores; the MNIST config uses hidden 32 (about 140 images/s).
     """
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), levels: int = 256, hidden: int = 48,

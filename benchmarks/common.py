@@ -1,0 +1,59 @@
+"""Helpers shared by the benchmark scripts: timing, the machine's description, matmul FLOP/s, profiles."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Callable
+
+import torch
+
+
+def machine() -> str:
+    """One line naming the processor, core count, torch version and device."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
+
+
+def best_time(fn: Callable[[], object], repeats: int = 3, device: str = "cpu") -> float:
+    """Fastest of ``repeats`` wall-clock runs of ``fn`` in seconds (after one warm-up run)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops(n: int = 1024, device: str = "cpu") -> float:
+    """Measured FLOP/s of an n x n float32 matrix product: the arithmetic ceiling of this machine."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = best_time(lambda: a @ b, repeats=5, device=device)
+    return 2 * n ** 3 / seconds
+
+
+def top_ops(fn: Callable[[], object], rows: int = 8) -> str:
+    """The operators that take the most self CPU time while ``fn`` runs (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The shared engine: decoding rules, reproducibility, beam search, cache memory."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from arcore.cache import StepCache
+from arcore.decoding import Decoding, top_p_filter
+from arcore.engine import _stepper
+from arcore.errors import UsageError
+from pixelgen.pixelcnn import PixelCNN
+from tests.contract import randomise
+
+
+def tiny(image_shape=(1, 2, 3), levels=2, **kwargs) -> PixelCNN:
+    kwargs = {"hidden": 6, "layers": 2, "kernel_size": 3, "head": 6, **kwargs}
+    return randomise(PixelCNN(image_shape=image_shape, levels=levels, **kwargs).double(), std=1.0)
+
+
+def all_images(model: PixelCNN) -> torch.Tensor:
+    dims = model.image_shape[0] * model.image_shape[1] * model.image_shape[2]
+    every = itertools.product(range(model.num_classes), repeat=dims)
+    return model.from_order(torch.tensor(list(every)), model.image_shape)
+
+
+def test_top_k_one_equals_greedy_and_low_temperature_tends_to_greedy():
+    model = tiny((1, 4, 4), levels=4)
+    greedy = model.sample(3, temperature=0.0)
+    assert torch.equal(model.sample(3, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
+    assert torch.equal(model.sample(3, temperature=1e-6, generator=torch.Generator().manual_seed(2)), greedy)
+    assert not torch.equal(model.sample(3, temperature=5.0, generator=torch.Generator().manual_seed(3)), greedy)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()  # noqa: E731
+    assert kept(0.45) == [True, False, False, False]
+    assert kept(0.79) == [True, True, False, False]
+    assert kept(0.81) == [True, True, True, False]
+    assert kept(1.0) == [True, True, True, True]
+    shuffled = logits[:, [2, 0, 3, 1]]  # the order of the classes does not matter
+    assert torch.isfinite(top_p_filter(shuffled, 0.79))[0].tolist() == [False, True, False, True]
+
+
+def test_top_k_restricts_samples_to_the_k_most_likely():
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0, 0.5]]).repeat(4000, 1)
+    codes = Decoding(top_k=2).choose(logits, torch.rand(4000, 5, generator=torch.Generator().manual_seed(0)))
+    assert set(codes.tolist()) == {0, 2}
+
+
+def test_sampling_frequencies_match_the_softmax_chi_square():
+    logits = torch.tensor([1.5, 0.2, -0.7, 0.9, 0.0])
+    n = 20000
+    noise = torch.rand(n, 5, generator=torch.Generator().manual_seed(0))
+    codes = Decoding().choose(logits.expand(n, 5), noise)
+    observed = torch.bincount(codes, minlength=5).double()
+    expected = logits.double().softmax(0) * n
+    chi2 = ((observed - expected) ** 2 / expected).sum().item()
+    assert chi2 < 18.47  # the 99.9% quantile of chi-square with 4 degrees of freedom
+    tempered = Decoding(temperature=0.5).choose(logits.expand(n, 5), noise)
+    assert torch.bincount(tempered, minlength=5)[0] > observed[0] * 1.2  # sharper around the mode
+
+
+def test_same_seed_same_samples_other_seed_other_samples():
+    model = tiny((3, 3, 3), levels=8)
+    draw = lambda seed: model.sample(4, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(8))
+
+
+def test_beam_of_width_one_is_greedy():
+    model = tiny((3, 3, 4), levels=4)
+    result = model.beam_search(2, beams=1)
+    assert torch.equal(result.codes[:, 0], model.sample(2, temperature=0.0))
+    assert torch.allclose(result.log_prob[:, 0], model.log_prob(result.codes[:, 0]).double(), atol=1e-9)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_wide_beam_finds_the_exact_most_likely_image(use_cache):
+    model = tiny((1, 2, 3), levels=2)
+    every = all_images(model)
+    with torch.no_grad():
+        scores = model.log_prob(every).double()
+    best = scores.argmax()
+    result = model.beam_search(1, beams=64, use_cache=use_cache)
+    assert torch.equal(result.codes[0, 0], every[best])
+    assert result.log_prob[0, 0].item() == pytest.approx(scores[best].item(), abs=1e-9)
+    assert torch.allclose(result.log_prob[0], scores.sort(descending=True).values, atol=1e-9)  # all 64, ranked
+
+
+def test_beam_search_completes_a_prime_with_the_most_likely_rest():
+    model = tiny((1, 3, 2), levels=2, num_labels=2)
+    every = all_images(model)
+    prime = torch.tensor([[[[1, 0]]]])
+    cond = torch.tensor([1])
+    with torch.no_grad():
+        scores = model.log_prob(every, cond.expand(len(every))).double()
+    scores[(every[:, :, :1] != prime).flatten(1).any(1)] = float("-inf")
+    result = model.beam_search(1, beams=16, prime=prime, cond=cond)
+    assert torch.equal(result.codes[0, 0], every[scores.argmax()])
+    assert result.log_prob[0, 0].item() == pytest.approx(scores.max().item(), abs=1e-9)
+
+
+def test_cache_buffers_have_the_designed_size_and_stay_in_place():
+    model = PixelCNN(image_shape=(3, 6, 8), levels=16, hidden=12, layers=3, kernel_size=5, head=12)
+    n, half = 2, 2
+    with torch.no_grad():
+        step, cache = _stepper(model, n, None, model.image_shape, use_cache=True)
+        shapes = {name: tuple(t.shape) for name, t in cache.buffers().items()}
+        assert shapes["v_rows0"] == (n, 3, half + 1, 8 + 2 * half)  # last k//2+1 input rows, padded
+        assert shapes["v_rows1"] == (n, 12, half + 1, 8 + 2 * half)
+        assert shapes["h_row0"] == (n, 8 + half, 3)  # the current row of each horizontal layer's input
+        assert shapes["h_row2"] == (n, 8 + half, 12)
+        assert shapes["row_bias"] == (3, n, 8, 24)
+        before = {name: (t.data_ptr(), t.shape) for name, t in cache.buffers().items()}
+        seq = torch.randint(0, 16, (n, 6 * 8 * 3))
+        for t in range(seq.shape[1]):
+            step(t, seq)
+        assert {name: (t.data_ptr(), t.shape) for name, t in cache.buffers().items()} == before
+        assert cache.position.item() == seq.shape[1]
+
+
+def test_step_cache_reorders_every_batched_buffer():
+    cache = StepCache(3, "cpu", torch.float32)
+    a = cache.alloc("a", (3, 2))
+    b = cache.alloc("b", (4, 3), batch_dim=1)
+    shared = cache.register("shared", torch.arange(5.0), batch_dim=None)
+    a.copy_(torch.tensor([[0.0, 0], [1, 1], [2, 2]]))
+    b.copy_(torch.arange(3.0).expand(4, 3))
+    cache.reorder_(torch.tensor([2, 2, 0]))
+    assert a[:, 0].tolist() == [2, 2, 0] and b[0].tolist() == [2, 2, 0]
+    assert shared.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="batch size 3"):
+        cache.alloc("bad", (2, 5))
+
+
+def test_bad_decoding_and_prime_arguments_are_clear_errors():
+    model = tiny((1, 3, 3), levels=4)
+    with pytest.raises(UsageError, match="temperature"):
+        model.sample(1, temperature=-1)
+    with pytest.raises(UsageError, match="top_p"):
+        model.sample(1, top_p=1.5)
+    with pytest.raises(UsageError, match=r"integer codes in \[0, 4\)"):
+        model.sample(1, prime=torch.full((1, 1, 1, 3), 7))
+    with pytest.raises(UsageError, match="prime holds 2 samples"):
+        model.sample(1, prime=torch.zeros(2, 1, 1, 3, dtype=torch.long))
