@@ -17,8 +17,9 @@ A model used here provides (see ``arcore.module.AutoregressiveModule``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 import torch
 

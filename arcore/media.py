@@ -14,7 +14,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
     """Tile float images ``[B, C, H, W]`` in [0, 1] (C = 1 or 3) into one uint8 ``[H', W', 3]`` array."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be [B, 1 or 3, H, W], got {list(images.shape)}")
-    b, c, h, w = images.shape
+    b, _, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(b))
     ncol = math.ceil(b / nrow)
     grid = torch.ones(3, ncol * (h + pad) + pad, nrow * (w + pad) + pad)

@@ -207,7 +207,7 @@ class PixelCNN(AutoregressiveModule):
     # ----- cached sampling ---------------------------------------------------------------------------------------
     def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache:
         """Row buffers for both stacks, per-row vertical contributions, and the masked weights as matrices."""
-        colours, height, width = event_shape
+        colours, _, width = event_shape
         half = self.kernel_size // 2
         cache = StepCache(batch_size, self.device, self.dtype)
         biases = self._cond_biases(cond, batch_size)

@@ -36,7 +36,7 @@ def test_top_k_one_equals_greedy_and_low_temperature_tends_to_greedy():
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()  # noqa: E731
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()
     assert kept(0.45) == [True, False, False, False]
     assert kept(0.79) == [True, True, False, False]
     assert kept(0.81) == [True, True, True, False]
@@ -66,7 +66,7 @@ def test_sampling_frequencies_match_the_softmax_chi_square():
 
 def test_same_seed_same_samples_other_seed_other_samples():
     model = tiny((3, 3, 3), levels=8)
-    draw = lambda seed: model.sample(4, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    draw = lambda seed: model.sample(4, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(draw(7), draw(7))
     assert not torch.equal(draw(7), draw(8))
 

@@ -12,8 +12,7 @@ from torch import nn
 
 from arcore.errors import UsageError
 from pixelgen.pixelcnn import PixelCNN, channel_groups, horizontal_mask
-from tests.contract import (brute_force_log_prob, causality_violations, randomise, sample_both_ways,
-                            step_logit_error)
+from tests.contract import brute_force_log_prob, causality_violations, randomise, sample_both_ways, step_logit_error
 
 
 def tiny(image_shape=(3, 4, 5), levels=4, **kwargs) -> PixelCNN:

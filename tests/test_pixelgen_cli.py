@@ -28,7 +28,8 @@ def make_folder_dataset(root: Path, size: int = 8, per_class: int = 12) -> Path:
             folder.mkdir(parents=True)
             for i in range(count):
                 stripes = (np.arange(size) % 2 * 200)[:, None].repeat(size, 1)
-                img = (stripes if label == 0 else stripes.T)[..., None].repeat(3, 2) + rng.integers(0, 50, (size, size, 3))
+                noise = rng.integers(0, 50, (size, size, 3))
+                img = (stripes if label == 0 else stripes.T)[..., None].repeat(3, 2) + noise
                 Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
     return root
 
@@ -99,7 +100,7 @@ def test_console_script_prints_one_line_errors(tmp_path):
     other = tmp_path / "other.ckpt"
     torch.save({"model_class": "wavegen.wavenet.WaveNet", "state_dict": {}}, other)
     result = subprocess.run([sys.executable, "-m", "pixelgen.cli", "sample", "--ckpt", str(other), "--out",
-                             str(tmp_path / "x.png")], capture_output=True, text=True, cwd=ROOT)
+                             str(tmp_path / "x.png")], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"pixelgen: error: {other} holds a wavegen model (WaveNet); use `wavegen sample` for it"]
@@ -138,7 +139,7 @@ def test_missing_data_offline_names_the_root_option(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"URLError.*--data.root"):
         ImageDataModule("cifar10", root=str(tmp_path)).prepare_data()
     with pytest.raises(UsageError, match="train/<class>"):
-        ImageDataModule("folder", root=str(tmp_path)).num_labels
+        _ = ImageDataModule("folder", root=str(tmp_path)).num_labels
 
 
 def test_folder_data_codes_labels_and_splits(tmp_path):
@@ -146,7 +147,7 @@ def test_folder_data_codes_labels_and_splits(tmp_path):
     assert data.image_shape == (3, 8, 8) and data.num_labels == 2 and data.levels == 8
     codes, labels = data.split("train")
     val_codes, _ = data.split("val")
-    test_codes, test_labels = data.split("test")
+    test_codes, _ = data.split("test")
     assert len(codes) == 20 and len(val_codes) == 4 and len(test_codes) == 8
     assert int(codes.max()) < 8 and sorted(set(labels.tolist())) == [0, 1]
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
