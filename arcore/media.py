@@ -48,7 +48,8 @@ def spectrogram_image(clip: torch.Tensor, sample_rate: int, path: str | Path, n_
     import torchaudio
 
     n_fft = 1024 if sample_rate > 12000 else 512
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels)
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels,
+                                               pad_mode="constant")  # clips shorter than n_fft stay valid
     spec = mel(clip.detach().float().cpu()).clamp(min=1e-10).log10()
     spec = (spec - spec.max() + 8.0).clamp(min=0) / 8.0  # 80 dB of range
     heat = torch.stack([spec.sqrt(), spec ** 1.5, 0.3 + 0.7 * spec * (1 - spec)], dim=0).flip(1)
