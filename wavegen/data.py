@@ -1,0 +1,307 @@
+"""Audio data for WaveNet: a folder of WAV/FLAC files (or a torchaudio dataset) as 8-bit mu-law codes.
+
+Every usable file is read once with soundfile, mixed to mono, resampled to ``sample_rate``, peak-normalised and
+mu-law encoded; the codes (uint8, one tensor per file) stay in memory (25 min at 8 kHz is 12 MB). Files are split
+into train / validation / test by file, never by crop, with a fixed seed. Training batches are random crops of
+``receptive_field + target_length`` samples; validation and test batches tile each held-out file with
+non-overlapping crops of the same length, so their bits/sample are comparable across runs.
+
+Batches are ``(codes long [B, T], speakers long [B])``; speaker ids come from the file names when
+``speaker_pattern`` is set (e.g. ``7_george_12.wav`` -> ``george``), else they are all 0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
+
+from arcore.errors import UsageError
+
+AUDIO_SUFFIXES = {".wav", ".flac"}
+DIGITS_PATTERN = r"^\d+_(?P<speaker>[^_]+)_\d+$"  # DIGIT_SPEAKER_TAKE, the spoken-digits naming
+TORCHAUDIO_DATASETS = {"yesno": "YESNO", "ljspeech": "LJSPEECH", "vctk": "VCTK_092"}
+
+
+@rank_zero_only
+def warn(message: str) -> None:
+    """One ``wavegen: warning: ...`` line on stderr (once, on the first process)."""
+    print(f"wavegen: warning: {message}", file=sys.stderr)
+
+
+def mu_law_encode(audio: torch.Tensor, quantization: int = 256) -> torch.Tensor:
+    """Float audio in [-1, 1] to mu-law codes (long) in [0, quantization)."""
+    import torchaudio.functional as AF
+
+    return AF.mu_law_encoding(audio.clamp(-1.0, 1.0), quantization)
+
+
+def prepare_audio(audio: np.ndarray | torch.Tensor, rate: int, sample_rate: int) -> torch.Tensor:
+    """Samples ``[T]`` or ``[T, channels]`` at ``rate`` to a mono float32 clip at ``sample_rate``, peak 0.95."""
+    import torchaudio.functional as AF
+
+    clip = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
+    if clip.dim() == 2:
+        clip = clip.mean(dim=1)
+    if rate != sample_rate:
+        clip = AF.resample(clip, rate, sample_rate)
+    peak = clip.abs().max() if clip.numel() else torch.tensor(0.0)
+    return clip * (0.95 / peak) if peak > 0 else clip
+
+
+def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """One file to a mono float clip at ``sample_rate`` (see :func:`prepare_audio`); soundfile errors propagate."""
+    import soundfile
+
+    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return prepare_audio(audio, rate, sample_rate)
+
+
+@dataclass
+class Clip:
+    """One file's mu-law codes (uint8) and speaker id."""
+
+    name: str
+    codes: torch.Tensor
+    speaker: int
+
+
+def _speaker_of(path: Path, pattern: re.Pattern[str] | None) -> str | None:
+    if pattern is None:
+        return ""
+    match = pattern.match(path.stem)
+    if match is None:
+        return None
+    return match.group("speaker") if "speaker" in pattern.groupindex else match.group(1)
+
+
+class CropDataset(Dataset):
+    """Random crops of ``length`` samples from clips (drawn in proportion to their length), ``size`` per epoch."""
+
+    def __init__(self, clips: list[Clip], length: int, size: int) -> None:
+        self.clips, self.length, self.size = clips, length, size
+        weights = torch.tensor([max(len(c.codes) - length + 1, 1) for c in clips], dtype=torch.float64)
+        self.weights = weights / weights.sum()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        clip = self.clips[int(torch.multinomial(self.weights, 1))]
+        start = int(torch.randint(0, len(clip.codes) - self.length + 1, ()))
+        return clip.codes[start: start + self.length], clip.speaker
+
+
+class TileDataset(Dataset):
+    """Every non-overlapping crop of ``length`` samples of every clip, in order (validation and test)."""
+
+    def __init__(self, clips: list[Clip], length: int) -> None:
+        self.items = [(clip, start) for clip in clips for start in range(0, len(clip.codes) - length + 1, length)]
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        clip, start = self.items[index]
+        return clip.codes[start: start + self.length], clip.speaker
+
+
+class AudioDataModule(pl.LightningDataModule):
+    """A folder of WAV/FLAC files (recursive) or a torchaudio dataset as mu-law crops.
+
+    Args:
+        root: the folder of audio files, or where a torchaudio dataset lives / is downloaded to.
+        dataset: ``folder`` or a torchaudio dataset name (``yesno``, ``ljspeech``, ``vctk``).
+        sample_rate: every clip is resampled to this rate (it must equal the model's).
+        target_length: samples per crop beyond the model's receptive field.
+        receptive_field: the model's receptive field; None takes it from the model being trained.
+        speaker_pattern: a regex on the file stem whose group ``speaker`` (or first group) names the speaker;
+            ``digits`` is ``DIGIT_SPEAKER_TAKE``; None: no speaker labels. For ``vctk`` any pattern turns on
+            the dataset's own speaker ids.
+        short_clips: ``pad`` (with leading silence) or ``skip`` files shorter than one crop.
+        val_fraction, test_fraction: share of the files held out for validation and test.
+        crops_per_epoch: random training crops per epoch.
+    """
+
+    def __init__(self, root: str = "./data/audio", dataset: str = "folder", sample_rate: int = 8000,
+                 target_length: int = 2000, receptive_field: int | None = None, speaker_pattern: str | None = None,
+                 short_clips: Literal["pad", "skip"] = "pad", val_fraction: float = 0.05,
+                 test_fraction: float = 0.05, batch_size: int = 8, crops_per_epoch: int = 2000,
+                 num_workers: int = 0, download: bool = True, quantization: int = 256, split_seed: int = 0) -> None:
+        super().__init__()
+        if dataset != "folder" and dataset not in TORCHAUDIO_DATASETS:
+            raise UsageError(f"--data.dataset must be folder or one of {', '.join(TORCHAUDIO_DATASETS)}, "
+                             f"got {dataset!r}")
+        if short_clips not in ("pad", "skip"):
+            raise UsageError(f"--data.short_clips must be pad or skip, got {short_clips!r}")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise UsageError("--data.val_fraction and --data.test_fraction must be in [0, 1) and sum below 1")
+        if sample_rate < 1 or target_length < 1:
+            raise UsageError("--data.sample_rate and --data.target_length must be positive")
+        self.save_hyperparameters()
+        self.root, self.dataset, self.sample_rate = Path(root), dataset, sample_rate
+        self.target_length, self.receptive_field = target_length, receptive_field
+        pattern = DIGITS_PATTERN if speaker_pattern == "digits" else speaker_pattern
+        try:
+            self.speaker_pattern = re.compile(pattern) if pattern else None
+        except re.error as exc:
+            raise UsageError(f"--data.speaker_pattern is not a valid regex: {exc}") from None
+        self.short_clips, self.val_fraction, self.test_fraction = short_clips, val_fraction, test_fraction
+        self.batch_size, self.crops_per_epoch, self.num_workers = batch_size, crops_per_epoch, num_workers
+        self.download, self.quantization, self.split_seed = download, quantization, split_seed
+        self.speakers: list[str] = []
+        self._splits: dict[str, list[Clip]] | None = None
+        self._cropped: tuple[int, dict[str, list[Clip]]] | None = None
+
+    # ----- reading ----------------------------------------------------------------------------------------------
+    @property
+    def num_speakers(self) -> int:
+        """Distinct speakers found in the file names (0 without ``speaker_pattern``)."""
+        self.splits()
+        return len(self.speakers)
+
+    def _folder_clips(self) -> list[tuple[str, str, torch.Tensor]]:
+        """(name, speaker, clip) of every readable audio file under ``root``; the rest is skipped with a warning."""
+        if not self.root.is_dir():
+            raise UsageError(f"--data.root {self.root} is not a folder of audio files")
+        paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        clips = []
+        for path in paths:
+            speaker = _speaker_of(path, self.speaker_pattern)
+            if speaker is None:
+                warn(f"skipping {path}: its name does not match --data.speaker_pattern")
+                continue
+            try:
+                clip = read_audio(path, self.sample_rate)
+            except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
+                warn(f"skipping {path}: not readable audio ({type(exc).__name__})")
+                continue
+            if clip.numel() == 0 or not torch.isfinite(clip).all():
+                warn(f"skipping {path}: empty or not finite")
+                continue
+            clips.append((str(path.relative_to(self.root)), speaker, clip))
+        return clips
+
+    def _torchaudio_dataset(self) -> Dataset:
+        """The named torchaudio dataset under ``root`` (downloaded when allowed), or a one-line error."""
+        import torchaudio
+
+        cls = getattr(torchaudio.datasets, TORCHAUDIO_DATASETS[self.dataset])
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return cls(str(self.root), download=self.download)
+        except Exception as exc:  # noqa: BLE001 - downloads fail in many ways offline
+            raise UsageError(f"could not load {self.dataset} from {self.root} ({type(exc).__name__}); without "
+                             f"network access put a copy there or point --data.root at a folder of audio files "
+                             f"with --data.dataset folder") from None
+
+    def _torchaudio_clips(self) -> list[tuple[str, str, torch.Tensor]]:
+        """(name, speaker, clip) of every item; VCTK's speaker ids are used when ``speaker_pattern`` is set."""
+        data = self._torchaudio_dataset()
+        with_speakers = self.dataset == "vctk" and self.speaker_pattern is not None
+        clips = []
+        for i in range(len(data)):
+            item = data[i]
+            speaker = str(item[3]) if with_speakers else ""
+            clips.append((f"{self.dataset}_{i}", speaker, prepare_audio(item[0].T.numpy(), item[1], self.sample_rate)))
+        return clips
+
+    def crop_length(self) -> int:
+        """Samples per crop: the model's receptive field plus ``target_length``."""
+        rf = self.receptive_field
+        if rf is None:
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            rf = getattr(model, "receptive_field", 0)
+        return rf + self.target_length
+
+    def splits(self) -> dict[str, list[Clip]]:
+        """The clips of each split (read on first use)."""
+        if self._splits is not None:
+            return self._splits
+        raw = self._folder_clips() if self.dataset == "folder" else self._torchaudio_clips()
+        if not raw:
+            raise UsageError(f"no usable audio ({', '.join(sorted(AUDIO_SUFFIXES))}) under {self.root}: "
+                             f"point --data.root at a folder of WAV/FLAC files")
+        self.speakers = sorted({speaker for _, speaker, _ in raw}) if self.speaker_pattern else []
+        index = {name: i for i, name in enumerate(self.speakers)}
+        clips = [Clip(name, mu_law_encode(clip, self.quantization).to(torch.uint8), index.get(speaker, 0))
+                 for name, speaker, clip in raw]
+        random.Random(self.split_seed).shuffle(clips)
+        n_val = math.ceil(self.val_fraction * len(clips)) if self.val_fraction else 0
+        n_test = math.ceil(self.test_fraction * len(clips)) if self.test_fraction else 0
+        if len(clips) <= n_val + n_test:
+            raise UsageError(f"only {len(clips)} usable files under {self.root}: too few to hold out "
+                             f"{n_val} for validation and {n_test} for test (lower the fractions)")
+        self._splits = {"val": clips[:n_val], "test": clips[n_val: n_val + n_test],
+                        "train": clips[n_val + n_test:]}
+        return self._splits
+
+    def crops(self, length: int) -> dict[str, list[Clip]]:
+        """The splits with clips shorter than ``length`` padded (leading silence) or dropped, said once."""
+        if self._cropped is not None and self._cropped[0] == length:
+            return self._cropped[1]
+        splits = self.splits()
+        short = sum(len(c.codes) < length for clips in splits.values() for c in clips)
+        if short:
+            warn(f"{short} clips are shorter than one crop ({length} samples): "
+                 f"{'padded with leading silence' if self.short_clips == 'pad' else 'skipped'}")
+        silence = int(mu_law_encode(torch.zeros(1), self.quantization))
+
+        def fit(clip: Clip) -> Clip | None:
+            missing = length - len(clip.codes)
+            if missing <= 0:
+                return clip
+            if self.short_clips == "skip":
+                return None
+            pad = torch.full((missing,), silence, dtype=torch.uint8)
+            return Clip(clip.name, torch.cat([pad, clip.codes]), clip.speaker)
+
+        fitted = {name: [f for f in map(fit, clips) if f is not None] for name, clips in splits.items()}
+        if not fitted["train"]:
+            raise UsageError(f"no training file is as long as one crop ({length} samples): use "
+                             f"--data.short_clips pad or a smaller --data.target_length")
+        self._cropped = (length, fitted)
+        return fitted
+
+    # ----- loaders ----------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.dataset != "folder" and self.download:
+            self._torchaudio_dataset()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.splits()
+
+    def _loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
+        length = self.crop_length()
+        clips = self.crops(length)[split]
+        if split == "train":
+            dataset: Dataset = CropDataset(clips, length, self.crops_per_epoch)
+        else:
+            dataset = TileDataset(clips, length)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=split == "train",
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, speakers = batch
+        return codes.long(), speakers.long()
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,360 @@
+"""WaveNet (van den Oord et al. 2016) over 8-bit mu-law audio, with a fast cached sampler.
+
+The model predicts code t from codes < t: the codes are embedded and shifted one step right (position 0 hears
+silence, i.e. zeros), then go through gated dilated causal convolutions, ``tanh(a) * sigmoid(b)``, with a residual
+1x1 back into the stack and a skip 1x1 out of every layer; the summed skips go through ReLU-1x1-ReLU-1x1 to 256
+logits. Dilations double inside a cycle (1, 2, ..., 2^(n-1)) and the cycle repeats.
+
+Conditioning (see :class:`AudioCond`): a speaker id adds a learned bias to every gate (global conditioning); log-mel
+frames, put through a small frame-rate convolution and repeated ``hop_length`` times to the sample rate, add a
+per-sample bias to every gate (local conditioning, vocoder mode).
+
+Cached sampling (fast-wavenet, Paine et al. 2016): one flat ring buffer holds, per layer, the last
+``(kernel_size - 1) * dilation + 1`` inputs of that layer. A step costs O(layers * channels^2) whatever the length:
+
+1. the slots of every layer's past taps are computed on the device from ``cache.position`` (3 tiny ops);
+2. all layers' past taps are read with one ``index_select`` and multiplied by their weights with one ``baddbmm``
+   (the past does not depend on the current step, so this is off the sequential path);
+3. per layer, in order: add the current input's tap (``addmm_``), ``tanh_``, the gate as one ``addcmul`` and the
+   residual as one ``addmm`` into preallocated buffers (4 ops); ``sigmoid(b) = (1 + tanh(b / 2)) / 2``, so one
+   ``tanh`` over the pre-activation with the sigmoid half scaled by 1/2 serves both halves, and the factor 1/2 of
+   the gate and the residual/skip biases (through a constant-one column) are folded into the weights;
+4. every layer's new input goes into the ring with one ``index_copy_``; all skips are one matrix product.
+
+Nothing in the loop reads a tensor back to the host, and every buffer is allocated once in :meth:`init_cache`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arcore.cache import StepCache
+from arcore.errors import UsageError, check_labels
+from arcore.module import AutoregressiveModule
+
+
+@dataclass
+class AudioCond:
+    """Conditioning for a batch of clips; either field may be None.
+
+    ``speaker``: long ``[B]`` speaker (or class) ids for global conditioning.
+    ``mel``: float ``[B, n_mels, F]`` log-mel frames (see :meth:`WaveNet.log_mel`) for local conditioning; frame
+    ``f`` conditions samples ``f * hop_length ... (f + 1) * hop_length - 1``, so ``F * hop_length`` must cover the
+    clip. A plain long tensor may be passed instead of an ``AudioCond`` for speaker ids only.
+    """
+
+    speaker: torch.Tensor | None = None
+    mel: torch.Tensor | None = None
+
+    def repeat_interleave(self, repeats: int, dim: int = 0) -> AudioCond:
+        """Repeat every sample's conditioning ``repeats`` times along the batch (what beam search does)."""
+        rep = (lambda x: None if x is None else x.repeat_interleave(repeats, dim=dim))
+        return AudioCond(rep(self.speaker), rep(self.mel))
+
+    def to(self, device: torch.device | str) -> AudioCond:
+        move = (lambda x: None if x is None else x.to(device))
+        return AudioCond(move(self.speaker), move(self.mel))
+
+
+def dilation_schedule(layers: int, cycles: int) -> list[int]:
+    """``layers`` dilations doubling from 1 within each of ``cycles`` equal cycles."""
+    if layers < 1 or cycles < 1 or layers % cycles:
+        raise UsageError(f"layers ({layers}) must be a positive multiple of cycles ({cycles})")
+    per_cycle = layers // cycles
+    return [2 ** (i % per_cycle) for i in range(layers)]
+
+
+class ResidualLayer(nn.Module):
+    """One gated dilated causal convolution with its skip 1x1 and (unless last) residual 1x1."""
+
+    def __init__(self, residual: int, gate: int, skip: int, kernel_size: int, dilation: int, last: bool) -> None:
+        super().__init__()
+        self.dilation = dilation
+        self.pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(residual, gate, kernel_size, dilation=dilation)
+        self.skip = nn.Conv1d(gate // 2, skip, 1)
+        self.residual = None if last else nn.Conv1d(gate // 2, residual, 1)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, R, T]`` and a gate bias broadcastable to ``[B, gate, T]`` to (next input, skip)."""
+        pre = self.conv(F.pad(x, (self.pad, 0)))
+        if bias is not None:
+            pre = pre + bias
+        a, b = pre.chunk(2, dim=1)
+        z = torch.tanh(a) * torch.sigmoid(b)
+        nxt = x if self.residual is None else x + self.residual(z)
+        return nxt, self.skip(z)
+
+
+class WaveNet(AutoregressiveModule):
+    """WaveNet over ``quantization``-level mu-law codes at ``sample_rate``.
+
+    Args:
+        sample_rate: rate of the audio the model is trained on and generates (Hz).
+        layers, cycles: ``layers`` gated layers whose dilations double from 1 in each of ``cycles`` cycles.
+        dilations: an explicit dilation per layer instead of ``layers``/``cycles``.
+        kernel_size: taps of every causal convolution.
+        residual_channels, gate_channels, skip_channels: widths; the gate convolution has ``gate_channels``
+            outputs, halved by the tanh * sigmoid unit.
+        head_channels: width of the ReLU-1x1-ReLU-1x1 output head.
+        quantization: mu-law levels (the softmax size).
+        num_labels: speakers for global conditioning (0: none).
+        n_mels: log-mel bands for local conditioning (0: none); ``hop_length`` samples per frame;
+            ``cond_channels`` features of the frame-rate conditioning network.
+        default_seconds: clip length when ``sample`` is given no length.
+    """
+
+    def __init__(self, sample_rate: int = 8000, layers: int = 20, cycles: int = 2, dilations: list[int] | None = None,
+                 kernel_size: int = 2, residual_channels: int = 64, gate_channels: int = 128,
+                 skip_channels: int = 64, head_channels: int = 64, quantization: int = 256, num_labels: int = 0,
+                 n_mels: int = 0, hop_length: int = 80, cond_channels: int = 32, default_seconds: float = 1.0,
+                 lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 100,
+                 lr_schedule: str = "cosine") -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
+        dilations = list(dilations) if dilations is not None else dilation_schedule(layers, cycles)
+        if not dilations or min(dilations) < 1:
+            raise UsageError(f"dilations must be positive integers, got {dilations}")
+        if kernel_size < 2:
+            raise UsageError(f"kernel_size must be >= 2, got {kernel_size}")
+        if gate_channels < 2 or gate_channels % 2:
+            raise UsageError(f"gate_channels must be even (tanh half, sigmoid half), got {gate_channels}")
+        if quantization < 2 or sample_rate < 1 or n_mels < 0 or num_labels < 0 or hop_length < 1:
+            raise UsageError("quantization >= 2, sample_rate >= 1, hop_length >= 1, n_mels >= 0 and "
+                             "num_labels >= 0 are required")
+        self.save_hyperparameters()
+        self.sample_rate = sample_rate
+        self.dilations = dilations
+        self.kernel_size = kernel_size
+        self.num_classes = quantization
+        self.num_labels = num_labels
+        self.n_mels = n_mels
+        self.hop_length = hop_length
+        self.event_shape = (max(1, round(default_seconds * sample_rate)),)
+        self.embed = nn.Embedding(quantization, residual_channels)
+        self.layers = nn.ModuleList(
+            ResidualLayer(residual_channels, gate_channels, skip_channels, kernel_size, d, i == len(dilations) - 1)
+            for i, d in enumerate(dilations))
+        self.head1 = nn.Conv1d(skip_channels, head_channels, 1)
+        self.head2 = nn.Conv1d(head_channels, quantization, 1)
+        self.speaker_embed = nn.Embedding(num_labels, len(dilations) * gate_channels) if num_labels else None
+        if n_mels:
+            import torchaudio
+
+            self.mel_net = nn.Conv1d(n_mels, cond_channels, 3, padding=1)
+            self.mel_proj = nn.Conv1d(cond_channels, len(dilations) * gate_channels, 1, bias=False)
+            self.mel_transform = torchaudio.transforms.MelSpectrogram(
+                sample_rate, n_fft=4 * hop_length, hop_length=hop_length, n_mels=n_mels)
+
+    @property
+    def receptive_field(self) -> int:
+        """How many past codes a prediction can see."""
+        return (self.kernel_size - 1) * sum(self.dilations) + 1
+
+    def event_shape_for(self, length: int | None) -> tuple[int, ...]:
+        """``(length,)``; ``default_seconds`` of audio when no length is given."""
+        if length is None:
+            return self.event_shape
+        if int(length) < 1:
+            raise UsageError(f"length must be >= 1 sample, got {length}")
+        return (int(length),)
+
+    # ----- conditioning -----------------------------------------------------------------------------------------
+    def log_mel(self, codes: torch.Tensor) -> torch.Tensor:
+        """Log-mel frames ``[B, n_mels, T // hop_length + 1]`` of the audio that mu-law codes ``[B, T]`` decode to."""
+        if not self.n_mels:
+            raise UsageError("this model has no local conditioning (train with --model.init_args.n_mels > 0)")
+        audio = decode_mu_law(codes, self.num_classes).to(self.dtype)
+        return self.mel_transform(audio).clamp(min=1e-5).log10()
+
+    def _split_cond(self, cond: AudioCond | torch.Tensor | None, batch: int, length: int
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Checked (speaker ids, mel frames) from what the caller passed."""
+        if not isinstance(cond, AudioCond):
+            cond = AudioCond(speaker=cond)
+        speaker = check_labels(cond.speaker, self.num_labels, batch)
+        mel = cond.mel
+        if not self.n_mels:
+            if mel is not None:
+                raise UsageError("this model was trained without mel conditioning: do not pass mel frames")
+            return speaker, None
+        if mel is None:
+            raise UsageError(f"this model is a vocoder: pass log-mel frames [B, {self.n_mels}, F] "
+                             f"(e.g. wavegen sample --mel-from clip.wav)")
+        frames = -(-length // self.hop_length)
+        if mel.dim() != 3 or mel.shape[0] != batch or mel.shape[1] != self.n_mels or mel.shape[2] < frames:
+            raise UsageError(f"mel frames must have shape [{batch}, {self.n_mels}, >= {frames}] for {length} "
+                             f"samples at hop {self.hop_length}, got {list(mel.shape)}")
+        return speaker, mel.to(self.dtype)
+
+    def _mel_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """Frame-rate conditioning features ``[B, cond_channels, F]``."""
+        return torch.tanh(self.mel_net(mel))
+
+    # ----- teacher-forced pass ----------------------------------------------------------------------------------
+    def forward(self, codes: torch.Tensor, cond: AudioCond | torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, T, quantization]``; position t depends only on codes < t (and on ``cond``)."""
+        self.check_codes(codes)
+        batch, length = codes.shape
+        speaker, mel = self._split_cond(cond, batch, length)
+        n_layers, gate = len(self.layers), self.hparams.gate_channels
+        x = F.pad(self.embed(codes[:, :-1]).transpose(1, 2), (1, 0))  # input at t is code t - 1
+        global_bias = None if speaker is None else self.speaker_embed(speaker).view(batch, n_layers, gate, 1)
+        local_bias = None
+        if mel is not None:  # project at frame rate, then repeat each frame hop_length times
+            frames = torch.arange(length, device=codes.device) // self.hop_length
+            local_bias = self.mel_proj(self._mel_features(mel)).view(batch, n_layers, gate, -1)
+        skip = 0
+        for i, layer in enumerate(self.layers):
+            bias = None if global_bias is None else global_bias[:, i]
+            if local_bias is not None:
+                upsampled = local_bias[:, i].index_select(2, frames)
+                bias = upsampled if bias is None else bias + upsampled
+            x, s = layer(x, bias)
+            skip = skip + s
+        logits = self.head2(F.relu(self.head1(F.relu(skip))))
+        return logits.transpose(1, 2)
+
+    def unpack(self, batch: Any) -> tuple[torch.Tensor, AudioCond | torch.Tensor | None]:
+        """``(codes, speakers)`` from the data module to codes and this model's conditioning."""
+        codes, speakers = batch
+        speaker = speakers if self.num_labels else None
+        if self.n_mels:
+            return codes, AudioCond(speaker, self.log_mel(codes))
+        return codes, speaker
+
+    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
+        return {"audio": decode_mu_law(codes, self.num_classes)}
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        rate = getattr(datamodule, "sample_rate", None)
+        if rate is not None and rate != self.sample_rate:
+            raise UsageError(f"the data is resampled to {rate} Hz but the model is built for {self.sample_rate} Hz: "
+                             f"set --data.sample_rate {self.sample_rate} or --model.init_args.sample_rate {rate}")
+        if not hasattr(datamodule, "num_speakers"):
+            return
+        speakers = datamodule.num_speakers
+        if self.num_labels and self.num_labels < speakers:
+            raise UsageError(f"the data has {speakers} speakers but the model only {self.num_labels}: "
+                             f"set --model.init_args.num_labels {speakers}")
+        if self.num_labels and not speakers:
+            raise UsageError("the model is speaker-conditioned but the data has no speaker labels: "
+                             "set --data.speaker_pattern")
+
+    # ----- cached sampling --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_cache(self, batch_size: int, cond: AudioCond | torch.Tensor | None, event_shape: tuple[int, ...]
+                   ) -> StepCache:
+        """The ring buffer of every layer's past inputs, step buffers, and the weights folded for :meth:`step`.
+
+        Buffers (B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]``; ``inputs [L, B, R]`` (each layer's input at
+        the current step); ``taps [L (k-1), B, R]``; ``pre [L, B, gate]``; ``gated [B, L, gate/2 + 1]`` (last
+        column ones); ``skip [B, S]``, ``hidden [B, H]``; ``gate_bias [B, L gate]``; with mel conditioning
+        ``mel_frames [F, B, cond_channels]``, ``frame_features [1, B, cond_channels]``, ``step_bias [B, L gate]``.
+        """
+        (length,) = event_shape
+        speaker, mel = self._split_cond(cond, batch_size, length)
+        hp = self.hparams
+        n_layers, k, res, gate = len(self.layers), self.kernel_size, hp.residual_channels, hp.gate_channels
+        half = gate // 2
+        cache = StepCache(batch_size, self.device, self.dtype)
+        device, dtype = self.device, self.dtype
+
+        # ring slots: layer l owns [offset_l, offset_l + size_l); past tap m of layer l lags m * d_l samples
+        sizes = [(k - 1) * d + 1 for d in self.dilations]
+        offsets = [sum(sizes[:i]) for i in range(n_layers)]
+        lags, slot_sizes, slot_offsets = [], [], []
+        for lag_of_tap in ([m * d for m in range(1, k)] for d in self.dilations):
+            lags += lag_of_tap
+        for i in range(n_layers):
+            slot_sizes += [sizes[i]] * (k - 1)
+            slot_offsets += [offsets[i]] * (k - 1)
+        lags += [0] * n_layers  # then where each layer's current input is written
+        slot_sizes += sizes
+        slot_offsets += offsets
+        as_long = (lambda v: torch.tensor(v, dtype=torch.long, device=device))
+        cache.register("lags", as_long(lags), None)
+        cache.register("slot_sizes", as_long(slot_sizes), None)
+        cache.register("slot_offsets", as_long(slot_offsets), None)
+        cache.alloc("slots", (len(lags),), batch_dim=None, dtype=torch.long)
+        cache.alloc("ring", (sum(sizes), batch_size, res), batch_dim=1)
+        cache.alloc("inputs", (n_layers, batch_size, res), batch_dim=1)
+        cache.alloc("taps", (n_layers * (k - 1), batch_size, res), batch_dim=1)
+        cache.alloc("pre", (n_layers, batch_size, gate), batch_dim=1)
+        cache.alloc("gated", (batch_size, n_layers, half + 1)).select(2, half).fill_(1.0)
+        cache.alloc("skip", (batch_size, hp.skip_channels))
+        cache.alloc("hidden", (batch_size, hp.head_channels))
+
+        # sigmoid(b) = (1 + tanh(b/2)) / 2: every contribution to the sigmoid half is scaled by 1/2
+        scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(device, dtype)
+        weights = torch.stack([layer.conv.weight for layer in self.layers]) * scale[:, None, None]  # [L, G, R, k]
+        # tap j of the kernel reads x[t - (k - 1 - j) d]: past taps m = 1..k-1 are j = k-1-m
+        cache.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate)
+        cache.w_cur = weights[..., k - 1].transpose(1, 2).contiguous()  # [L, R, G]
+        gate_bias = (torch.stack([layer.conv.bias for layer in self.layers]) * scale).flatten()
+        gate_bias = gate_bias.expand(batch_size, -1).clone()
+        if speaker is not None:
+            gate_bias += (self.speaker_embed(speaker).view(batch_size, n_layers, gate) * scale).flatten(1)
+        cache.register("gate_bias", gate_bias)
+        bias = gate_bias
+        if mel is not None:
+            features = self._mel_features(mel).permute(2, 0, 1).contiguous()  # [F, B, C]
+            cache.register("mel_frames", features, batch_dim=1)
+            cache.alloc("frame", (1,), batch_dim=None, dtype=torch.long)
+            cache.alloc("frame_features", (1, batch_size, features.shape[2]), batch_dim=1)
+            bias = cache.alloc("step_bias", (batch_size, n_layers * gate))
+            cache.w_mel = (self.mel_proj.weight[:, :, 0].view(n_layers, gate, -1) * scale[:, None]).flatten(0, 1).t()
+        cache.bias_view = bias.view(batch_size, n_layers, gate).transpose(0, 1)  # [L, B, G]
+        cache.taps_by_layer = cache.taps.view(n_layers, k - 1, batch_size, res).transpose(1, 2)  # [L, B, k-1, R]
+
+        # residual and skip 1x1s take [z, 1]: half of the gate's factor 1/2 and the bias are in the weights
+        def with_bias(conv: nn.Conv1d) -> torch.Tensor:
+            return torch.cat([0.5 * conv.weight[:, :, 0].t(), conv.bias[None]])  # [half + 1, out]
+
+        cache.w_skip = torch.cat([with_bias(layer.skip) for layer in self.layers])  # [L (half + 1), S]
+        cache.w_head1, cache.b_head1 = self.head1.weight[:, :, 0].t(), self.head1.bias
+        cache.w_head2, cache.b_head2 = self.head2.weight[:, :, 0].t(), self.head2.bias
+        cache.layer_plan = [
+            (cache.pre[i], cache.pre[i, :, :half], cache.pre[i, :, half:], cache.inputs[i], cache.w_cur[i],
+             cache.gated[:, i, :half], cache.gated[:, i],
+             None if layer.residual is None else (cache.inputs[i + 1], with_bias(layer.residual)))
+            for i, layer in enumerate(self.layers)]
+        return cache
+
+    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, quantization]`` for sample t from the ring buffers and code t - 1 of ``seq``."""
+        c = cache
+        n_past = c.taps.shape[0]
+        torch.sub(c.position, c.lags, out=c.slots)
+        c.slots.remainder_(c.slot_sizes).add_(c.slot_offsets)
+        if t > 0:
+            torch.index_select(self.embed.weight, 0, seq[:, t - 1], out=c.inputs[0])
+        torch.index_select(c.ring, 0, c.slots[:n_past], out=c.taps)
+        if self.n_mels:
+            torch.div(c.position, self.hop_length, rounding_mode="floor", out=c.frame[0])
+            torch.index_select(c.mel_frames, 0, c.frame, out=c.frame_features)
+            torch.addmm(c.gate_bias, c.frame_features[0], c.w_mel, out=c.step_bias)
+        # [L, B, (k-1) R]: a view when k = 2, one copy otherwise
+        torch.baddbmm(c.bias_view, c.taps_by_layer.flatten(2), c.w_past, out=c.pre)
+        for pre, tanh_half, sigmoid_half, x, w_cur, z, z_one, residual in c.layer_plan:
+            pre.addmm_(x, w_cur)
+            pre.tanh_()
+            torch.addcmul(tanh_half, tanh_half, sigmoid_half, out=z)  # 2 * tanh(a) * sigmoid(b)
+            if residual is not None:
+                torch.addmm(x, z_one, residual[1], out=residual[0])
+        c.ring.index_copy_(0, c.slots[n_past:], c.inputs)
+        torch.mm(c.gated.view(c.batch_size, -1), c.w_skip, out=c.skip)
+        torch.addmm(c.b_head1, c.skip.relu_(), c.w_head1, out=c.hidden)
+        return torch.addmm(c.b_head2, c.hidden.relu_(), c.w_head2)
+
+
+def decode_mu_law(codes: torch.Tensor, quantization: int = 256) -> torch.Tensor:
+    """Mu-law codes to float audio in [-1, 1]."""
+    import torchaudio.functional as AF
+
+    return AF.mu_law_decoding(codes, quantization)
