@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from benchmarks.common import best_time, machine, matmul_flops, table, top_ops
+from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds
 from pixelgen.igpt import SPAN_BLOCK, ImageGPT
 
 # name, image_shape, palette_size, width, layers, heads (the two shipped configs' models and the engine issue's
@@ -105,20 +105,13 @@ def cost_along_the_image(model: ImageGPT, batch: int = 1, window: int = 32) -> l
     return rows
 
 
-def train_step(model: ImageGPT, optimizer: torch.optim.Optimizer, codes: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    (-model.log_prob(codes).mean()).backward()
-    optimizer.step()
-
-
 def training_rows() -> list[list[object]]:
     rows = []
     for name, shape, palette, width, layers, heads in CONFIGS[:2]:
-        model = build(shape, palette, width, layers, heads).train().requires_grad_(True)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model = build(shape, palette, width, layers, heads).requires_grad_(True)
         batch = 16
         codes = torch.randint(0, palette, (batch, *model.event_shape))
-        seconds = best_time(partial(train_step, model, optimizer, codes), repeats=2)
+        seconds = training_step_seconds(model, codes, steps=1)
         rows.append([name, batch, f"{batch * model.num_codes / seconds:,.0f}", f"{batch / seconds:,.1f}"])
     return rows
 

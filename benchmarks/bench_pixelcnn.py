@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from benchmarks.common import best_time, machine, matmul_flops, table, top_ops
+from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds
 from pixelgen.pixelcnn import PixelCNN
 
 MNIST = dict(image_shape=(1, 28, 28), levels=2, hidden=32, layers=8, kernel_size=5, head=64)
@@ -22,18 +22,8 @@ CIFAR = dict(image_shape=(3, 32, 32), levels=256, hidden=48, layers=8, kernel_si
 
 
 def training_images_per_second(config: dict, batch: int, steps: int) -> float:
-    model = PixelCNN(**config)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     codes = torch.randint(0, config["levels"], (batch, *config["image_shape"]))
-
-    def run() -> None:
-        for _ in range(steps):
-            loss = -model.log_prob(codes).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-
-    return batch * steps / best_time(run, repeats=2)
+    return batch / training_step_seconds(PixelCNN(**config), codes, steps)
 
 
 def cached_codes_per_second(model: PixelCNN, batch: int) -> float:

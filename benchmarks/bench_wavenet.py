@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import best_time, machine, matmul_flops, table, top_ops
+from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds
 from wavegen.wavenet import WaveNet
 
 REFERENCE = {"layers": 20, "cycles": 2, "kernel_size": 2, "residual_channels": 64, "gate_channels": 128,
@@ -59,18 +59,8 @@ def cached_cost_by_position(model: WaveNet, batch: int, length: int, windows: in
 
 
 def training_samples_per_second(batch: int, length: int, steps: int) -> float:
-    model = WaveNet(**REFERENCE)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     codes = torch.randint(0, 256, (batch, length))
-
-    def run() -> None:
-        for _ in range(steps):
-            loss = -model.log_prob(codes).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-
-    return batch * length * steps / best_time(run, repeats=2)
+    return batch * length / training_step_seconds(WaveNet(**REFERENCE), codes, steps)
 
 
 def flops_per_sample(model: WaveNet) -> float:

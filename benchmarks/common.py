@@ -36,6 +36,20 @@ def best_time(fn: Callable[[], object], repeats: int = 3, device: str = "cpu") -
     return best
 
 
+def training_step_seconds(model: torch.nn.Module, codes: torch.Tensor, steps: int = 3) -> float:
+    """Seconds per teacher-forced training step (forward, backward, AdamW) on a batch of ``codes``."""
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run() -> None:
+        for _ in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            (-model.log_prob(codes).mean()).backward()
+            optimiser.step()
+
+    return best_time(run, repeats=2) / steps
+
+
 def matmul_flops(n: int = 1024, device: str = "cpu") -> float:
     """Measured FLOP/s of an n x n float32 matrix product: the arithmetic ceiling of this machine."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)

@@ -2,7 +2,9 @@
 
 Images are held in memory as one uint8 tensor per split (MNIST is 47 MB, CIFAR-10 150 MB), so batches cost a
 slice and a shift, not a PIL decode. Codes are the 8-bit pixel values reduced to ``bits`` bits, or {0, 1} when
-``binarize`` thresholds at 128 (the fixed binarisation of MNIST used by the PixelCNN papers' NLL in nats).
+``binarize`` maps pixels to {0, 1}: ``bernoulli`` draws each pixel once, with probability intensity/255, from a
+fixed seed (how the binarised MNIST of the PixelCNN papers' NLL in nats was made, so the numbers compare);
+``threshold`` cuts at 128 (an easier, less noisy data set: lower NLLs that do not compare with the papers').
 """
 
 from __future__ import annotations
@@ -11,19 +13,28 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from arcore.data import CodesDataModule, Split
 from arcore.errors import UsageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def quantise(pixels: torch.Tensor, bits: int = 8, binarize: bool = False) -> torch.Tensor:
-    """8-bit pixels (uint8) to integer codes in [0, 2**bits) (still uint8), or {0, 1} when binarised."""
-    if binarize:
+BINARIZATIONS = ("threshold", "bernoulli")
+
+
+def quantise(pixels: torch.Tensor, bits: int = 8, binarize: str | None = None, seed: int = 0) -> torch.Tensor:
+    """8-bit pixels (uint8) to integer codes in [0, 2**bits) (still uint8), or {0, 1} when binarised.
+
+    ``bernoulli`` is deterministic given ``seed``: the same images always get the same binarisation.
+    """
+    if binarize == "threshold":
         return (pixels >= 128).to(torch.uint8)
+    if binarize == "bernoulli":
+        noise = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(seed))
+        return (noise * 255 < pixels).to(torch.uint8)
     return pixels >> (8 - bits)
 
 
@@ -79,7 +90,7 @@ def _folder_split(folder: Path, classes: list[str], channels: int, size: int | N
     return stacked.contiguous(), torch.tensor(labels, dtype=torch.long)
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(CodesDataModule):
     """MNIST, CIFAR-10 or an ImageFolder tree (``root/train/<class>/*.png``, optional ``root/test``) as codes.
 
     Batches are ``(codes long [B, C, H, W], labels long [B])``. The validation set is the last ``val_size``
@@ -87,7 +98,8 @@ class ImageDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, dataset: Literal["mnist", "cifar10", "folder"] = "mnist", root: str = "./data",
-                 bits: int = 8, binarize: bool = False, batch_size: int = 64, val_size: int = 5000,
+                 bits: int = 8, binarize: Literal["threshold", "bernoulli"] | None = None, batch_size: int = 64,
+                 val_size: int = 5000,
                  num_workers: int = 0, download: bool = True, channels: int = 3,
                  image_size: int | None = None) -> None:
         super().__init__()
@@ -95,6 +107,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise UsageError(f"--data.dataset must be mnist, cifar10 or folder, got {dataset!r}")
         if not 1 <= bits <= 8:
             raise UsageError(f"--data.bits must be between 1 and 8, got {bits}")
+        if binarize not in (None, *BINARIZATIONS):
+            raise UsageError(f"--data.binarize must be threshold, bernoulli or null, got {binarize!r}")
         if channels not in (1, 3):
             raise UsageError(f"--data.channels must be 1 or 3, got {channels}")
         self.save_hyperparameters()
@@ -106,7 +120,7 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def levels(self) -> int:
         """How many values a code takes."""
-        return 2 if self.binarize else 2 ** self.bits
+        return 2 if self.binarize is not None else 2 ** self.bits
 
     @property
     def num_labels(self) -> int:
@@ -147,41 +161,25 @@ class ImageDataModule(pl.LightningDataModule):
             for train in (True, False):
                 self._raw(train)
 
-    def _codes(self, pixels: torch.Tensor) -> torch.Tensor:
-        return quantise(pixels, self.bits, self.binarize)
-
-    def split(self, name: Literal["train", "val", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (uint8) and labels of one split."""
+    def split(self, name: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (uint8) and labels of one split (binarisation noise is fixed per official split)."""
         if name == "test":
             images, labels = self._raw(train=False)
-            return self._codes(images), labels
+            return quantise(images, self.bits, self.binarize, seed=1), labels
         images, labels = self._raw(train=True)
+        codes = quantise(images, self.bits, self.binarize, seed=0)
         val = min(self.val_size, len(images) // 5)
         part = slice(len(images) - val, None) if name == "val" else slice(0, len(images) - val)
-        return self._codes(images[part]), labels[part]
+        return codes[part], labels[part]
 
     def train_pixels(self) -> torch.Tensor:
         """The raw 8-bit training images [N, C, H, W] (e.g. to fit a colour palette)."""
         images, _ = self._raw(train=True)
         return images[: len(images) - min(self.val_size, len(images) // 5)]
 
-    def _loader(self, name: Literal["train", "val", "test"]) -> DataLoader:
+    def _loader(self, name: Split) -> DataLoader:
         dataset = TensorDataset(*self.split(name))
         train = name == "train"
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
                           drop_last=train and len(dataset) > self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
-
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
-        codes, labels = batch
-        return codes.long(), labels
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -216,7 +216,7 @@ class ImageGPT(AutoregressiveModule):
         check_image_data(self, datamodule)
         if getattr(datamodule, "levels", 256) != 256:
             raise UsageError("ImageGPT fits its palette on 8-bit pixels: set --data.bits 8 and --data.binarize "
-                             "false")
+                             "null")
         if stage == "fit" and not self.palette_fitted:
             self.fit_palette(datamodule.train_pixels().to(self.device))
 

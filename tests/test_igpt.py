@@ -21,6 +21,7 @@ from pixelgen.data import ImageDataModule
 from pixelgen.igpt import ImageGPT
 from tests.contract import brute_force_log_prob, causality_violations, randomise, sample_both_ways, step_logit_error
 from tests.test_palette import COLOURS, patch_images
+from tests.tiny_configs import trainer_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,19 +202,7 @@ def test_checkpoint_samples_the_same_images_in_a_fresh_process_without_data(tmp_
 def test_pixelgen_cli_fits_tests_and_completes_images(tmp_path, capsys):
     data = make_folder_data(tmp_path / "images")
     config = tmp_path / "igpt.yaml"
-    config.write_text(f"""
-seed_everything: 0
-ckpt_path: last
-trainer:
-  accelerator: cpu
-  max_steps: 2
-  logger: false
-  default_root_dir: {tmp_path}/run
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {tmp_path}/run/checkpoints, save_last: true}}
+    config.write_text(trainer_yaml(tmp_path / "run", max_steps=2) + f"""
 model:
   class_path: pixelgen.igpt.ImageGPT
   init_args: {{image_shape: [3, 8, 8], palette_size: 8, resolution: 4, width: 16, layers: 1, heads: 2,

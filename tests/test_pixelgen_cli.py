@@ -15,6 +15,7 @@ from PIL import Image
 from arcore.errors import UsageError
 from pixelgen.cli import main
 from pixelgen.data import ImageDataModule, quantise
+from tests.tiny_configs import trainer_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,23 +37,10 @@ def make_folder_dataset(root: Path, size: int = 8, per_class: int = 12) -> Path:
 
 def tiny_config(tmp_path: Path, data_root: Path) -> Path:
     config = tmp_path / "tiny.yaml"
-    config.write_text(f"""
-seed_everything: 0
-ckpt_path: last
-trainer:
-  accelerator: cpu
-  max_steps: 4
-  max_epochs: 50
-  val_check_interval: 2
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {tmp_path}/run
-  callbacks:
-    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {tmp_path}/run/checkpoints, save_last: true, monitor: val/bpd}}
+    sample_logger = """
     - class_path: arcore.callbacks.SampleLogger
-      init_args: {{num_samples: 4}}
+      init_args: {num_samples: 4}"""
+    config.write_text(trainer_yaml(tmp_path / "run", callbacks=sample_logger) + f"""
 model:
   class_path: pixelgen.pixelcnn.PixelCNN
   init_args: {{image_shape: [3, 8, 8], levels: 16, hidden: 6, layers: 2, head: 6, num_labels: 2}}
@@ -138,6 +126,8 @@ def test_missing_data_offline_names_the_root_option(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
     with pytest.raises(UsageError, match=r"URLError.*--data.root"):
         ImageDataModule("cifar10", root=str(tmp_path)).prepare_data()
+    with pytest.raises(UsageError, match="threshold, bernoulli or null"):
+        ImageDataModule("mnist", binarize="yes")
     with pytest.raises(UsageError, match="train/<class>"):
         _ = ImageDataModule("folder", root=str(tmp_path)).num_labels
 
@@ -160,8 +150,18 @@ def test_folder_data_codes_labels_and_splits(tmp_path):
 def test_quantise_and_binarise():
     pixels = torch.tensor([0, 15, 16, 127, 128, 255], dtype=torch.uint8)
     assert quantise(pixels, bits=4).tolist() == [0, 0, 1, 7, 8, 15]
-    assert quantise(pixels, binarize=True).tolist() == [0, 0, 0, 0, 1, 1]
+    assert quantise(pixels, binarize="threshold").tolist() == [0, 0, 0, 0, 1, 1]
     assert torch.equal(quantise(pixels, bits=8), pixels)
+
+
+def test_bernoulli_binarisation_is_fixed_and_follows_the_intensity():
+    pixels = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).repeat(20000, 1)
+    codes = quantise(pixels, binarize="bernoulli", seed=3)
+    assert torch.equal(codes, quantise(pixels, binarize="bernoulli", seed=3))
+    assert not torch.equal(codes, quantise(pixels, binarize="bernoulli", seed=4))
+    frequency = codes.double().mean(0)
+    assert frequency[0] == 0 and frequency[3] == 1
+    assert abs(frequency[1] - 64 / 255) < 0.01 and abs(frequency[2] - 128 / 255) < 0.01
 
 
 @pytest.mark.slow
@@ -169,7 +169,7 @@ def test_real_mnist_loads_from_the_shared_copy():
     root = ROOT.parent / "shared" / "data"
     if not (root / "MNIST" / "raw").is_dir():
         pytest.skip("the shared MNIST copy is not on this machine")
-    data = ImageDataModule("mnist", root=str(root), binarize=True, download=False)
+    data = ImageDataModule("mnist", root=str(root), binarize="bernoulli", download=False)
     train, labels = data.split("train")
     assert train.shape == (55000, 1, 28, 28) and len(data.split("test")[0]) == 10000
     assert set(train.unique().tolist()) == {0, 1} and len(set(labels.tolist())) == 10

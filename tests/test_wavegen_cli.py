@@ -14,6 +14,7 @@ import torch
 
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_audio_data import SHARED_AUDIO, make_audio_folder
+from tests.tiny_configs import trainer_yaml
 from wavegen.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,22 +26,7 @@ def tiny_config(tmp_path: Path, data_root: Path, *, speakers: int = 0, n_mels: i
     sample_logger = "" if n_mels else """
     - class_path: arcore.callbacks.SampleLogger
       init_args: {num_samples: 2, audio_seconds: 0.04}"""
-    config.write_text(f"""
-seed_everything: 0
-ckpt_path: last
-trainer:
-  accelerator: cpu
-  max_steps: 4
-  max_epochs: 50
-  val_check_interval: 2
-  check_val_every_n_epoch: null
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {tmp_path}/run
-  callbacks:
-    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {tmp_path}/run/checkpoints, save_last: true, monitor: val/bpd}}{sample_logger}
+    config.write_text(trainer_yaml(tmp_path / "run", callbacks=sample_logger) + f"""
 model:
   class_path: wavegen.wavenet.WaveNet
   init_args: {{dilations: [1, 2, 4], residual_channels: 8, gate_channels: 8, skip_channels: 8, head_channels: 8,

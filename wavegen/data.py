@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
+from arcore.data import CodesDataModule, Split
 from arcore.errors import UsageError
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
@@ -117,7 +117,7 @@ class TileDataset(Dataset):
         return clip.codes[start: start + self.length], clip.speaker
 
 
-class AudioDataModule(pl.LightningDataModule):
+class AudioDataModule(CodesDataModule):
     """A folder of WAV/FLAC files (recursive) or a torchaudio dataset as mu-law crops.
 
     Args:
@@ -282,7 +282,7 @@ class AudioDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.splits()
 
-    def _loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
+    def _loader(self, split: Split) -> DataLoader:
         length = self.crop_length()
         clips = self.crops(length)[split]
         if split == "train":
@@ -291,17 +291,3 @@ class AudioDataModule(pl.LightningDataModule):
             dataset = TileDataset(clips, length)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=split == "train",
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
-        codes, speakers = batch
-        return codes.long(), speakers.long()
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
