@@ -30,7 +30,7 @@ from arcore.cache import StepCache
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
 from pixelgen import palette as pal
-from pixelgen.pixelcnn import check_image_data
+from pixelgen.pixelcnn import check_image_data, checked_image_shape
 
 SPAN_BLOCK = 64  # a sampling step attends over the cached positions in blocks of this many (see ImageGPT.step)
 
@@ -136,9 +136,7 @@ class ImageGPT(AutoregressiveModule):
                  palette_steps: int = 300, palette_cache: str | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.01, warmup_steps: int = 200, lr_schedule: str = "cosine") -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 3 or image_shape[0] not in (1, 3) or min(image_shape) < 1:
-            raise UsageError(f"image_shape must be (C, H, W) with C = 1 or 3, got {image_shape}")
+        image_shape = checked_image_shape(image_shape)
         if palette_size < 2:
             raise UsageError(f"palette_size must be >= 2, got {palette_size}")
         if width % heads:

@@ -126,9 +126,7 @@ class PixelCNN(AutoregressiveModule):
                  layers: int = 8, kernel_size: int = 5, head: int = 96, num_labels: int = 0, lr: float = 2e-3,
                  weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine") -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 3 or image_shape[0] not in (1, 3) or min(image_shape) < 1:
-            raise UsageError(f"image_shape must be (C, H, W) with C = 1 or 3, got {image_shape}")
+        image_shape = checked_image_shape(image_shape)
         if levels < 2:
             raise UsageError(f"levels must be >= 2, got {levels}")
         colours = image_shape[0]
@@ -277,6 +275,14 @@ class PixelCNN(AutoregressiveModule):
                 cache.h_out.copy_(out)
         hidden = torch.addmm(self.head1.bias, F.relu(cache.h_out), cache.head1_w)
         return torch.addmm(cache.head2_b[colour], F.relu(hidden), cache.head2_w[:, colour])
+
+
+def checked_image_shape(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(C, H, W)`` as ints, with a one-line error unless C is 1 or 3 and every size positive."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+        raise UsageError(f"image_shape must be (C, H, W) with C = 1 or 3, got {shape}")
+    return shape  # type: ignore[return-value]
 
 
 def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:
