@@ -63,6 +63,8 @@ class BlockedDense:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
         out = torch.baddbmm(self.bias, x.expand(self.blocks, rows, -1), self.weight)  # [blocks, rows, fan_out/blocks]
+        if rows == 1:  # [blocks, 1, n] is already the row's layout
+            return out.view(1, -1)
         return out.transpose(0, 1).reshape(rows, -1)
 
 
