@@ -113,6 +113,8 @@ def test_sample_errors_are_one_line(tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(junk), "--out", str(tmp_path / "x.mp3")]) == 2
     assert "must name a .wav file" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(junk), "--out", out, "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
 
     pixel = tmp_path / "pixelcnn.ckpt"  # a real pixelgen checkpoint
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=0)

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mel-from", default=None, help="audio file whose log-mel frames condition a vocoder model")
     p.add_argument("--no-cache", action="store_true", help="the cache-free reference path (slow)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1: a step's tiny products lose more to thread sync than they gain)")
     return p
 
 
@@ -71,8 +73,12 @@ def sample_main(argv: Sequence[str]) -> None:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seconds is not None and args.seconds <= 0:
         raise UsageError(f"--seconds must be > 0, got {args.seconds}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     out = output_path(args.out, ".wav")
     device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     model = load_for_sampling(args.ckpt, "wavegen", device)
     if not isinstance(model, WaveNet):
         raise UsageError(f"{args.ckpt} holds a {type(model).__name__}, not a WaveNet")
