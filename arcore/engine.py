@@ -17,6 +17,7 @@ A model used here provides (see ``arcore.module.AutoregressiveModule``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,18 +55,14 @@ class BeamResult:
     log_prob: torch.Tensor
 
 
-def _device_dtype(model: Autoregressive) -> tuple[torch.device, torch.dtype]:
-    p = next(iter(model.parameters()))
-    return p.device, p.dtype
+def _device(model: Autoregressive) -> torch.device:
+    return next(iter(model.parameters())).device
 
 
 def _initial_sequence(model: Autoregressive, n: int, event_shape: tuple[int, ...],
                       prime: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, int]:
     """The ``[n, N]`` code buffer with the primed prefix written in, and the first position left to generate."""
-    total = 1
-    for size in event_shape:
-        total *= size
-    seq = torch.zeros(n, total, dtype=torch.long, device=device)
+    seq = torch.zeros(n, math.prod(event_shape), dtype=torch.long, device=device)
     if prime is None:
         return seq, 0
     if prime.shape[0] != n:
@@ -118,7 +115,7 @@ def sample(model: Autoregressive, n: int, *, cond: torch.Tensor | None = None, p
         raise UsageError(f"number of samples must be >= 1, got {n}")
     decoding = Decoding(temperature, top_k, top_p)
     event_shape = model.event_shape_for(length)
-    device, _ = _device_dtype(model)
+    device = _device(model)
     was_training = model.training
     model.train(False)
     try:
@@ -150,7 +147,7 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: torc
     if beams < 1:
         raise UsageError(f"beams must be >= 1, got {beams}")
     event_shape = model.event_shape_for(length)
-    device, _ = _device_dtype(model)
+    device = _device(model)
     rows = n * beams
     expand = (lambda x: None if x is None else x.repeat_interleave(beams, dim=0))
     was_training = model.training

@@ -140,8 +140,8 @@ class AutoregressiveModule(pl.LightningModule):
         """Hook for model-specific metrics (e.g. bits per palette token); nothing by default."""
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if self._trainer is not None:  # the schedule's learning rate (works with or without a logger)
-            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # the schedule's learning rate, logged here so it works with or without a logger
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
