@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, TypeVar
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Sampler
 
 Split = Literal["train", "val", "test"]
+T = TypeVar("T")
+
+
+@rank_zero_only
+def warn(tool: str, message: str) -> None:
+    """One ``<tool>: warning: ...`` line on stderr (once, on the first process), clear of any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"{tool}: warning: {message}", file=sys.stderr)
+
+
+def scan(items: Sequence[T], desc: str) -> Iterable[T]:
+    """``items`` with a progress bar on stderr for a long data scan; no bar when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="file", disable=None, leave=False, mininterval=0.5, file=sys.stderr)
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``size`` indices drawn from ``(seed, epoch)`` alone, so a run resumed from a checkpoint sees
+    the same batches as an uninterrupted one. The seed defaults to the run's ``seed_everything`` value; Lightning
+    calls :meth:`set_epoch` at the start of every epoch (and forwards it through its distributed sampler)."""
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 class CodesDataModule(pl.LightningDataModule):
@@ -28,6 +69,10 @@ class CodesDataModule(pl.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``predict`` scores the test split example by example (see ``arcore.callbacks.LikelihoodWriter``)."""
         return self._loader("test")
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int

@@ -7,6 +7,7 @@ engine draw the same noise at the same position and therefore the same codes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,27 +17,33 @@ from arcore.errors import UsageError
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to pick a code from logits. ``temperature=0`` means greedy (argmax)."""
+    """How to pick a code from logits: a draw from the tempered, top-k / top-p filtered softmax, or the most
+    likely code when ``greedy``."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    greedy: bool = False
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.temperature > 0:  # also catches NaN
+            raise UsageError(f"temperature must be > 0, got {self.temperature} (use --greedy for the most likely "
+                             f"code at each step)")
+        if not math.isfinite(self.temperature):
+            raise UsageError(f"temperature must be finite, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+    def argmax(self) -> bool:
+        """Whether the choice is the most likely code (greedy, or top-k of 1), so no noise is needed."""
+        return self.greedy or self.top_k == 1
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
         """Scaled logits with every code outside the top-k / top-p set at -inf (classes last)."""
-        if self.temperature not in (0.0, 1.0):
+        if self.temperature != 1.0:
             logits = logits / self.temperature
         if self.top_k is not None and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
@@ -46,8 +53,8 @@ class Decoding:
         return logits
 
     def choose(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Codes [..] from logits [.., K] and uniform noise of the same shape (ignored when greedy)."""
-        if self.greedy:
+        """Codes [..] from logits [.., K] and uniform noise of the same shape (ignored for :attr:`argmax`)."""
+        if self.argmax:
             return logits.argmax(dim=-1)
         filtered = self.filter(logits)
         gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20, max=1.0 - 1e-7)))

@@ -104,16 +104,17 @@ def _positions(total: int, progress: bool, desc: str) -> Iterable[int]:
 @torch.no_grad()
 def sample(model: Autoregressive, n: int, *, cond: torch.Tensor | None = None, prime: torch.Tensor | None = None,
            length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None,
-           progress: bool = False) -> torch.Tensor:
-    """Draw ``n`` samples ``[n, *event_shape]``; ``prime`` fixes a prefix of the order, ``temperature=0`` is greedy.
+           top_p: float | None = None, greedy: bool = False, use_cache: bool = True,
+           generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """Draw ``n`` samples ``[n, *event_shape]``; ``prime`` fixes a prefix of the order, ``greedy`` takes the most
+    likely code at every position instead of drawing one.
 
     The cached and cache-free paths draw the same noise at the same positions, so with the same ``generator`` seed
     they return the same codes (up to float rounding of the logits).
     """
     if n < 1:
         raise UsageError(f"number of samples must be >= 1, got {n}")
-    decoding = Decoding(temperature, top_k, top_p)
+    decoding = Decoding(temperature, top_k, top_p, greedy)
     event_shape = model.event_shape_for(length)
     device = _device(model)
     was_training = model.training
@@ -127,7 +128,7 @@ def sample(model: Autoregressive, n: int, *, cond: torch.Tensor | None = None, p
                 continue
             logits = step(t, seq)
             if t >= start:
-                if not decoding.greedy:
+                if not decoding.argmax:
                     noise.uniform_(generator=generator)
                 seq[:, t] = decoding.choose(logits, noise)
         return model.from_order(seq, event_shape)

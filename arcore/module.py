@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 
 from arcore import engine
 from arcore.cache import StepCache
@@ -37,6 +39,7 @@ class AutoregressiveModule(pl.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.lr_schedule = lr_schedule
+        self._step_clock: float | None = None  # time of the previous training step (throughput)
 
     # ----- the model contract -------------------------------------------------------------------------------
     def event_shape_for(self, length: int | None) -> tuple[int, ...]:
@@ -101,11 +104,11 @@ class AutoregressiveModule(pl.LightningModule):
     # ----- sampling --------------------------------------------------------------------------------------------
     def sample(self, n: int, *, cond: torch.Tensor | None = None, prime: torch.Tensor | None = None,
                length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None,
-               progress: bool = False) -> torch.Tensor:
+               top_p: float | None = None, greedy: bool = False, use_cache: bool = True,
+               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
         """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.engine.sample`)."""
         return engine.sample(self, n, cond=cond, prime=prime, length=length, temperature=temperature,
-                             top_k=top_k, top_p=top_p, use_cache=use_cache, generator=generator,
+                             top_k=top_k, top_p=top_p, greedy=greedy, use_cache=use_cache, generator=generator,
                              progress=progress)
 
     def beam_search(self, n: int = 1, *, beams: int = 4, cond: torch.Tensor | None = None,
@@ -134,21 +137,40 @@ class AutoregressiveModule(pl.LightningModule):
                  batch_size=size, sync_dist=not on_step)
         self.log(f"{stage}/nll", nll.mean(), on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log_extra_metrics(stage, codes, nll, size)
+        if on_step:
+            self._log_throughput(codes)
         return loss
 
     def log_extra_metrics(self, stage: str, codes: torch.Tensor, nll: torch.Tensor, size: int) -> None:
         """Hook for model-specific metrics (e.g. bits per palette token); nothing by default."""
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        # the schedule's learning rate, logged here so it works with or without a logger
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self._shared_step(batch, "train")
+
+    def _log_throughput(self, codes: torch.Tensor) -> None:
+        """``train/examples_per_s`` and ``train/codes_per_s`` over the time since the previous training step (data
+        loading included, validation excluded)."""
+        now = time.perf_counter()
+        if self._step_clock is not None:
+            seconds = now - self._step_clock
+            self.log("train/examples_per_s", codes.shape[0] / seconds, on_step=True, on_epoch=False)
+            self.log("train/codes_per_s", codes.numel() / seconds, on_step=True, on_epoch=False)
+        self._step_clock = now
+
+    def on_validation_start(self) -> None:
+        self._step_clock = None  # the next training step's interval would include validation
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Exact likelihood of every example: ``{"nll": nats [B], "bpd": bits per dimension [B]}``."""
+        codes, cond = self.unpack(batch)
+        nll = -self.log_prob(codes, cond)
+        return {"nll": nll, "bpd": nll / (self.dims(codes) * math.log(2))}
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -170,6 +192,9 @@ class AutoregressiveModule(pl.LightningModule):
     # ----- checkpoints -----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):  # lets a resumed fit continue this W&B run (see arcore.cli)
+                checkpoint["wandb_run_id"] = logger.version
 
 
 def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu"

@@ -15,10 +15,18 @@ from collections.abc import Sequence
 
 import torch
 
-from arcore.cli import load_for_sampling, output_path, pick_device, run, seeded_generator
+from arcore.callbacks import image_prime
+from arcore.chunks import draw_in_chunks, interrupted_exit, rows
+from arcore.cli import (
+    load_for_sampling,
+    output_path,
+    pick_device,
+    run,
+    seeded_generator,
+)
+from arcore.decoding import Decoding
 from arcore.errors import UsageError
 from arcore.media import save_image_grid
-from arcore.module import AutoregressiveModule
 from pixelgen.data import ImageDataModule
 
 
@@ -29,9 +37,12 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images drawn at once; more are drawn in chunks (halved on out-of-memory)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; below 1 sharpens, above 1 flattens")
+    parser.add_argument("--greedy", action="store_true", help="the most likely code at every step instead of a draw")
     parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     parser.add_argument("--class-label", type=int, default=None, help="label for every sample (conditional models)")
     parser.add_argument("--prime-rows", type=int, default=0, help="keep the top R rows of real images, complete the rest")
     parser.add_argument("--prime-from", choices=("train", "val", "test"), default="test")
@@ -57,21 +68,22 @@ def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[t
     return codes[:n].long(), labels[:n]
 
 
-def image_prime(model: AutoregressiveModule, images: torch.Tensor, rows: int) -> torch.Tensor:
-    """The model's codes for the top ``rows`` rows of ``images`` (models over palette tokens convert first)."""
-    if hasattr(model, "prime_from_images"):
-        return model.prime_from_images(images, rows)
-    return images[:, :, :rows]
-
-
 def sample_main(argv: Sequence[str]) -> None:
+    """``pixelgen sample``: a PNG grid of samples, completions or beam-search completions from a checkpoint."""
     args = sample_parser().parse_args(list(argv))
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.beams < 0 or args.prime_rows < 0:
+        raise UsageError(f"--beams and --prime-rows must be >= 0, got {args.beams} and {args.prime_rows}")
+    Decoding(args.temperature, args.top_k, args.top_p, args.greedy)  # bad decoding options fail before any work
     out = output_path(args.out, ".png")
     device = pick_device(args.device)
     model = load_for_sampling(args.ckpt, "pixelgen", device)
     n = args.num_samples
+    height = model.image_shape[1]
+    if args.prime_rows and not args.prime_rows < height:
+        raise UsageError(f"--prime-rows must be between 1 and {height - 1} (the images have {height} rows), "
+                         f"got {args.prime_rows}")
     cond = None
     if args.class_label is not None:
         if not 0 <= args.class_label < max(model.num_labels, 1) or not model.num_labels:
@@ -80,29 +92,40 @@ def sample_main(argv: Sequence[str]) -> None:
         cond = torch.full((n,), args.class_label, dtype=torch.long, device=device)
     elif model.num_labels:
         cond = torch.arange(n, device=device) % model.num_labels
-    prime = None
+    prime = images = None
     if args.prime_rows:
         images, labels = real_images(args.ckpt, args.prime_from, n, args.data_root)
-        height = images.shape[2]
-        if not 0 < args.prime_rows < height:
-            raise UsageError(f"--prime-rows must be between 1 and {height - 1}, got {args.prime_rows}")
         prime = image_prime(model, images, args.prime_rows).to(device)
         if model.num_labels and args.class_label is None:
             cond = labels.to(device)
-        save_image_grid(model.render_samples(image_prime(model, images, height).to(device))["images"],
-                        out.with_name(f"{out.stem}_real.png"))
+    generator = seeded_generator(args.seed, device)
+    best_log_probs: list[torch.Tensor] = []
+
+    def draw(first: int, count: int) -> torch.Tensor:
+        part_cond, part_prime = rows(cond, first, count), rows(prime, first, count)
+        if args.beams:
+            result = model.beam_search(count, beams=args.beams, cond=part_cond, prime=part_prime,
+                                       use_cache=not args.no_cache)
+            best_log_probs.append(result.log_prob[:, 0])
+            return result.codes[:, 0]
+        return model.sample(count, cond=part_cond, prime=part_prime, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, use_cache=not args.no_cache,
+                            generator=generator)
+
     start = time.perf_counter()
-    if args.beams:
-        result = model.beam_search(n, beams=args.beams, cond=cond, prime=prime, use_cache=not args.no_cache)
-        codes = result.codes[:, 0]
-        bits = -result.log_prob[:, 0].mean().item() / codes[0].numel() / math.log(2)
-        print(f"beam search ({args.beams} beams): the best completions average {bits:.4f} bits/dim")
-    else:
-        codes = model.sample(n, cond=cond, prime=prime, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, use_cache=not args.no_cache,
-                             generator=seeded_generator(args.seed, device))
+    chunks = draw_in_chunks(draw, n, args.batch_size, tool="pixelgen", generator=generator)
     seconds = time.perf_counter() - start
-    save_image_grid(model.render_samples(codes)["images"], out)
+    if chunks.done:
+        codes = chunks.samples
+        save_image_grid(model.render_samples(codes)["images"], out)
+        if images is not None:
+            save_image_grid(model.render_samples(image_prime(model, images[: chunks.done], height).to(device))
+                            ["images"], out.with_name(f"{out.stem}_real.png"))
+        if args.beams:
+            bits = -torch.cat(best_log_probs).mean().item() / codes[0].numel() / math.log(2)
+            print(f"beam search ({args.beams} beams): the best completions average {bits:.4f} bits/dim")
+    if chunks.interrupted:
+        raise interrupted_exit("pixelgen", chunks, [out] if chunks.done else [])
     print(f"wrote {n} {'completions' if prime is not None else 'samples'} to {out} in {seconds:.1f} s "
           f"({codes[0].numel() * n / seconds:,.0f} codes/s on {device})")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.data import CodesDataModule, Split
+from arcore.data import CodesDataModule, EpochShuffle, Split, scan, warn
 from arcore.errors import UsageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -63,25 +63,36 @@ def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) ->
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
 
 
+def _read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
+    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB), resized to ``size`` x ``size`` if given."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BICUBIC)
+        return np.array(img)
+
+
 def _folder_split(folder: Path, classes: list[str], channels: int, size: int | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image, UnidentifiedImageError
-
+    """Every readable image under ``folder/<class>/`` (recursive) with its class index; unreadable files are
+    skipped with one warning line each."""
+    files = [(label, path) for label, name in enumerate(classes) for path in sorted((folder / name).rglob("*"))
+             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
     images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("L" if channels == 1 else "RGB")
-                    if size is not None and img.size != (size, size):
-                        img = img.resize((size, size), Image.BICUBIC)
-                    array = np.asarray(img)
-            except (OSError, UnidentifiedImageError):
-                raise UsageError(f"cannot read image {path}: remove it or replace it with a valid image") from None
-            images.append(torch.from_numpy(array.copy()))
-            labels.append(label)
+    for label, path in scan(files, f"reading {folder.name} images"):
+        try:
+            array = _read_image(path, channels, size)
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt or truncated files
+            warn("pixelgen", f"skipping {path}: not a readable image ({type(exc).__name__})")
+            continue
+        images.append(torch.from_numpy(array))
+        labels.append(label)
     if not images:
-        raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}/<class>/")
+        found = f"{len(files)} files, none readable" if files else "none found"
+        raise UsageError(f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}/<class>/ "
+                         f"({found}): put PNG or JPEG images there in ImageFolder layout")
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) > 1:
         raise UsageError(f"images under {folder} differ in size ({sorted(shapes)[:3]}...): set --data.image_size")
@@ -180,6 +191,7 @@ class ImageDataModule(CodesDataModule):
     def _loader(self, name: Split) -> DataLoader:
         dataset = TensorDataset(*self.split(name))
         train = name == "train"
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
+        sampler = EpochShuffle(len(dataset)) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
                           drop_last=train and len(dataset) > self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

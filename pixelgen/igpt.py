@@ -141,6 +141,9 @@ class ImageGPT(AutoregressiveModule):
         image_shape = checked_image_shape(image_shape)
         if palette_size < 2:
             raise UsageError(f"palette_size must be >= 2, got {palette_size}")
+        if min(width, heads, mlp_ratio) < 1 or num_labels < 0 or not 0.0 <= dropout < 1.0:
+            raise UsageError(f"width, heads and mlp_ratio must be >= 1, num_labels >= 0 and dropout in [0, 1), got "
+                             f"{width}, {heads}, {mlp_ratio}, {num_labels} and {dropout}")
         if width % heads:
             raise UsageError(f"width ({width}) must be a multiple of heads ({heads})")
         if layers < 1 or (resolution is not None and resolution < 1):

@@ -129,6 +129,9 @@ class PixelCNN(AutoregressiveModule):
         image_shape = checked_image_shape(image_shape)
         if levels < 2:
             raise UsageError(f"levels must be >= 2, got {levels}")
+        if min(hidden, head) < 1 or num_labels < 0:
+            raise UsageError(f"hidden and head must be >= 1 and num_labels >= 0, got {hidden}, {head} and "
+                             f"{num_labels}")
         colours = image_shape[0]
         if hidden % colours or head % colours:
             raise UsageError(f"hidden ({hidden}) and head ({head}) must be multiples of the channel count "

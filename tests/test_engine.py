@@ -28,7 +28,7 @@ def all_images(model: PixelCNN) -> torch.Tensor:
 
 def test_top_k_one_equals_greedy_and_low_temperature_tends_to_greedy():
     model = tiny((1, 4, 4), levels=4)
-    greedy = model.sample(3, temperature=0.0)
+    greedy = model.sample(3, greedy=True)
     assert torch.equal(model.sample(3, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
     assert torch.equal(model.sample(3, temperature=1e-6, generator=torch.Generator().manual_seed(2)), greedy)
     assert not torch.equal(model.sample(3, temperature=5.0, generator=torch.Generator().manual_seed(3)), greedy)
@@ -74,7 +74,7 @@ def test_same_seed_same_samples_other_seed_other_samples():
 def test_beam_of_width_one_is_greedy():
     model = tiny((3, 3, 4), levels=4)
     result = model.beam_search(2, beams=1)
-    assert torch.equal(result.codes[:, 0], model.sample(2, temperature=0.0))
+    assert torch.equal(result.codes[:, 0], model.sample(2, greedy=True))
     assert torch.allclose(result.log_prob[:, 0], model.log_prob(result.codes[:, 0]).double(), atol=1e-9)
 
 
@@ -139,8 +139,11 @@ def test_step_cache_reorders_every_batched_buffer():
 
 def test_bad_decoding_and_prime_arguments_are_clear_errors():
     model = tiny((1, 3, 3), levels=4)
-    with pytest.raises(UsageError, match="temperature"):
-        model.sample(1, temperature=-1)
+    for temperature in (0.0, -1.0, float("nan")):
+        with pytest.raises(UsageError, match=r"temperature must be > 0, got .* \(use --greedy"):
+            model.sample(1, temperature=temperature)
+    with pytest.raises(UsageError, match="temperature must be finite"):
+        model.sample(1, temperature=float("inf"))
     with pytest.raises(UsageError, match="top_p"):
         model.sample(1, top_p=1.5)
     with pytest.raises(UsageError, match=r"integer codes in \[0, 4\)"):

@@ -123,7 +123,7 @@ def test_step_logits_match_teacher_forcing_in_float32():
 def test_beam_search_with_mel_condition_width_one_is_greedy():
     model, cond = conditioned(12, 2)
     beams = model.beam_search(2, beams=1, cond=cond, length=12)
-    greedy = model.sample(2, cond=cond, length=12, temperature=0)
+    greedy = model.sample(2, cond=cond, length=12, greedy=True)
     assert torch.equal(beams.codes[:, 0], greedy)
     assert torch.allclose(beams.log_prob[:, 0], model.log_prob(greedy, cond), atol=1e-9)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from arcore.chunks import draw_in_chunks, interrupted_exit, rows
 from arcore.cli import (
     load_for_sampling,
     output_path,
@@ -21,9 +22,10 @@ from arcore.cli import (
     run,
     seeded_generator,
 )
+from arcore.decoding import Decoding
 from arcore.errors import UsageError
 from arcore.media import save_wav
-from wavegen.data import AudioDataModule, mu_law_encode, read_audio
+from wavegen.data import AudioDataModule, mu_law_encode, read_audio, why_unusable
 from wavegen.wavenet import AudioCond, WaveNet
 
 
@@ -34,10 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None,
                    help="length of each clip (default 2, or the length of --mel-from)")
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="clips drawn at once; more are drawn in chunks (halved on out-of-memory)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0; below 1 sharpens, above 1 flattens")
+    p.add_argument("--greedy", action="store_true", help="the most likely code at every step instead of a draw")
     p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     p.add_argument("--prime", default=None, help="audio file whose start the clips continue")
     p.add_argument("--prime-seconds", type=float, default=0.5)
     p.add_argument("--speaker", type=int, default=None, help="speaker id of a speaker-conditioned model")
@@ -56,9 +61,9 @@ def _codes_of(path: str, model: WaveNet, option: str) -> torch.Tensor:
     try:
         clip = read_audio(path, model.sample_rate)
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
-        raise UsageError(f"{option} {path} is not readable audio ({type(exc).__name__})") from None
-    if clip.numel() == 0:
-        raise UsageError(f"{option} {path} holds no samples")
+        raise UsageError(f"{option} {path}: {why_unusable(exc)}") from None
+    if clip.numel() == 0 or not torch.isfinite(clip).all():
+        raise UsageError(f"{option} {path} holds no samples, or samples that are not finite")
     return mu_law_encode(clip, model.num_classes).to(model.device)
 
 
@@ -73,8 +78,11 @@ def sample_main(argv: Sequence[str]) -> None:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seconds is not None and args.seconds <= 0:
         raise UsageError(f"--seconds must be > 0, got {args.seconds}")
+    if args.prime is not None and not args.prime_seconds > 0:
+        raise UsageError(f"--prime-seconds must be > 0, got {args.prime_seconds}")
     if args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    Decoding(args.temperature, args.top_k, args.top_p, args.greedy)  # bad decoding options fail before any work
     out = output_path(args.out, ".wav")
     device = pick_device(args.device)
     if device.type == "cpu":
@@ -93,6 +101,10 @@ def sample_main(argv: Sequence[str]) -> None:
         raise UsageError("this model is a vocoder (conditioned on log-mel frames): pass --mel-from clip.wav")
     speaker = None
     if args.speaker is not None:
+        if not 0 <= args.speaker < model.num_labels:
+            raise UsageError(f"--speaker {args.speaker} is out of range: " + (
+                f"this model has {model.num_labels} speakers, pass K in [0, {model.num_labels})" if model.num_labels
+                else "this model is not speaker-conditioned, drop --speaker"))
         speaker = torch.full((n,), args.speaker, dtype=torch.long, device=device)
     elif model.num_labels:
         raise UsageError(f"this model is speaker-conditioned: pass --speaker K with K in [0, {model.num_labels})")
@@ -100,18 +112,28 @@ def sample_main(argv: Sequence[str]) -> None:
     if args.prime is not None:
         prime_codes = _codes_of(args.prime, model, "--prime")[: round(args.prime_seconds * rate)]
         if len(prime_codes) >= length:
-            raise UsageError(f"the prime ({len(prime_codes)} samples) must be shorter than the clip ({length})")
+            raise UsageError(f"the prime ({len(prime_codes)} samples) must be shorter than the clip ({length}): "
+                             f"lower --prime-seconds or raise --seconds")
         prime = prime_codes.expand(n, -1)
-    cond = AudioCond(speaker, mel) if mel is not None else speaker
+    generator = seeded_generator(args.seed, device)
+
+    def draw(first: int, count: int) -> torch.Tensor:
+        part_speaker = rows(speaker, first, count)
+        cond = AudioCond(part_speaker, rows(mel, first, count)) if mel is not None else part_speaker
+        return model.sample(count, cond=cond, prime=rows(prime, first, count), length=length,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                            use_cache=not args.no_cache, generator=generator, progress=True)
+
     start = time.perf_counter()
-    codes = model.sample(n, cond=cond, prime=prime, length=length, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, use_cache=not args.no_cache,
-                         generator=seeded_generator(args.seed, device), progress=True)
+    chunks = draw_in_chunks(draw, n, args.batch_size, tool="wavegen", generator=generator)
     elapsed = time.perf_counter() - start
-    audio = model.render_samples(codes)["audio"]
-    for clip, path in zip(audio, _clip_paths(out, n)):
-        save_wav(clip, rate, path)
-        print(f"wrote {path}")
+    paths = _clip_paths(out, n)[: chunks.done]
+    if chunks.done:
+        for clip, path in zip(model.render_samples(chunks.samples)["audio"], paths):
+            save_wav(clip, rate, path)
+            print(f"wrote {path}")
+    if chunks.interrupted:
+        raise interrupted_exit("wavegen", chunks, paths)
     print(f"{n * length / elapsed:,.0f} samples/s ({n * length / rate / elapsed:.2f}x real time at {rate} Hz)")
 
 

@@ -15,28 +15,22 @@ from __future__ import annotations
 import math
 import random
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
-from arcore.data import CodesDataModule, Split
+from arcore.data import CodesDataModule, Split, scan, warn
 from arcore.errors import UsageError
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 DIGITS_PATTERN = r"^\d+_(?P<speaker>[^_]+)_\d+$"  # DIGIT_SPEAKER_TAKE, the spoken-digits naming
 TORCHAUDIO_DATASETS = {"yesno": "YESNO", "ljspeech": "LJSPEECH", "vctk": "VCTK_092"}
-
-
-@rank_zero_only
-def warn(message: str) -> None:
-    """One ``wavegen: warning: ...`` line on stderr (once, on the first process)."""
-    print(f"wavegen: warning: {message}", file=sys.stderr)
+MIN_RATE, MAX_RATE = 1_000, 768_000  # sample rates (Hz) a file may have
+MAX_RESAMPLE_TAPS = 1 << 24  # largest resampling filter bank accepted (64 MB of float32)
 
 
 def mu_law_encode(audio: torch.Tensor, quantization: int = 256) -> torch.Tensor:
@@ -46,10 +40,23 @@ def mu_law_encode(audio: torch.Tensor, quantization: int = 256) -> torch.Tensor:
     return AF.mu_law_encoding(audio.clamp(-1.0, 1.0), quantization)
 
 
+def check_rates(rate: int, sample_rate: int) -> None:
+    """Refuse a file rate no real audio has, or a pair of rates whose exact resampling filter bank (about
+    ``rate/g * sample_rate/g`` taps, g their greatest common divisor) would not fit in memory: a corrupt header
+    can claim any rate, and resampling 1 Hz or 96,001 Hz audio to 8 kHz would take gigabytes."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise UsageError(f"a sample rate of {rate} Hz is not plausible audio ({MIN_RATE:,} to {MAX_RATE:,} Hz)")
+    common = math.gcd(rate, sample_rate)
+    if rate // common * (sample_rate // common) > MAX_RESAMPLE_TAPS:
+        raise UsageError(f"resampling {rate} Hz to {sample_rate} Hz needs a filter bank too large for memory: "
+                         f"convert the file to a common rate (e.g. 16000 or 44100 Hz)")
+
+
 def prepare_audio(audio: np.ndarray | torch.Tensor, rate: int, sample_rate: int) -> torch.Tensor:
     """Samples ``[T]`` or ``[T, channels]`` at ``rate`` to a mono float32 clip at ``sample_rate``, peak 0.95."""
     import torchaudio.functional as AF
 
+    check_rates(rate, sample_rate)
     clip = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
     if clip.dim() == 2:
         clip = clip.mean(dim=1)
@@ -60,11 +67,17 @@ def prepare_audio(audio: np.ndarray | torch.Tensor, rate: int, sample_rate: int)
 
 
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """One file to a mono float clip at ``sample_rate`` (see :func:`prepare_audio`); soundfile errors propagate."""
+    """One file to a mono float clip at ``sample_rate`` (see :func:`prepare_audio`); soundfile errors propagate
+    (:func:`why_unusable` words any of them for the user)."""
     import soundfile
 
     audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     return prepare_audio(audio, rate, sample_rate)
+
+
+def why_unusable(exc: Exception) -> str:
+    """A few words on why :func:`read_audio` failed: the message of this module's own checks, else the error type."""
+    return str(exc) if isinstance(exc, UsageError) else f"not readable audio ({type(exc).__name__})"
 
 
 @dataclass
@@ -177,18 +190,18 @@ class AudioDataModule(CodesDataModule):
             raise UsageError(f"--data.root {self.root} is not a folder of audio files")
         paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         clips = []
-        for path in paths:
+        for path in scan(paths, "reading audio"):
             speaker = _speaker_of(path, self.speaker_pattern)
             if speaker is None:
-                warn(f"skipping {path}: its name does not match --data.speaker_pattern")
+                warn("wavegen", f"skipping {path}: its name does not match --data.speaker_pattern")
                 continue
             try:
                 clip = read_audio(path, self.sample_rate)
             except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
-                warn(f"skipping {path}: not readable audio ({type(exc).__name__})")
+                warn("wavegen", f"skipping {path}: {why_unusable(exc)}")
                 continue
             if clip.numel() == 0 or not torch.isfinite(clip).all():
-                warn(f"skipping {path}: empty or not finite")
+                warn("wavegen", f"skipping {path}: empty or not finite")
                 continue
             clips.append((str(path.relative_to(self.root)), speaker, clip))
         return clips
@@ -211,7 +224,7 @@ class AudioDataModule(CodesDataModule):
         data = self._torchaudio_dataset()
         with_speakers = self.dataset == "vctk" and self.speaker_pattern is not None
         clips = []
-        for i in range(len(data)):
+        for i in scan(range(len(data)), f"reading {self.dataset}"):
             item = data[i]
             speaker = str(item[3]) if with_speakers else ""
             clips.append((f"{self.dataset}_{i}", speaker, prepare_audio(item[0].T.numpy(), item[1], self.sample_rate)))
@@ -254,8 +267,8 @@ class AudioDataModule(CodesDataModule):
         splits = self.splits()
         short = sum(len(c.codes) < length for clips in splits.values() for c in clips)
         if short:
-            warn(f"{short} clips are shorter than one crop ({length} samples): "
-                 f"{'padded with leading silence' if self.short_clips == 'pad' else 'skipped'}")
+            warn("wavegen", f"{short} clips are shorter than one crop ({length} samples): "
+                            f"{'padded with leading silence' if self.short_clips == 'pad' else 'skipped'}")
         silence = int(mu_law_encode(torch.zeros(1), self.quantization))
 
         def fit(clip: Clip) -> Clip | None:

@@ -121,6 +121,9 @@ class WaveNet(AutoregressiveModule):
             raise UsageError(f"dilations must be positive integers, got {dilations}")
         if kernel_size < 2:
             raise UsageError(f"kernel_size must be >= 2, got {kernel_size}")
+        if min(residual_channels, skip_channels, head_channels, cond_channels) < 1:
+            raise UsageError(f"residual, skip, head and cond channels must be >= 1, got {residual_channels}, "
+                             f"{skip_channels}, {head_channels} and {cond_channels}")
         if gate_channels < 2 or gate_channels % 2:
             raise UsageError(f"gate_channels must be even (tanh half, sigmoid half), got {gate_channels}")
         if quantization < 2 or sample_rate < 1 or n_mels < 0 or num_labels < 0 or hop_length < 1:

@@ -1,0 +1,313 @@
+"""Runs a researcher can follow and that lose nothing: W&B offline records, LightningCLI conventions, resume after
+kill -9 to the same weights, EMA, and the guard against non-finite gradients."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from arcore.callbacks import EMA, NonFiniteGuard
+from arcore.errors import UsageError
+from pixelgen.cli import main as pixelgen
+from pixelgen.pixelcnn import PixelCNN
+from tests.test_audio_data import make_audio_folder
+from tests.test_pixelgen_cli import make_folder_dataset
+from tests.test_pixelgen_cli import tiny_config as tiny_image_config
+from tests.test_wavegen_cli import tiny_config as tiny_audio_config
+from wavegen.cli import main as wavegen
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wandb_yaml(path: Path, save_dir: Path) -> Path:
+    """A second config that switches the tiny configs' logger to W&B and adds the shipped configs' callbacks."""
+    path.write_text(f"""
+trainer:
+  log_every_n_steps: 1
+  logger:
+    class_path: pytorch_lightning.loggers.WandbLogger
+    init_args: {{project: tiny, name: tiny, save_dir: {save_dir}}}
+""")
+    return path
+
+
+def offline_runs(save_dir: Path) -> list[Path]:
+    return sorted((save_dir / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """W&B as a user without an account gets it: offline, chosen by the CLI itself, nothing sent anywhere."""
+    import wandb
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield
+    wandb.finish()
+    assert os.environ.get("WANDB_MODE") == "offline"
+
+
+def offline_records(run: Path) -> list:
+    """The records of an offline W&B run (what ``wandb sync`` uploads): its ``.wandb`` file is a LevelDB-style log
+    of 32 KiB blocks after a 7-byte header, each chunk ``crc32, length, type`` then a piece of a protobuf Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    (log,) = run.glob("run-*.wandb")
+    data, block, pos, piece, records = log.read_bytes(), 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        piece += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(piece)
+            records.append(record)
+            piece = b""
+    return records
+
+
+@pytest.mark.parametrize("tool", ["pixelgen", "wavegen"])
+def test_offline_wandb_run_records_metrics_config_and_media(tool, tmp_path, offline_wandb):
+    import wandb
+
+    if tool == "pixelgen":
+        config, main, media = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data")), pixelgen, "images"
+    else:
+        config, main, media = tiny_audio_config(tmp_path, make_audio_folder(tmp_path / "data")), wavegen, "audio"
+    save_dir = tmp_path / "logs"
+    extra = ["--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor",
+             "--trainer.callbacks+=arcore.callbacks.EMA"]
+    assert main(["fit", "--config", str(config), "--config", str(wandb_yaml(tmp_path / "wandb.yaml", save_dir)),
+                 *extra]) == 0
+    wandb.finish()
+    (run,) = offline_runs(save_dir)
+    records = offline_records(run)
+    deadline = time.monotonic() + 30
+    while not any(r.HasField("exit") for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the W&B service writes the log in the background until the run's exit record
+        records = offline_records(run)
+    metrics = {item.key or "/".join(item.nested_key) for r in records if r.HasField("history")
+               for item in r.history.item}
+    for key in ("train/loss_step", "train/bpd_step", "val/bpd", "val/loss", "lr-AdamW", "train/examples_per_s",
+                "train/codes_per_s", "trainer/global_step"):
+        assert key in metrics, f"{key} missing from the run's history"
+    config = {item.key: item.value_json for r in records if r.HasField("config") for item in r.config.update}
+    resolved = json.loads(config["config"])  # the full resolved CLI config
+    assert resolved["trainer"]["max_steps"] == 4 and resolved["model"]["class_path"].endswith("Net" if media == "audio" else "CNN")
+    files = {f.path for r in records if r.HasField("files") for f in r.files.files}
+    assert any(f.startswith(f"media/{media}/") for f in files)
+    assert all((run / "files" / f).is_file() for f in files if f.startswith("media/"))
+    if media == "audio":
+        assert any(f.endswith(".png") for f in files)  # the spectrogram
+
+
+def test_resumed_fit_continues_the_same_wandb_run_step_count_and_schedule(tmp_path, offline_wandb):
+    import wandb
+
+    config = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data"))
+    save_dir = tmp_path / "logs"
+    logger = ["--config", str(wandb_yaml(tmp_path / "wandb.yaml", save_dir))]
+    assert pixelgen(["fit", "--config", str(config), *logger]) == 0
+    wandb.finish()
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["global_step"] == 4 and first["wandb_run_id"]
+    assert pixelgen(["fit", "--config", str(config), *logger, "--trainer.max_steps", "8"]) == 0
+    wandb.finish()
+    second = torch.load(last, weights_only=False)
+    assert second["global_step"] == 8 and second["wandb_run_id"] == first["wandb_run_id"]
+    runs = offline_runs(save_dir)
+    assert len(runs) == 2 and all(first["wandb_run_id"] in r.name for r in runs)  # resumed, not forked
+    schedule = second["lr_schedulers"][0]
+    assert schedule["last_epoch"] == 8 and schedule["_step_count"] == 9  # the schedule went on from step 4
+
+    assert pixelgen(["fit", "--config", str(config), "--trainer.logger", "false",
+                     "--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor",
+                     "--trainer.max_steps", "10"]) == 0  # no logger: the monitor is dropped, not fatal
+
+
+def test_one_line_switches_the_logger_to_csv(tmp_path):
+    config = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data"))
+    assert pixelgen(["fit", "--config", str(config), "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
+                     "--trainer.log_every_n_steps", "1"]) == 0
+    (metrics,) = (tmp_path / "csv").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"train/loss_step", "val/bpd", "train/examples_per_s"} <= set(header)
+    (hparams,) = (tmp_path / "csv").rglob("hparams.yaml")
+    assert "max_steps" in hparams.read_text()
+
+
+KILL_CONFIG = """
+seed_everything: 7
+ckpt_path: last
+trainer:
+  accelerator: cpu
+  max_epochs: 6
+  deterministic: true
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {run}
+  callbacks:
+    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {run}/checkpoints, save_last: true}}
+    - class_path: arcore.callbacks.EMA
+      init_args: {{decay: 0.9}}
+    - class_path: tests.test_runs.SlowSteps
+model:
+  class_path: pixelgen.pixelcnn.PixelCNN
+  init_args: {{image_shape: [3, 8, 8], levels: 16, hidden: 6, layers: 2, head: 6, num_labels: 2, lr: 0.01}}
+data:
+  dataset: folder
+  root: {data}
+  bits: 4
+  batch_size: 4
+  val_size: 4
+"""
+
+
+class SlowSteps(pl.Callback):
+    """Stretch each training step to 50 ms so a test can kill a run in the middle of it."""
+
+    def on_train_batch_end(self, *args: object) -> None:
+        time.sleep(0.05)
+
+
+def fit_process(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pixelgen.cli", "fit", "--config", str(config)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    configs = {}
+    for name in ("whole", "killed"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(KILL_CONFIG.format(run=tmp_path / name, data=data))
+
+    whole = fit_process(configs["whole"])
+    killed = fit_process(configs["killed"])
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.12)  # a few steps into the next epoch
+    assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()[-500:]}"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    interrupted_at = torch.load(last, weights_only=False)["global_step"]  # saved atomically: always whole
+    assert 0 < interrupted_at < 30
+
+    resumed = fit_process(configs["killed"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(last, weights_only=False)
+    assert a["global_step"] == b["global_step"] == 6 * 5  # 20 training images, batch 4, 6 epochs
+    for key in ("state_dict", "current_model_state"):  # EMA weights and raw weights
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after the resume"
+    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer_states"][0]["state"].values(),
+                                                             b["optimizer_states"][0]["state"].values())]
+    assert moments and all(torch.equal(x, y) for x, y in moments)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+class PoisonGradient(pl.Callback):
+    """Put a NaN into one gradient at the given optimiser step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == self.step:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+
+
+def tiny_fit(model: PixelCNN, steps: int, *callbacks: pl.Callback, root: Path | None = None) -> None:
+    data = TensorDataset(torch.randint(0, 2, (16, 1, 6, 6), generator=torch.Generator().manual_seed(0)),
+                         torch.zeros(16, dtype=torch.long))
+    saving = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    trainer = pl.Trainer(max_steps=steps, logger=False, callbacks=list(callbacks), enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=saving, limit_val_batches=0,
+                         default_root_dir=root)
+    trainer.fit(model, DataLoader(data, batch_size=4))
+
+
+def tiny_model() -> PixelCNN:
+    torch.manual_seed(0)
+    return PixelCNN(image_shape=(1, 6, 6), levels=2, hidden=4, layers=2, head=4)
+
+
+def test_non_finite_gradient_stops_before_the_update_or_skips_it():
+    clean = tiny_model()
+    tiny_fit(clean, 2)
+    stopped = tiny_model()
+    with pytest.raises(UsageError, match="training stopped at step 2: the loss or its gradient is not finite"):
+        tiny_fit(stopped, 4, NonFiniteGuard(), PoisonGradient(2))
+    assert all(torch.equal(p, q) for p, q in zip(clean.parameters(), stopped.parameters()))  # step 2 not applied
+
+    skipped = tiny_model()
+    guard = NonFiniteGuard(action="skip")
+    tiny_fit(skipped, 4, guard, PoisonGradient(2))
+    assert guard.skipped == 1
+    assert all(torch.isfinite(p).all() for p in skipped.parameters())
+    assert not all(torch.equal(p, q) for p, q in zip(clean.parameters(), skipped.parameters()))  # went on
+
+    with pytest.raises(UsageError, match="after 0 skipped steps"):
+        tiny_fit(tiny_model(), 4, NonFiniteGuard(action="skip", max_skips=0), PoisonGradient(1))
+    with pytest.raises(UsageError, match="'stop' or 'skip'"):
+        NonFiniteGuard(action="ignore")
+
+
+def test_ema_checkpoints_hold_the_average_and_sampling_uses_it(tmp_path):
+    from arcore.module import load_checkpoint
+
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    tiny_fit(tiny_model(), 6, EMA(decay=0.9), saver, root=tmp_path)
+    path = tmp_path / "step=3.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    average, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(average[k], raw[k]) for k in average)
+    loaded = load_checkpoint(path, "pixelgen")
+    assert all(torch.equal(v, average[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(UsageError, match="decay must lie in"):
+        EMA(decay=1.0)
+
+
+def test_predict_writes_each_test_examples_exact_likelihood(tmp_path, capsys):
+    config = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data"))
+    assert pixelgen(["fit", "--config", str(config)]) == 0
+    out = tmp_path / "likelihoods.csv"
+    assert pixelgen(["predict", "--config", str(config), "--trainer.callbacks+=arcore.callbacks.LikelihoodWriter",
+                     "--trainer.callbacks.path", str(out)]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    assert sorted(int(r[0]) for r in rows) == list(range(8))  # every test image, once
+    from arcore.module import load_checkpoint
+    from pixelgen.data import ImageDataModule
+
+    model = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", "pixelgen")
+    codes, labels = ImageDataModule("folder", root=str(tmp_path / "data"), bits=4).split("test")
+    expected = (-model.log_prob(codes.long(), labels) / (3 * 8 * 8 * math.log(2))).tolist()
+    assert [float(r[2]) for r in sorted(rows, key=lambda r: int(r[0]))] == pytest.approx(expected, abs=1e-5)
+    assert f"8 examples, mean {sum(expected) / 8:.4f} bits/dim" in capsys.readouterr().out
