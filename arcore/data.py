@@ -31,14 +31,19 @@ def scan(items: Sequence[T], desc: str) -> Iterable[T]:
     return tqdm(items, desc=desc, unit="file", disable=None, leave=False, mininterval=0.5, file=sys.stderr)
 
 
+def run_seed() -> int:
+    """The run's ``seed_everything`` value (0 when none was set): the root of every data-order seed."""
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
+
 class EpochShuffle(Sampler[int]):
     """A random order of ``size`` indices drawn from ``(seed, epoch)`` alone, so a run resumed from a checkpoint sees
-    the same batches as an uninterrupted one. The seed defaults to the run's ``seed_everything`` value; Lightning
-    calls :meth:`set_epoch` at the start of every epoch (and forwards it through its distributed sampler)."""
+    the same batches as an uninterrupted one. The seed defaults to :func:`run_seed`; Lightning calls
+    :meth:`set_epoch` at the start of every epoch (and forwards it through its distributed sampler)."""
 
     def __init__(self, size: int, seed: int | None = None) -> None:
         self.size = size
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
+        self.seed = run_seed() if seed is None else seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -50,6 +55,14 @@ class EpochShuffle(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class EpochDraws(EpochShuffle):
+    """Indices ``epoch * size + i`` for ``i < size``, for a dataset that draws a fresh random example from the index
+    it is given (random crops): every epoch draws new examples, each reproducible from its index alone."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.epoch * self.size, (self.epoch + 1) * self.size))
 
 
 class CodesDataModule(pl.LightningDataModule):

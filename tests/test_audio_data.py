@@ -69,6 +69,25 @@ def test_crops_split_by_file_and_speakers_from_names(tmp_path):
     assert all(any(t in clip for clip in val_clips) for t in tiles)
 
 
+def test_training_crops_follow_the_epoch_and_seed_only(tmp_path, monkeypatch):
+    """What a resumed run needs: epoch e's crops depend on (seed, e) alone, not on what ran before."""
+    root = make_audio_folder(tmp_path / "audio", count=6)
+    data = AudioDataModule(str(root), receptive_field=100, target_length=300, val_fraction=0, test_fraction=0,
+                           batch_size=4, crops_per_epoch=8)
+
+    def epoch(e: int) -> list[bytes]:
+        loader = data.train_dataloader()
+        loader.sampler.set_epoch(e)
+        torch.randn(5)  # global random state must not matter
+        return [bytes(x.numpy()) for batch, _ in loader for x in batch]
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    first, second = epoch(0), epoch(1)
+    assert first != second and epoch(1) == second and epoch(0) == first
+    monkeypatch.setenv("PL_GLOBAL_SEED", "4")
+    assert epoch(0) != first
+
+
 def test_bad_files_are_skipped_with_one_line_each(tmp_path, capsys):
     root = make_audio_folder(tmp_path / "audio", count=4)
     (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")

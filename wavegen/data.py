@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from arcore.data import CodesDataModule, Split, scan, warn
+from arcore.data import CodesDataModule, EpochDraws, Split, run_seed, scan, warn
 from arcore.errors import UsageError
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
@@ -99,10 +99,15 @@ def _speaker_of(path: Path, pattern: re.Pattern[str] | None) -> str | None:
 
 
 class CropDataset(Dataset):
-    """Random crops of ``length`` samples from clips (drawn in proportion to their length), ``size`` per epoch."""
+    """Random crops of ``length`` samples from clips (drawn in proportion to their length), ``size`` per epoch.
 
-    def __init__(self, clips: list[Clip], length: int, size: int) -> None:
+    The crop of index ``i`` is drawn from ``(seed, i)`` alone, and :class:`arcore.data.EpochDraws` hands epoch ``e``
+    the indices ``e * size + i``: fresh crops every epoch, the same ones after a resume, in any worker process.
+    """
+
+    def __init__(self, clips: list[Clip], length: int, size: int, seed: int | None = None) -> None:
         self.clips, self.length, self.size = clips, length, size
+        self.seed = run_seed() if seed is None else seed
         weights = torch.tensor([max(len(c.codes) - length + 1, 1) for c in clips], dtype=torch.float64)
         self.weights = weights / weights.sum()
 
@@ -110,8 +115,9 @@ class CropDataset(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        clip = self.clips[int(torch.multinomial(self.weights, 1))]
-        start = int(torch.randint(0, len(clip.codes) - self.length + 1, ()))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        clip = self.clips[int(torch.multinomial(self.weights, 1, generator=generator))]
+        start = int(torch.randint(0, len(clip.codes) - self.length + 1, (), generator=generator))
         return clip.codes[start: start + self.length], clip.speaker
 
 
@@ -298,9 +304,11 @@ class AudioDataModule(CodesDataModule):
     def _loader(self, split: Split) -> DataLoader:
         length = self.crop_length()
         clips = self.crops(length)[split]
+        sampler = None
         if split == "train":
             dataset: Dataset = CropDataset(clips, length, self.crops_per_epoch)
+            sampler = EpochDraws(len(dataset))
         else:
             dataset = TileDataset(clips, length)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=split == "train",
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=split == "train",
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
