@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from arcore.errors import UsageError
 from arcore.module import AutoregressiveModule
@@ -62,12 +63,37 @@ class ConfigToLoggers(SaveConfigCallback):
             logger.log_hyperparams({"config": config})
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the target's own folder, flushed to disk, then renamed over the
+    target: a kill or a full disk mid-save leaves the previous checkpoint whole. (Lightning's default writes through
+    a temporary file in the system temp folder, whose move is a plain copy when that folder is on another disk.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):  # remote storage: Lightning's own writer
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with partial.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
 class ProjectCLI(LightningCLI):
-    """LightningCLI with three fixes applied to the parsed config before anything is built: ``fit --ckpt_path`` of
-    a checkpoint of another model or other settings is refused in one line (LightningCLI would quietly rebuild the
-    checkpoint's model; hooked into its ``_parse_ckpt_path``, pinned Lightning version), a ``LearningRateMonitor``
-    is dropped when the run has no logger (it would refuse to start), and a W&B run resumed from a checkpoint
-    continues the run recorded in that checkpoint instead of starting a new one."""
+    """LightningCLI whose trainer saves checkpoints atomically (:class:`AtomicCheckpointIO`), with three fixes
+    applied to the parsed config before anything is built:
+
+    - ``fit --ckpt_path`` of a checkpoint of another model or other settings is refused in one line (LightningCLI
+      would quietly rebuild the checkpoint's model; hooked into its ``_parse_ckpt_path``, pinned Lightning version);
+    - a ``LearningRateMonitor`` is dropped when the run has no logger (it would refuse to start);
+    - a W&B run resumed from a checkpoint continues the run recorded in that checkpoint instead of starting anew.
+    """
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -77,6 +103,12 @@ class ProjectCLI(LightningCLI):
                                  if not str(getattr(c, "class_path", "")).endswith("LearningRateMonitor")]
         if self.subcommand == "fit":
             _continue_wandb_run(config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         if self.config.get("subcommand") == "fit":

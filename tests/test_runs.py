@@ -311,3 +311,22 @@ def test_predict_writes_each_test_examples_exact_likelihood(tmp_path, capsys):
     expected = (-model.log_prob(codes.long(), labels) / (3 * 8 * 8 * math.log(2))).tolist()
     assert [float(r[2]) for r in sorted(rows, key=lambda r: int(r[0]))] == pytest.approx(expected, abs=1e-5)
     assert f"8 examples, mean {sum(expected) / 8:.4f} bits/dim" in capsys.readouterr().out
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    from arcore.cli import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "weights": torch.ones(1000)}, path)
+
+    def disk_full(obj: object, f: object) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    kept = torch.load(path, weights_only=False)
+    assert kept["global_step"] == 1 and torch.equal(kept["weights"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
