@@ -27,6 +27,7 @@ class SampleLogger(pl.Callback):
     ``num_completions`` validation images completed from their top half, each beside its original (the real image
     on the left). Audio is logged as clips plus a spectrogram image. Sampling uses the cached engine and a fixed
     seed, so successive epochs show the same noise through a better model. Under DDP rank 0 samples and logs alone.
+    Listed before :class:`EMA` it samples the averaged weights (EMA swaps the raw ones back at the same hook).
     """
 
     def __init__(self, num_samples: int = 16, every_n_epochs: int = 1, temperature: float = 1.0,

@@ -131,10 +131,11 @@ class AutoregressiveModule(pl.LightningModule):
         loss = nll.mean() / dims
         size = codes.shape[0]
         on_step = stage == "train"
+        # sync_dist: under DDP every logged value is the mean over all processes (one small all-reduce each)
         self.log(f"{stage}/loss", loss, prog_bar=on_step, on_step=on_step, on_epoch=True, batch_size=size,
-                 sync_dist=not on_step)
+                 sync_dist=True)
         self.log(f"{stage}/bpd", loss / math.log(2), prog_bar=not on_step, on_step=on_step, on_epoch=True,
-                 batch_size=size, sync_dist=not on_step)
+                 batch_size=size, sync_dist=True)
         self.log(f"{stage}/nll", nll.mean(), on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log_extra_metrics(stage, codes, nll, size)
         if on_step:

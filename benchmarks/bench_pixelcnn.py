@@ -17,8 +17,8 @@ import torch
 from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds
 from pixelgen.pixelcnn import PixelCNN
 
-MNIST = dict(image_shape=(1, 28, 28), levels=2, hidden=32, layers=8, kernel_size=5, head=64)
-CIFAR = dict(image_shape=(3, 32, 32), levels=256, hidden=48, layers=8, kernel_size=5, head=96)
+MNIST = {"image_shape": (1, 28, 28), "levels": 2, "hidden": 32, "layers": 8, "kernel_size": 5, "head": 64}
+CIFAR = {"image_shape": (3, 32, 32), "levels": 256, "hidden": 48, "layers": 8, "kernel_size": 5, "head": 96}
 
 
 def training_images_per_second(config: dict, batch: int, steps: int) -> float:

@@ -62,6 +62,8 @@ def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[t
         raise UsageError(f"{ckpt} records no data settings, so --prime-from cannot find real images")
     if data_root is not None:
         hparams["root"] = data_root
+    if isinstance(hparams.get("binarize"), bool):  # checkpoints from when binarize was a flag (True: cut at 128)
+        hparams["binarize"] = "threshold" if hparams["binarize"] else None
     codes, labels = ImageDataModule(**hparams).split(split)
     if len(codes) < n:
         raise UsageError(f"the {split} split holds {len(codes)} images, fewer than --num-samples {n}")

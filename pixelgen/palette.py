@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from arcore.errors import UsageError
 
@@ -63,12 +64,13 @@ def kmeans_plus_plus(points: torch.Tensor, size: int, generator: torch.Generator
 def minibatch_kmeans(pixels: torch.Tensor, size: int, *, seed: int = 0, steps: int = 300, batch_size: int = 4096,
                      init_sample: int = 20000) -> torch.Tensor:
     """Mini-batch k-means on pixel rows ``[P, C]`` (8-bit values): ``[size, C]`` float64 centres, sorted by
-    brightness. Each centre moves towards the mean of the pixels assigned to it with step 1 / (pixels seen)."""
+    brightness. Each centre moves towards the mean of the pixels assigned to it with step 1 / (pixels seen).
+    The steps show as a progress bar on a terminal (none when stderr is not one, e.g. in logs)."""
     generator = torch.Generator().manual_seed(seed)
     start = pixels[torch.randint(len(pixels), (init_sample,), generator=generator)].to(torch.float64)
     centres = kmeans_plus_plus(start, size, generator)
     seen = torch.zeros(size, dtype=torch.float64)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=f"palette k-means, {size} colours", unit="step", disable=None):
         batch = pixels[torch.randint(len(pixels), (batch_size,), generator=generator)].to(torch.float64)
         assigned = nearest(batch, centres)
         counts = torch.bincount(assigned, minlength=size).to(torch.float64)

@@ -1,16 +1,24 @@
-"""W&B logging: offline unless an account is configured, and sample grids logged during validation."""
+"""W&B logging: offline unless an account is configured, and sample grids logged during validation (to W&B,
+TensorBoard and files), with completions of real validation images for image models."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from arcore.callbacks import SampleLogger
 from arcore.cli import wandb_offline_unless_configured
+from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
+from tests.test_palette import COLOURS, patch_images
+from wavegen.wavenet import WaveNet
 
 
 def test_wandb_is_offline_unless_an_account_or_mode_is_configured(tmp_path, monkeypatch):
@@ -48,3 +56,81 @@ def test_sample_grids_reach_an_offline_wandb_run(tmp_path, monkeypatch):
     logger.experiment.finish()
     logged = [f for _, _, files in os.walk(run_dir) for f in files if f.startswith("images")]
     assert logged, f"no sample grid in {run_dir}"
+
+
+def fit_briefly(model: pl.LightningModule, codes: torch.Tensor, logger, root: Path, **sample_logger) -> pl.Trainer:
+    """Train ``model`` 2 steps on ``codes`` (labels 0), validating once on the same data with a SampleLogger."""
+    data = TensorDataset(codes, torch.zeros(len(codes), dtype=torch.long))
+    trainer = pl.Trainer(max_steps=2, logger=logger, callbacks=[SampleLogger(**sample_logger)],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=str(root), num_sanity_val_steps=0)
+    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    return trainer
+
+
+def tiles(path: Path, size: int, count: int, per_row: int) -> list[np.ndarray]:
+    """The first ``count`` square tiles of a grid PNG written by ``arcore.media`` (2 pixels of padding)."""
+    grid = np.asarray(Image.open(path))
+    corners = [(2 + r * (size + 2), 2 + q * (size + 2)) for r, q in (divmod(i, per_row) for i in range(count))]
+    return [grid[y: y + size, x: x + size] for y, x in corners]
+
+
+@pytest.mark.parametrize("kind", ["pixelcnn", "igpt"])
+def test_completions_of_validation_images_keep_their_top_half_beside_the_original(kind, tmp_path):
+    if kind == "igpt":  # 8-bit colour images through a palette: the prime is the palette tokens of the top rows
+        images = patch_images(COLOURS, n=8, size=8, noise=0.0).long()
+        model = ImageGPT(image_shape=(3, 8, 8), palette_size=8, width=16, layers=1, heads=2,
+                         palette_cache=str(tmp_path))
+        model.fit_palette(images)
+        real = model.render_samples(model.encode_images(images))["images"]
+    else:
+        images = torch.randint(0, 2, (8, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+        model = PixelCNN(image_shape=(1, 8, 8), levels=2, hidden=4, layers=2, head=4)
+        real = images.float()
+    fit_briefly(model, images, False, tmp_path, num_samples=2, num_completions=4)
+    files = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert files == ["step0000002.png", "step0000002_completions.png"]
+    # 4 pairs, 2 a row: (original, completion) of the first 4 validation images
+    pictures = tiles(tmp_path / "samples" / "step0000002_completions.png", 8, 8, per_row=4)
+    for i in range(4):
+        original, completion = pictures[2 * i], pictures[2 * i + 1]
+        expected = (real[i].movedim(0, -1) * 255).round().to(torch.uint8).expand(8, 8, 3).numpy()
+        assert np.array_equal(original, expected)
+        assert np.array_equal(completion[:4], original[:4])  # the top half is the real one
+
+
+def test_wandb_run_gets_the_completions(tmp_path, monkeypatch):
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model = PixelCNN(image_shape=(1, 6, 6), levels=2, hidden=4, layers=2, head=4)
+    logger = WandbLogger(project="pixelgen-test", save_dir=str(tmp_path))
+    fit_briefly(model, torch.randint(0, 2, (8, 1, 6, 6)), logger, tmp_path, num_samples=2, num_completions=2)
+    run_dir = logger.experiment.dir
+    logger.experiment.finish()
+    logged = [f for _, _, files in os.walk(run_dir) for f in files if f.startswith("completions")]
+    assert logged, f"no completions in {run_dir}"
+
+
+@pytest.mark.parametrize("kind", ["pixelcnn", "wavenet"])
+def test_tensorboard_gets_the_pictures_and_audio_and_files_land_in_its_log_dir(kind, tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    if kind == "wavenet":
+        model = WaveNet(dilations=[1, 2], residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
+                        quantization=16)
+        fit_briefly(model, torch.randint(0, 16, (8, 40)), logger, tmp_path, num_samples=2, audio_seconds=0.01)
+        expected = {"images": ["samples/spectrogram"], "audio": ["samples/audio/0", "samples/audio/1"]}
+    else:
+        model = PixelCNN(image_shape=(1, 6, 6), levels=2, hidden=4, layers=2, head=4)
+        fit_briefly(model, torch.randint(0, 2, (8, 1, 6, 6)), logger, tmp_path, num_samples=2, num_completions=2)
+        expected = {"images": ["samples/completions", "samples/images"], "audio": []}
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert {tag_type: sorted(events.Tags()[tag_type]) for tag_type in expected} == expected
+    assert events.Images(expected["images"][0])[0].step == 2
+    assert (Path(logger.log_dir) / "samples" / "step0000002.png").is_file() is (kind == "pixelcnn")
+    assert (Path(logger.log_dir) / "samples" / "step0000002_spec.png").is_file() is (kind == "wavenet")

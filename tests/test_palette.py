@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 import torch
 
@@ -103,3 +106,19 @@ def test_too_few_colours_and_bad_shapes_are_usage_errors(tmp_path):
         pal.fit_palette(two_colours, 4, cache_dir=tmp_path)
     with pytest.raises(UsageError, match=r"\[B, 3, H, W\]"):
         pal.encode(torch.zeros(1, 1, 2, 2), COLOURS)
+
+
+class Terminal(io.StringIO):
+    """A captured stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_palette_fit_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
+    pixels = pal.pixel_rows(patch_images(COLOURS))
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        pal.minibatch_kmeans(pixels, 8, steps=5)
+        assert ("palette k-means, 8 colours" in stream.getvalue()) is shown
+        assert ("5/5" in stream.getvalue()) is shown
