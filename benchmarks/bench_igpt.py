@@ -10,6 +10,7 @@ for every token, so its cost per token is one full forward pass at any position:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from functools import partial
 
@@ -65,15 +66,19 @@ def sampling_rows(flops_per_s: float, bandwidth: float) -> tuple[list[list[objec
     for name, shape, palette, width, layers, heads in CONFIGS:
         model = build(shape, palette, width, layers, heads)
         n = model.num_codes
-        for batch in ((1, 8) if name.startswith("reference") else (1, 16)):
+        runs = [(1, "fused"), (1, "PyTorch"), (8 if name.startswith("reference") else 16, "PyTorch")]
+        for batch, step in runs:
+            os.environ["PIXELGEN_FUSED"] = "1" if step == "fused" else "0"
             generator = torch.Generator().manual_seed(0)
             cached = best_time(partial(model.sample, batch, generator=generator), repeats=2)
             codes = torch.zeros(batch, *model.event_shape, dtype=torch.long)
             naive = best_time(partial(model, codes), repeats=2)  # one cache-free step at any position
             cached_rate, naive_rate = batch * n / cached, batch / naive
             hf = HF_IMAGEGPT_REFERENCE.get(batch) if name.startswith("reference") else None
-            speed.append([name, n, palette, batch, f"{cached_rate:,.0f}", f"{naive_rate:,.1f}",
+            speed.append([name, n, palette, batch, step, f"{cached_rate:,.0f}", f"{naive_rate:,.1f}",
                           f"{cached_rate / naive_rate:,.0f}x", f"{hf:,}" if hf else "-"])
+            if (batch, step) == (1, "PyTorch"):
+                continue  # the floors do not depend on how the step is run
             flops, bytes_read = step_cost(model, batch)
             step_us = 1e6 * cached / (n)  # per step of the whole batch
             limits.append([name, batch, f"{flops / 1e6:.1f}", f"{bytes_read * batch / 1e6:.1f}", f"{step_us:,.0f}",
@@ -128,7 +133,7 @@ def main() -> None:
           f"{bandwidth / 1e9:,.1f} GB/s streaming read\n")
     speed, limits = sampling_rows(flops_per_s, bandwidth)
     print("Sampling, tokens/s (a full image; cache-free = one full forward pass per token)\n")
-    print(table(["model", "tokens", "palette", "batch", "KV cache", "cache-free", "speed-up",
+    print(table(["model", "tokens", "palette", "batch", "cached step", "KV cache", "cache-free", "speed-up",
                  "HF ImageGPT (issue 3)"], speed))
     print("\nOne cached step against the machine (averaged over the image; the floors are arithmetic at the "
           "measured matmul rate and reading weights + KV once at the streaming rate)\n")
@@ -136,10 +141,16 @@ def main() -> None:
                 limits))
     reference = build(*CONFIGS[2][1:])
     print("\nCost per cached step along the image (reference model, batch 1, 32 steps each)\n")
-    print(table(["positions", "us/step"], cost_along_the_image(reference)))
+    along = {}
+    for step in ("fused", "PyTorch"):
+        os.environ["PIXELGEN_FUSED"] = "1" if step == "fused" else "0"
+        along[step] = cost_along_the_image(reference)
+    rows = [[pos, fused, torch_us] for (pos, fused), (_, torch_us) in zip(along["fused"], along["PyTorch"])]
+    print(table(["positions", "fused us/step", "PyTorch us/step"], rows))
     print("\nTraining (forward + backward + AdamW), batch 16\n")
     print(table(["model", "batch", "tokens/s", "images/s"], training_rows()))
-    print("\nWhere a batch-1 step of the reference model goes (torch.profiler, steps 512-575)\n")
+    print("\nWhere a batch-1 PyTorch step of the reference model goes (torch.profiler, steps 512-575)\n")
+    os.environ["PIXELGEN_FUSED"] = "0"
     cache = reference.init_cache(1, None, reference.event_shape)
     seq = torch.zeros(1, reference.num_codes, dtype=torch.long)
 

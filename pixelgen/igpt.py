@@ -10,7 +10,9 @@ Training runs every position at once through ``F.scaled_dot_product_attention(is
 KV cache: per layer a key/value buffer for all ``H * W`` positions, allocated once, written in place at the
 position held on the device (``cache.position``), and attended through an additive mask that opens one position per
 step. A step is a handful of operations per layer (layer norm, one fused qkv product, one cache write, one
-attention call, the projection and the MLP) with no host synchronisation.
+attention call, the projection and the MLP) with no host synchronisation. At batch 1 on the CPU, where those small
+operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/fused.py``) does the same
+work in one call.
 
 The palette is a buffer of the model, so a checkpoint samples and renders images without the data.
 """
@@ -30,6 +32,7 @@ from arcore.cache import StepCache
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
 from pixelgen import palette as pal
+from pixelgen.fused import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
 
 SPAN_BLOCK = 64  # a sampling step attends over the cached positions in blocks of this many (see ImageGPT.step)
@@ -274,9 +277,11 @@ class ImageGPT(AutoregressiveModule):
         cache.register("visible", torch.full((1, 1, 1, self.num_codes), float("-inf"), dtype=self.dtype,
                                              device=self.device), batch_dim=None)
         cache.register("first", self._first_input(cond, batch_size) + self.position_embedding[0])
-        blocks = torch.get_num_threads() if batch_size <= 8 else 1  # larger batches keep every thread busy anyway
-        cache.dense = [[BlockedDense(d, blocks) for d in block.dense()] for block in self.blocks]
-        cache.head = BlockedDense(self.head, blocks)
+        cache.fused = FusedStep(self, kv, cache.first) if FusedStep.applies(self, batch_size) else None
+        if cache.fused is None:
+            blocks = torch.get_num_threads() if batch_size <= 8 else 1  # larger batches keep every thread busy
+            cache.dense = [[BlockedDense(d, blocks) for d in block.dense()] for block in self.blocks]
+            cache.head = BlockedDense(self.head, blocks)
         return cache
 
     def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
@@ -287,6 +292,8 @@ class ImageGPT(AutoregressiveModule):
         of ``SPAN_BLOCK`` (the mask hides the rest), so a step reads about half of the cache on average instead of
         all of it, and only ``N / SPAN_BLOCK`` shapes ever occur (one graph each, should a step be captured).
         """
+        if cache.fused is not None:  # batch 1 on the CPU: the whole step in one C++ call (pixelgen.fused)
+            return cache.fused(t, seq)
         span = min(self.num_codes, (t // SPAN_BLOCK + 1) * SPAN_BLOCK)
         index = cache.position.view(1)
         cache.visible.index_fill_(3, index, 0.0)

@@ -124,6 +124,33 @@ def test_float32_step_logits_match_teacher_forced_logits():
     assert step_logit_error(model, random_codes(model), torch.tensor([1, 0])) < 1e-4
 
 
+def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(monkeypatch):
+    from pixelgen.fused import kernel
+
+    assert kernel() is not None, "the fused step did not build (is a C++ compiler installed?)"
+    model = tiny(image_shape=(3, 6, 7), palette_size=64, num_labels=2, width=32, heads=4).float()
+    cond = torch.tensor([1])
+    seq = random_codes(model, 1).flatten(1)
+    fused_step, fused = _stepper(model, 1, cond, model.event_shape, use_cache=True)
+    monkeypatch.setenv("PIXELGEN_FUSED", "0")
+    plain_step, plain = _stepper(model, 1, cond, model.event_shape, use_cache=True)
+    assert fused.fused is not None and plain.fused is None
+    with torch.no_grad():
+        error = max((fused_step(t, seq) - plain_step(t, seq)).abs().max().item() for t in range(seq.shape[1]))
+    assert error < 1e-5
+    assert torch.allclose(fused.kv, plain.kv, atol=1e-6) and fused.kv.abs().min() > 0  # every position written
+
+
+@pytest.mark.parametrize("prime_rows", [0, 2])
+def test_fused_sampling_in_float32_equals_cache_free_sampling(prime_rows):
+    model = tiny(image_shape=(3, 5, 6), palette_size=12, layers=3, width=32, heads=4, num_labels=3).float()
+    prime = random_codes(model, 1, seed=5)[:, :prime_rows] if prime_rows else None
+    cached, naive = sample_both_ways(model, 1, seed=3, cond=torch.tensor([2]), prime=prime, top_p=0.95)
+    assert torch.equal(cached, naive)
+    assert not torch.equal(cached, model.sample(1, cond=torch.tensor([2]), prime=prime,
+                                                generator=torch.Generator().manual_seed(4)))
+
+
 def test_cache_buffers_have_the_designed_shapes_and_stay_in_place():
     model = tiny(layers=3, width=24, heads=4)
     n, tokens = 2, 20

@@ -1,0 +1,86 @@
+"""The fused CPU sampling step of :class:`pixelgen.igpt.ImageGPT` at batch 1 (``csrc/igpt_step.cpp``).
+
+At batch 1 a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs as
+much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
+intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about a minute, cached
+by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step (one warning).
+``PIXELGEN_FUSED=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "igpt_step.cpp"
+_kernel: ModuleType | None | bool = False  # False: not tried yet
+
+
+def kernel() -> ModuleType | None:
+    """The compiled step, or None when it cannot be built on this machine."""
+    global _kernel
+    if _kernel is False:
+        _kernel = None
+        from torch.utils.cpp_extension import load
+
+        try:
+            print("pixelgen: loading the fused CPU sampling step (compiled once, on first use)", file=sys.stderr)
+            _kernel = load(name="pixelgen_igpt_step", sources=[str(SOURCE)], verbose=False,
+                           extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"])
+        except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, no headers: fall back, say so once
+            warnings.warn(f"the fused CPU step could not be built ({type(exc).__name__}: {exc}); image GPT "
+                          f"sampling uses the PyTorch step", stacklevel=2)
+    return _kernel
+
+
+def column_blocks(weight: torch.Tensor, most: int = 16) -> torch.Tensor:
+    """A ``[fan_in, fan_out]`` weight as ``[blocks, fan_in, fan_out / blocks]``, contiguous: the most blocks (up to
+    ``most``) that divide ``fan_out``, so the threads share the columns evenly and each streams its own block."""
+    fan_in, fan_out = weight.shape
+    blocks = next(b for b in range(min(most, fan_out), 0, -1) if fan_out % b == 0)
+    return weight.detach().view(fan_in, blocks, -1).transpose(0, 1).contiguous()
+
+
+class FusedStep:
+    """The state one fused step needs beyond the K/V cache: the weights in column blocks, scratch space and the
+    logits buffer, all allocated once per sampling run."""
+
+    def __init__(self, model: Any, kv: torch.Tensor, first: torch.Tensor) -> None:
+        self.module = kernel()
+        self.model = model
+        self.kv = kv
+        self.first = first.reshape(-1).contiguous()
+        params: list[torch.Tensor] = []
+        for block in model.blocks:
+            for norm, (first_dense, second_dense) in ((block.ln1, (block.qkv, block.proj)),
+                                                      (block.ln2, (block.fc, block.out))):
+                params += [norm.weight.detach(), norm.bias.detach()]
+                for dense in (first_dense, second_dense):
+                    params += [column_blocks(dense.weight), dense.bias.detach()]
+        params += [model.ln_f.weight.detach(), model.ln_f.bias.detach(), column_blocks(model.head.weight),
+                   model.head.bias.detach()]
+        self.params = params
+        width, heads, capacity = self.first.numel(), model.blocks[0].heads, kv.shape[4]
+        hidden = model.blocks[0].fc.bias.numel()
+        self.scratch = torch.empty(6 * width + hidden + heads * capacity)
+        self.logits = torch.empty(1, model.num_classes)
+
+    def __call__(self, t: int, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[1, palette]`` of position ``t`` (a buffer overwritten by the next step)."""
+        model = self.model
+        self.module.step(self.first, model.token_embedding.weight, model.position_embedding, seq, self.kv,
+                         self.params, model.blocks[0].heads, model.blocks[0].ln1.eps, t, self.scratch, self.logits)
+        return self.logits
+
+    @staticmethod
+    def applies(model: Any, batch_size: int) -> bool:
+        """Whether the fused step serves this run: float32 sampling at batch 1 on the CPU, not turned off with
+        ``PIXELGEN_FUSED=0``, and the step compiled."""
+        return batch_size == 1 and model.device.type == "cpu" and model.dtype == torch.float32 \
+            and os.environ.get("PIXELGEN_FUSED", "1") != "0" and kernel() is not None
