@@ -151,6 +151,25 @@ def test_fused_sampling_in_float32_equals_cache_free_sampling(prime_rows):
                                                 generator=torch.Generator().manual_seed(4)))
 
 
+def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch):
+    import torch.utils.cpp_extension
+
+    from pixelgen import fused
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: g++: not found")
+
+    monkeypatch.setattr(fused, "_kernel", False)  # not tried yet in this process
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    model = tiny(palette_size=5).float()
+    with pytest.warns(UserWarning, match="could not be built.*uses the PyTorch step"):
+        assert fused.kernel() is None
+    _, cache = _stepper(model, 1, None, model.event_shape, use_cache=True)
+    assert cache.fused is None
+    cached, naive = sample_both_ways(model, 1, seed=2)
+    assert torch.equal(cached, naive)
+
+
 def test_cache_buffers_have_the_designed_shapes_and_stay_in_place():
     model = tiny(layers=3, width=24, heads=4)
     n, tokens = 2, 20
