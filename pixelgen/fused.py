@@ -9,7 +9,10 @@ by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling k
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -27,16 +30,28 @@ def kernel() -> ModuleType | None:
     global _kernel
     if _kernel is False:
         _kernel = None
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note is noise here
         from torch.utils.cpp_extension import load
 
         try:
             print("pixelgen: loading the fused CPU sampling step (compiled once, on first use)", file=sys.stderr)
-            _kernel = load(name="pixelgen_igpt_step", sources=[str(SOURCE)], verbose=False,
+            _kernel = load(name=f"pixelgen_igpt_step_{_cpu_tag()}", sources=[str(SOURCE)], verbose=False,
                            extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"])
         except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, no headers: fall back, say so once
             warnings.warn(f"the fused CPU step could not be built ({type(exc).__name__}: {exc}); image GPT "
                           f"sampling uses the PyTorch step", stacklevel=2)
     return _kernel
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU's architecture and instruction-set flags: the step is built with ``-march=native``,
+    so a build cache shared by machines of different CPUs keeps one build per kind of CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = platform.processor()
+    flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), info)
+    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
 
 
 def column_blocks(weight: torch.Tensor, most: int = 16) -> torch.Tensor:
