@@ -98,7 +98,7 @@ def _positions(total: int, progress: bool, desc: str) -> Iterable[int]:
         return range(total)
     from tqdm.auto import tqdm
 
-    return tqdm(range(total), desc=desc, unit="code", mininterval=0.5)
+    return tqdm(range(total), desc=desc, unit="code", mininterval=0.5, disable=None)  # no bar without a terminal
 
 
 @torch.no_grad()

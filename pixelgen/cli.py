@@ -112,7 +112,7 @@ def sample_main(argv: Sequence[str]) -> None:
             return result.codes[:, 0]
         return model.sample(count, cond=part_cond, prime=part_prime, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, use_cache=not args.no_cache,
-                            generator=generator)
+                            generator=generator, progress=True)
 
     start = time.perf_counter()
     chunks = draw_in_chunks(draw, n, args.batch_size, tool="pixelgen", generator=generator)

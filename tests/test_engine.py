@@ -150,3 +150,16 @@ def test_bad_decoding_and_prime_arguments_are_clear_errors():
         model.sample(1, prime=torch.full((1, 1, 1, 3), 7))
     with pytest.raises(UsageError, match="prime holds 2 samples"):
         model.sample(1, prime=torch.zeros(2, 1, 1, 3, dtype=torch.long))
+
+
+def test_sampling_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from tests.test_palette import Terminal
+
+    model = tiny()
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        model.sample(2, progress=True, generator=torch.Generator().manual_seed(0))
+        assert ("sampling" in stream.getvalue() and "6/6" in stream.getvalue()) is shown
