@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, TypeVar
 
 import pytorch_lightning as pl
@@ -65,6 +65,32 @@ class EpochDraws(EpochShuffle):
         return iter(range(self.epoch * self.size, (self.epoch + 1) * self.size))
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader whose pass can start some batches in: ``batches_done``, when set, is asked at the first fetch of
+    every pass how many batches of it are already done, and those are drawn and dropped. A run resumed from a
+    checkpoint taken in the middle of an epoch so continues with the batch after the last one trained on (with a
+    sampler drawn from ``(seed, epoch)`` alone, the batches of an uninterrupted run), not the epoch's first."""
+
+    batches_done: Callable[[], int] | None = None
+
+    def __iter__(self) -> Iterator:
+        iterator = super().__iter__()
+        return iterator if self.batches_done is None else self._resumed(iterator)
+
+    def state_dict(self) -> dict:
+        """Nothing to save: the position comes back from Lightning's own batch counter. Having this pair marks the
+        loader as resumable to Lightning (no mid-epoch warning)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """See :meth:`state_dict`."""
+
+    def _resumed(self, iterator: Iterator) -> Iterator:
+        for _ in range(self.batches_done()):  # asked only now: Lightning restores its loops after iter()
+            next(iterator)
+        yield from iterator
+
+
 class CodesDataModule(pl.LightningDataModule):
     """Serves ``(codes, labels)`` batches for the three splits; a subclass builds one split's loader.
 
@@ -76,7 +102,18 @@ class CodesDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        loader = self._loader("train")
+        if isinstance(loader, ResumableLoader):
+            loader.batches_done = self._batches_done_this_epoch
+        return loader
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches of the current epoch already done when its first batch is fetched: 0, except in a
+        ``fit`` resumed mid-epoch, where Lightning has just restored its batch counter (pinned Lightning version)."""
+        trainer = self.trainer  # None outside a Trainer
+        if trainer is None or not trainer.training:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.data import CodesDataModule, EpochShuffle, Split, scan, warn
+from arcore.data import CodesDataModule, EpochShuffle, ResumableLoader, Split, scan, warn
 from arcore.errors import UsageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -192,6 +192,6 @@ class ImageDataModule(CodesDataModule):
         dataset = TensorDataset(*self.split(name))
         train = name == "train"
         sampler = EpochShuffle(len(dataset)) if train else None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler,
                           drop_last=train and len(dataset) > self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

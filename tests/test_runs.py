@@ -169,7 +169,7 @@ trainer:
   default_root_dir: {run}
   callbacks:
     - class_path: pytorch_lightning.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {run}/checkpoints, save_last: true}}
+      init_args: {{dirpath: {run}/checkpoints, save_last: true, every_n_train_steps: 2}}
     - class_path: arcore.callbacks.EMA
       init_args: {{decay: 0.9}}
     - class_path: tests.test_runs.SlowSteps
@@ -197,7 +197,7 @@ def fit_process(config: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     data = make_folder_dataset(tmp_path / "data")
     configs = {}
     for name in ("whole", "killed"):
@@ -210,12 +210,11 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     deadline = time.monotonic() + 120
     while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.12)  # a few steps into the next epoch
     assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()[-500:]}"
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     interrupted_at = torch.load(last, weights_only=False)["global_step"]  # saved atomically: always whole
-    assert 0 < interrupted_at < 30
+    assert 0 < interrupted_at < 30 and interrupted_at % 5  # in the middle of an epoch of 5 steps
 
     resumed = fit_process(configs["killed"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from arcore.data import CodesDataModule, EpochDraws, Split, run_seed, scan, warn
+from arcore.data import CodesDataModule, EpochDraws, ResumableLoader, Split, run_seed, scan, warn
 from arcore.errors import UsageError
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
@@ -310,5 +310,5 @@ class AudioDataModule(CodesDataModule):
             sampler = EpochDraws(len(dataset))
         else:
             dataset = TileDataset(clips, length)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=split == "train",
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=split == "train",
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
