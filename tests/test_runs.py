@@ -94,7 +94,7 @@ def test_offline_wandb_run_records_metrics_config_and_media(tool, tmp_path, offl
         config, main, media = tiny_audio_config(tmp_path, make_audio_folder(tmp_path / "data")), wavegen, "audio"
     save_dir = tmp_path / "logs"
     extra = ["--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor",
-             "--trainer.callbacks+=arcore.callbacks.EMA"]
+             "--trainer.callbacks+=arcore.callbacks.EMA", "--trainer.logger.init_args.log_model", "true"]
     assert main(["fit", "--config", str(config), "--config", str(wandb_yaml(tmp_path / "wandb.yaml", save_dir)),
                  *extra]) == 0
     wandb.finish()
@@ -117,6 +117,8 @@ def test_offline_wandb_run_records_metrics_config_and_media(tool, tmp_path, offl
     assert all((run / "files" / f).is_file() for f in files if f.startswith("media/"))
     if media == "audio":
         assert any(f.endswith(".png") for f in files)  # the spectrogram
+    artifacts = [r.artifact for r in records if r.HasField("artifact")]  # log_model: the checkpoint, as an artifact
+    assert any(a.type == "model" and any(e.path.endswith(".ckpt") for e in a.manifest.contents) for a in artifacts)
 
 
 def test_resumed_fit_continues_the_same_wandb_run_step_count_and_schedule(tmp_path, offline_wandb):
