@@ -2,8 +2,8 @@
 
 At batch 1 a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs as
 much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
-intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about a minute, cached
-by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step (one warning).
+intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about 20 s on 2 cores,
+cached by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step (one warning).
 ``PIXELGEN_FUSED=0`` turns it off.
 """
 
@@ -17,9 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pixelgen.igpt import ImageGPT
 
 SOURCE = Path(__file__).parent / "csrc" / "igpt_step.cpp"
 _kernel: ModuleType | None | bool = False  # False: not tried yet
@@ -66,7 +69,7 @@ class FusedStep:
     """The state one fused step needs beyond the K/V cache: the weights in column blocks, scratch space and the
     logits buffer, all allocated once per sampling run."""
 
-    def __init__(self, model: Any, kv: torch.Tensor, first: torch.Tensor) -> None:
+    def __init__(self, model: ImageGPT, kv: torch.Tensor, first: torch.Tensor) -> None:
         self.module = kernel()
         self.model = model
         self.kv = kv
@@ -94,7 +97,7 @@ class FusedStep:
         return self.logits
 
     @staticmethod
-    def applies(model: Any, batch_size: int) -> bool:
+    def applies(model: ImageGPT, batch_size: int) -> bool:
         """Whether the fused step serves this run: float32 sampling at batch 1 on the CPU, not turned off with
         ``PIXELGEN_FUSED=0``, and the step compiled."""
         return batch_size == 1 and model.device.type == "cpu" and model.dtype == torch.float32 \

@@ -118,6 +118,7 @@ void step(const torch::Tensor& first, const torch::Tensor& tokens, const torch::
   TORCH_CHECK(d <= 1024, "head size above 1024");
   TORCH_CHECK(seq.scalar_type() == torch::kLong && seq.size(0) == 1 && seq.stride(1) == 1, "seq: [1, N] int64");
   TORCH_CHECK(kv.scalar_type() == torch::kFloat && kv.is_contiguous() && kv.size(1) == 1, "kv: float, batch 1");
+  TORCH_CHECK(tokens.is_contiguous() && positions.is_contiguous() && first.is_contiguous(), "contiguous embeddings");
   float* x = scratch.data_ptr<float>();
   float* h = x + width;
   float* qkv = h + width;
