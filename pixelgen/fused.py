@@ -1,7 +1,7 @@
-"""The fused CPU sampling step of :class:`pixelgen.igpt.ImageGPT` at batch 1 (``csrc/igpt_step.cpp``).
+"""The fused CPU sampling step of :class:`pixelgen.igpt.ImageGPT` for small batches (``csrc/igpt_step.cpp``).
 
-At batch 1 a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs as
-much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
+At small batches a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs
+as much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
 intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about 20 s on 2 cores,
 cached by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step (one warning).
 ``PIXELGEN_FUSED=0`` turns it off.
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pixelgen.igpt import ImageGPT
 
 SOURCE = Path(__file__).parent / "csrc" / "igpt_step.cpp"
+MAX_BATCH = 8  # above this the products are large enough for MKL's matrix kernels to win (benchmarks/RESULTS.md)
 _kernel: ModuleType | None | bool = False  # False: not tried yet
 
 
@@ -73,7 +74,7 @@ class FusedStep:
         self.module = kernel()
         self.model = model
         self.kv = kv
-        self.first = first.reshape(-1).contiguous()
+        self.first = first.contiguous()  # [batch, width]
         params: list[torch.Tensor] = []
         for block in model.blocks:
             for norm, (first_dense, second_dense) in ((block.ln1, (block.qkv, block.proj)),
@@ -84,13 +85,13 @@ class FusedStep:
         params += [model.ln_f.weight.detach(), model.ln_f.bias.detach(), column_blocks(model.head.weight),
                    model.head.bias.detach()]
         self.params = params
-        width, heads, capacity = self.first.numel(), model.blocks[0].heads, kv.shape[4]
+        (rows, width), heads, capacity = self.first.shape, model.blocks[0].heads, kv.shape[4]
         hidden = model.blocks[0].fc.bias.numel()
-        self.scratch = torch.empty(6 * width + hidden + heads * capacity)
-        self.logits = torch.empty(1, model.num_classes)
+        self.scratch = torch.empty(rows * (6 * width + hidden + heads * capacity))
+        self.logits = torch.empty(rows, model.num_classes)
 
     def __call__(self, t: int, seq: torch.Tensor) -> torch.Tensor:
-        """Logits ``[1, palette]`` of position ``t`` (a buffer overwritten by the next step)."""
+        """Logits ``[batch, palette]`` of position ``t`` (a buffer overwritten by the next step)."""
         model = self.model
         self.module.step(self.first, model.token_embedding.weight, model.position_embedding, seq, self.kv,
                          self.params, model.blocks[0].heads, model.blocks[0].ln1.eps, t, self.scratch, self.logits)
@@ -98,7 +99,7 @@ class FusedStep:
 
     @staticmethod
     def applies(model: ImageGPT, batch_size: int) -> bool:
-        """Whether the fused step serves this run: float32 sampling at batch 1 on the CPU, not turned off with
-        ``PIXELGEN_FUSED=0``, and the step compiled."""
-        return batch_size == 1 and model.device.type == "cpu" and model.dtype == torch.float32 \
+        """Whether the fused step serves this run: float32 sampling of at most ``MAX_BATCH`` sequences on the CPU,
+        not turned off with ``PIXELGEN_FUSED=0``, and the step compiled."""
+        return batch_size <= MAX_BATCH and model.device.type == "cpu" and model.dtype == torch.float32 \
             and os.environ.get("PIXELGEN_FUSED", "1") != "0" and kernel() is not None

@@ -10,8 +10,8 @@ Training runs every position at once through ``F.scaled_dot_product_attention(is
 KV cache: per layer a key/value buffer for all ``H * W`` positions, allocated once, written in place at the
 position held on the device (``cache.position``), and attended through an additive mask that opens one position per
 step. A step is a handful of operations per layer (layer norm, one fused qkv product, one cache write, one
-attention call, the projection and the MLP) with no host synchronisation. At batch 1 on the CPU, where those small
-operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/fused.py``) does the same
+attention call, the projection and the MLP) with no host synchronisation. For small batches on the CPU, where those
+small operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/fused.py``) does the same
 work in one call.
 
 The palette is a buffer of the model, so a checkpoint samples and renders images without the data.
@@ -292,7 +292,7 @@ class ImageGPT(AutoregressiveModule):
         of ``SPAN_BLOCK`` (the mask hides the rest), so a step reads about half of the cache on average instead of
         all of it, and only ``N / SPAN_BLOCK`` shapes ever occur (one graph each, should a step be captured).
         """
-        if cache.fused is not None:  # batch 1 on the CPU: the whole step in one C++ call (pixelgen.fused)
+        if cache.fused is not None:  # small batches on the CPU: the whole step in one C++ call (pixelgen.fused)
             return cache.fused(t, seq)
         span = min(self.num_codes, (t // SPAN_BLOCK + 1) * SPAN_BLOCK)
         index = cache.position.view(1)

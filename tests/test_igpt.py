@@ -129,11 +129,11 @@ def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(mon
 
     assert kernel() is not None, "the fused step did not build (is a C++ compiler installed?)"
     model = tiny(image_shape=(3, 6, 7), palette_size=64, num_labels=2, width=32, heads=4).float()
-    cond = torch.tensor([1])
-    seq = random_codes(model, 1).flatten(1)
-    fused_step, fused = _stepper(model, 1, cond, model.event_shape, use_cache=True)
+    cond = torch.tensor([1, 0, 1])
+    seq = random_codes(model, 3).flatten(1)
+    fused_step, fused = _stepper(model, 3, cond, model.event_shape, use_cache=True)
     monkeypatch.setenv("PIXELGEN_FUSED", "0")
-    plain_step, plain = _stepper(model, 1, cond, model.event_shape, use_cache=True)
+    plain_step, plain = _stepper(model, 3, cond, model.event_shape, use_cache=True)
     assert fused.fused is not None and plain.fused is None
     with torch.no_grad():
         error = max((fused_step(t, seq) - plain_step(t, seq)).abs().max().item() for t in range(seq.shape[1]))
@@ -141,14 +141,24 @@ def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(mon
     assert torch.allclose(fused.kv, plain.kv, atol=1e-6) and fused.kv.abs().min() > 0  # every position written
 
 
-@pytest.mark.parametrize("prime_rows", [0, 2])
-def test_fused_sampling_in_float32_equals_cache_free_sampling(prime_rows):
+@pytest.mark.parametrize("n,prime_rows", [(1, 0), (1, 2), (4, 1)])
+def test_fused_sampling_in_float32_equals_cache_free_sampling(n, prime_rows):
     model = tiny(image_shape=(3, 5, 6), palette_size=12, layers=3, width=32, heads=4, num_labels=3).float()
-    prime = random_codes(model, 1, seed=5)[:, :prime_rows] if prime_rows else None
-    cached, naive = sample_both_ways(model, 1, seed=3, cond=torch.tensor([2]), prime=prime, top_p=0.95)
+    cond = torch.arange(n) % 3
+    prime = random_codes(model, n, seed=5)[:, :prime_rows] if prime_rows else None
+    _, cache = _stepper(model, n, cond, model.event_shape, use_cache=True)
+    assert cache.fused is not None
+    cached, naive = sample_both_ways(model, n, seed=3, cond=cond, prime=prime, top_p=0.95)
     assert torch.equal(cached, naive)
-    assert not torch.equal(cached, model.sample(1, cond=torch.tensor([2]), prime=prime,
-                                                generator=torch.Generator().manual_seed(4)))
+    assert not torch.equal(cached, model.sample(n, cond=cond, prime=prime, generator=torch.Generator().manual_seed(4)))
+
+
+def test_fused_step_serves_small_float32_cpu_batches_only():
+    from pixelgen.fused import MAX_BATCH, FusedStep
+
+    model = tiny().float()
+    assert FusedStep.applies(model, 1) and FusedStep.applies(model, MAX_BATCH)
+    assert not FusedStep.applies(model, MAX_BATCH + 1) and not FusedStep.applies(model.double(), 1)
 
 
 def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch):
