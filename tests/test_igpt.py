@@ -153,6 +153,16 @@ def test_fused_sampling_in_float32_equals_cache_free_sampling(n, prime_rows):
     assert not torch.equal(cached, model.sample(n, cond=cond, prime=prime, generator=torch.Generator().manual_seed(4)))
 
 
+def test_fused_beam_search_reorders_its_cache_like_the_pytorch_step(monkeypatch):
+    model = tiny(image_shape=(1, 3, 4), palette_size=5, width=32, heads=4).float()
+    prime = random_codes(model, 2)[:, :1]
+    fused = model.beam_search(2, beams=4, prime=prime)  # 8 sequences: the fused step
+    monkeypatch.setenv("PIXELGEN_FUSED", "0")
+    plain = model.beam_search(2, beams=4, prime=prime)
+    assert torch.equal(fused.codes, plain.codes)
+    assert torch.allclose(fused.log_prob, plain.log_prob, atol=1e-4)
+
+
 def test_fused_step_serves_small_float32_cpu_batches_only():
     from pixelgen.fused import MAX_BATCH, FusedStep
 
