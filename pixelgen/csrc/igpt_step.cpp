@@ -1,10 +1,10 @@
 // One cached sampling step of pixelgen.igpt.ImageGPT for a small batch on the CPU, fused into a single call.
 //
 // The Python step is a few dozen small tensor operations per layer; at small batches their per-call overhead costs
-// as much as the arithmetic. Here each layer is: layer norm, the qkv product, the K/V cache write at position t, single-query
-// attention over positions 0..t, the output projection and residual, layer norm, the GELU MLP and residual. Every
-// product streams its weight once, split into column blocks spread over the intra-op threads (at::parallel_for);
-// nothing is allocated: the caller passes the caches, the scratch space and the output.
+// as much as the arithmetic. Here each layer is: layer norm, the qkv product, the K/V cache write at position t,
+// single-query attention over positions 0..t, the output projection and residual, layer norm, the GELU MLP and
+// residual. Every product streams its weight once for all rows, split into column blocks spread over the intra-op
+// threads (at::parallel_for); nothing is allocated: the caller passes the caches, the scratch space and the output.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
