@@ -2,8 +2,9 @@
 
 At small batches a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs
 as much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
-intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about 20 s on 2 cores,
-cached by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step (one warning).
+intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about 20 s on 2
+cores, cached by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step
+(one warning).
 ``PIXELGEN_FUSED=0`` turns it off.
 """
 
@@ -40,7 +41,8 @@ def kernel() -> ModuleType | None:
         try:
             print("pixelgen: loading the fused CPU sampling step (compiled once, on first use)", file=sys.stderr)
             _kernel = load(name=f"pixelgen_igpt_step_{_cpu_tag()}", sources=[str(SOURCE)], verbose=False,
-                           extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"])
+                           extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+                           extra_ldflags=["-fopenmp"])
         except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, no headers: fall back, say so once
             warnings.warn(f"the fused CPU step could not be built ({type(exc).__name__}: {exc}); image GPT "
                           f"sampling uses the PyTorch step", stacklevel=2)

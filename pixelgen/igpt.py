@@ -11,8 +11,8 @@ KV cache: per layer a key/value buffer for all ``H * W`` positions, allocated on
 position held on the device (``cache.position``), and attended through an additive mask that opens one position per
 step. A step is a handful of operations per layer (layer norm, one fused qkv product, one cache write, one
 attention call, the projection and the MLP) with no host synchronisation. For small batches on the CPU, where those
-small operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/fused.py``) does the same
-work in one call.
+small operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/fused.py``) does
+the same work in one call.
 
 The palette is a buffer of the model, so a checkpoint samples and renders images without the data.
 """

@@ -111,7 +111,8 @@ def test_offline_wandb_run_records_metrics_config_and_media(tool, tmp_path, offl
         assert key in metrics, f"{key} missing from the run's history"
     config = {item.key: item.value_json for r in records if r.HasField("config") for item in r.config.update}
     resolved = json.loads(config["config"])  # the full resolved CLI config
-    assert resolved["trainer"]["max_steps"] == 4 and resolved["model"]["class_path"].endswith("Net" if media == "audio" else "CNN")
+    assert resolved["trainer"]["max_steps"] == 4
+    assert resolved["model"]["class_path"].endswith("Net" if media == "audio" else "CNN")
     files = {f.path for r in records if r.HasField("files") for f in r.files.files}
     assert any(f.startswith(f"media/{media}/") for f in files)
     assert all((run / "files" / f).is_file() for f in files if f.startswith("media/"))

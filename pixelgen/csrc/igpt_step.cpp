@@ -129,7 +129,8 @@ void step(const torch::Tensor& first, const torch::Tensor& tokens, const torch::
   TORCH_CHECK(0 <= t && t < capacity, "position out of range");
   TORCH_CHECK(d <= 1024, "head size above 1024");
   TORCH_CHECK(seq.scalar_type() == torch::kLong && seq.size(0) == rows && seq.is_contiguous(), "seq: [rows, N] int64");
-  TORCH_CHECK(kv.scalar_type() == torch::kFloat && kv.is_contiguous() && kv.size(1) == rows, "kv: float [L, rows, ...]");
+  TORCH_CHECK(kv.scalar_type() == torch::kFloat && kv.is_contiguous() && kv.size(1) == rows,
+              "kv: float [layers, rows, ...]");
   TORCH_CHECK(tokens.is_contiguous() && positions.is_contiguous() && first.is_contiguous(), "contiguous embeddings");
   float* x = scratch.data_ptr<float>();  // every buffer holds `rows` rows
   float* h = x + rows * width;
