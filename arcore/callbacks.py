@@ -182,6 +182,23 @@ class EMA(WeightAveraging):
         if self._average_model is not None:  # fit; elsewhere the checkpoint's (averaged) weights are used as they are
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._copy_buffers(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._copy_buffers(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def _copy_buffers(self, pl_module: pl.LightningModule) -> None:
+        """Give the average the model's current buffers. Lightning copies them only at each update, but a buffer can
+        change before the first one: an image GPT fits its palette in ``setup``, after this callback took its copy,
+        and validation swaps buffers in with the weights (the sanity check would see no palette)."""
+        if self._average_model is not None:
+            for average, current in zip(self._average_model.module.buffers(), pl_module.buffers()):
+                average.copy_(current)
+
 
 def _ema_update(average: torch.Tensor, current: torch.Tensor, updates: torch.Tensor, decay: float) -> torch.Tensor:
     """One EMA step with the warm-up decay, computed on the device (no host sync)."""
