@@ -1,54 +1,135 @@
-"""Incremental sampling state shared by every model.
+"""Incremental sampling state and the step contract shared by every model.
 
-A :class:`StepCache` is a bag of named tensors, each allocated once per ``sample`` call at its full size and then
-only written in place: ring buffers of a causal convolution's past inputs, the last rows of a masked convolution's
-input, the keys and values of attention. Every buffer declares which of its dimensions is the batch, so the engine
-can reorder all of them by beam without knowing what they hold. ``position`` is the index of the code being
-generated, kept on the device so that a step can be captured (CUDA graphs, ``torch.compile``) without reading it
-back to the host.
+A model samples through a :class:`Sampler` that it builds once per sampling run (``model.sampler(batch, cond,
+event_shape)``). The sampler owns
+
+- a :class:`StepCache`: every piece of per-sequence state as a named tensor, allocated once at full size and then
+  only written in place (ring buffers of a causal convolution's past inputs, the rows a masked convolution still
+  needs, the keys and values of attention). ``cache.position`` is the index of the code being generated, a 0-d
+  tensor on the device;
+- its *pieces*: callables ``piece(seq) -> logits [B, num_classes] | None`` over the engine's code buffer ``seq
+  [B, N]`` (the same storage for the whole run). A piece reads its position only from ``cache.position`` and earlier
+  codes only through device-computed indices into ``seq``, so one piece, captured once (a CUDA graph,
+  ``torch.compile(fullgraph=True, dynamic=False)``), replays correctly at every position;
+- a host-side :meth:`Sampler.schedule`: which pieces run at position ``t`` (e.g. PixelCNN's once-per-row vertical
+  stack before the step that starts a row). The last piece returns the logits; the engine then advances
+  ``cache.position``;
+- :meth:`Sampler.prefill`: a primed prefix consumed in one parallel pass, leaving the state that stepping through
+  it would leave;
+- its prepared weights (masked, transposed, folded), made once per run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import torch
+
+if TYPE_CHECKING:
+    from arcore.module import AutoregressiveModule
+
+Piece = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
 class StepCache:
-    """Named, preallocated tensors that carry a model's state from one sampling step to the next."""
+    """Named, preallocated tensors that carry a model's state from one sampling step to the next.
+
+    Every buffer declares which of its dimensions is the batch, so beam search reorders all of them without knowing
+    what they hold. ``scratch`` buffers are work space that a step overwrites before it reads them: not state, so
+    neither reordered nor part of :meth:`state`.
+    """
 
     def __init__(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
         self._batch_dims: dict[str, int | None] = {}
+        self._scratch: set[str] = set()
         self.position = self.register("position", torch.zeros((), dtype=torch.long, device=self.device), None)
 
-    def alloc(self, name: str, shape: tuple[int, ...], *, batch_dim: int | None = 0,
-              dtype: torch.dtype | None = None) -> torch.Tensor:
+    def alloc(self, name: str, shape: tuple[int, ...], *, batch_dim: int | None = 0, dtype: torch.dtype | None = None,
+              scratch: bool = False) -> torch.Tensor:
         """Allocate a zero buffer of ``shape`` once; ``batch_dim`` must have size ``batch_size`` (None: shared)."""
-        return self.register(name, torch.zeros(shape, dtype=dtype or self.dtype, device=self.device), batch_dim)
+        tensor = torch.zeros(shape, dtype=dtype or self.dtype, device=self.device)
+        return self.register(name, tensor, batch_dim, scratch=scratch)
 
-    def register(self, name: str, tensor: torch.Tensor, batch_dim: int | None = 0) -> torch.Tensor:
-        """Keep ``tensor`` (e.g. a conditioning bias computed once) as part of the state."""
+    def register(self, name: str, tensor: torch.Tensor, batch_dim: int | None = 0, *, scratch: bool = False
+                 ) -> torch.Tensor:
+        """Keep ``tensor`` (e.g. a conditioning bias computed once) as part of the state, or as ``scratch``."""
         if name in self._batch_dims:
             raise KeyError(f"cache buffer {name!r} registered twice")
         if batch_dim is not None and tensor.shape[batch_dim] != self.batch_size:
             raise ValueError(f"cache buffer {name!r} has {tensor.shape[batch_dim]} rows on dim {batch_dim}, "
                              f"expected the batch size {self.batch_size}")
         self._batch_dims[name] = batch_dim
+        if scratch:
+            self._scratch.add(name)
         setattr(self, name, tensor)
         return tensor
 
     def buffers(self) -> dict[str, torch.Tensor]:
-        """Every registered buffer by name (for tests and memory accounting)."""
+        """Every registered buffer by name, scratch included (memory accounting)."""
         return {name: getattr(self, name) for name in self._batch_dims}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The buffers that carry information from one step to the next (what prefill must reproduce)."""
+        return {name: tensor for name, tensor in self.buffers().items() if name not in self._scratch}
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers().values())
 
     def reorder_(self, index: torch.Tensor) -> None:
-        """Replace batch row ``i`` of every buffer by row ``index[i]`` in place (beam search)."""
+        """Replace batch row ``i`` of every state buffer by row ``index[i]`` in place (beam search)."""
         for name, dim in self._batch_dims.items():
-            if dim is not None:
+            if dim is not None and name not in self._scratch:
                 buf = getattr(self, name)
                 buf.copy_(buf.index_select(dim, index))
+
+
+class Sampler:
+    """One sampling run of a model: its cache, its pieces and their schedule (see the module docstring).
+
+    Subclasses set ``self.step`` (the piece that returns logits) and override :meth:`schedule` when other pieces run
+    at host-known boundaries, and :meth:`prefill` with a parallel pass; the default prefill steps through the prefix.
+    """
+
+    step: Piece
+
+    def __init__(self, cache: StepCache) -> None:
+        self.cache = cache
+
+    def schedule(self, t: int) -> Sequence[Piece]:
+        """The pieces to run, in order, for position ``t``; the last one returns the logits."""
+        return (self.step,)
+
+    def prefill(self, seq: torch.Tensor, length: int) -> None:
+        """Consume the codes ``seq[:, :length]``; afterwards ``cache.position == length``."""
+        for t in range(length):
+            for piece in self.schedule(t):
+                piece(seq)
+            self.cache.position.add_(1)
+
+
+class ForwardSampler(Sampler):
+    """The cache-free step every model has: the teacher-forced pass over the whole code buffer, logits taken at
+    ``cache.position``. It is the reference of every cached path, and the cached path of a model that writes only
+    ``forward`` (static shapes, so it captures too)."""
+
+    def __init__(self, model: AutoregressiveModule, batch_size: int, cond: Any, event_shape: tuple[int, ...]
+                 ) -> None:
+        super().__init__(StepCache(batch_size, model.device, model.dtype))
+        self.model, self.cond, self.event_shape = model, cond, event_shape
+        self.step = self._logits
+
+    def _logits(self, seq: torch.Tensor) -> torch.Tensor:
+        logits = self.model.to_order(self.model(self.model.from_order(seq, self.event_shape), self.cond))
+        return logits.index_select(1, self.cache.position.view(1)).squeeze(1)
+
+    def prefill(self, seq: torch.Tensor, length: int) -> None:
+        self.cache.position.fill_(length)
+
+
+def previous_code(seq: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """The codes ``[B]`` at ``position - 1`` (those at 0 where ``position`` is 0; mask them), by device index."""
+    return seq.index_select(1, (position - 1).clamp(min=0).view(1)).squeeze(1)

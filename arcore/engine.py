@@ -1,10 +1,16 @@
 """The one sampling loop of the project: walks a model's generation order, one code at a time.
 
 Every model is p(x) = prod_t p(x_t | x_<t) over a fixed order (raster row/column/channel for images, time for audio
-and token sequences). The engine owns the loop and the decoding; the model only turns the codes before ``t`` into
-logits for ``t``, either from scratch (``model(codes)``, the cache-free reference) or incrementally
-(``model.init_cache`` once, then ``model.step`` per position). Codes live in a preallocated ``[n, N]`` tensor in
-generation order; the loop never synchronises with the host, so the same code runs on CPU and CUDA.
+and token sequences). The engine owns the loop, the decoding and the schedule of a run; the model only turns the
+codes before ``t`` into logits for ``t``, through a :class:`arcore.cache.Sampler`: its own incremental one
+(``model.sampler``), or the cache-free reference (:class:`arcore.cache.ForwardSampler`, the teacher-forced pass at
+every position). Codes live in a preallocated ``[n, N]`` tensor in generation order; a primed prefix is consumed by
+the sampler's parallel prefill; nothing in the loop reads a tensor back to the host.
+
+With ``compile=True`` every piece of the sampler is captured once and replayed at every position: as a CUDA graph
+on a GPU (warmed up on a side stream with the state restored afterwards, so capture changes nothing), with
+``torch.compile(fullgraph=True, dynamic=False)`` elsewhere. A torch.compile backend name or callable may be passed
+instead of ``True``.
 
 A model used here provides (see ``arcore.module.AutoregressiveModule``):
 
@@ -12,7 +18,7 @@ A model used here provides (see ``arcore.module.AutoregressiveModule``):
 - ``to_order(x)`` / ``from_order(seq, event_shape)``: between ``[B, *event_shape, ...]`` and ``[B, N, ...]``;
   ``prime_to_order(prime, event_shape)``: a partial sample (e.g. the top rows of an image) to a prefix ``[B, P]``;
 - ``forward(codes, cond) -> logits [B, *event_shape, num_classes]``;
-- ``init_cache(batch_size, cond, event_shape) -> StepCache`` and ``step(cache, t, seq) -> logits [B, num_classes]``.
+- ``sampler(batch_size, cond, event_shape) -> Sampler``.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, Union
 
 import torch
 
-from arcore.cache import StepCache
+from arcore.cache import ForwardSampler, Piece, Sampler, StepCache
 from arcore.decoding import Decoding
 from arcore.errors import UsageError
+
+Capture = Union[bool, str, Callable[..., Any]]  # False: eager; True: the device's default; else a compile backend
 
 
 class Autoregressive(Protocol):
@@ -37,9 +45,8 @@ class Autoregressive(Protocol):
     def to_order(self, x: torch.Tensor) -> torch.Tensor: ...
     def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
     def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
-    def __call__(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor: ...
-    def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache: ...
-    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, codes: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler: ...
     def parameters(self) -> Iterable[torch.nn.Parameter]: ...
     def train(self, mode: bool = True) -> object: ...
 
@@ -74,43 +81,105 @@ def _initial_sequence(model: Autoregressive, n: int, event_shape: tuple[int, ...
     return seq, prefix.shape[1]
 
 
-def _stepper(model: Autoregressive, n: int, cond: torch.Tensor | None, event_shape: tuple[int, ...],
-             use_cache: bool) -> tuple[Stepper, StepCache | None]:
-    """A function ``(t, seq) -> logits [n, K]`` for position t, cached or cache-free, and the cache if any."""
-    if use_cache:
-        cache = model.init_cache(n, cond, event_shape)
+class Runner:
+    """Runs a sampler's schedule at each position, every piece eager or captured once (see the module docstring),
+    and advances ``cache.position`` after the logits. Captured pieces are kept per (piece, role)."""
 
-        def cached(t: int, seq: torch.Tensor) -> torch.Tensor:
-            logits = model.step(cache, t, seq)
-            cache.position.add_(1)
-            return logits
+    def __init__(self, sampler: Sampler, capture: Capture = False) -> None:
+        self.sampler = sampler
+        self.capture = capture
+        self._units: dict[tuple[Piece, bool], Piece] = {}
 
-        return cached, cache
+    @property
+    def graphs(self) -> int:
+        """How many distinct pieces this run has built (each one graph when captured)."""
+        return len(self._units)
 
-    def naive(t: int, seq: torch.Tensor) -> torch.Tensor:
-        return model.to_order(model(model.from_order(seq, event_shape), cond))[:, t]
+    @torch.no_grad()
+    def __call__(self, t: int, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of position ``t``."""
+        pieces = self.sampler.schedule(t)
+        for piece in pieces[:-1]:
+            self._unit(piece, False, seq)(seq)
+        return self._unit(pieces[-1], True, seq)(seq)
 
-    return naive, None
+    def _unit(self, piece: Piece, last: bool, seq: torch.Tensor) -> Piece:
+        unit = self._units.get((piece, last))
+        if unit is None:
+            graph = self.capture in (True, "cudagraph") and seq.device.type == "cuda"
+            run = piece
+            if self.capture is not False and not graph:
+                backend = "inductor" if self.capture is True else self.capture
+                run = torch.compile(piece, backend=backend, fullgraph=True, dynamic=False)
+            unit = _advancing(run, self.sampler.cache.position) if last else run
+            if graph:  # the piece and the position's advance in one graph
+                unit = _cuda_graph(unit, seq, self.sampler.cache)
+            self._units[piece, last] = unit
+        return unit
 
 
-def _positions(total: int, progress: bool, desc: str) -> Iterable[int]:
+def _advancing(piece: Piece, position: torch.Tensor) -> Piece:
+    def unit(seq: torch.Tensor) -> torch.Tensor:
+        logits = piece(seq)
+        position.add_(1)
+        return logits
+
+    return unit
+
+
+def _cuda_graph(unit: Piece, seq: torch.Tensor, cache: StepCache) -> Piece:
+    """Capture ``unit(seq)`` as a CUDA graph. The warm-up runs on a side stream (as capture requires) and would
+    advance the state, so every cache buffer is restored before the capture, which records without running."""
+    saved = {name: buf.clone() for name, buf in cache.buffers().items()}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            unit(seq)
+    torch.cuda.current_stream().wait_stream(side)
+    for name, buf in cache.buffers().items():
+        buf.copy_(saved[name])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = unit(seq)
+
+    def replay(_: torch.Tensor) -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+def stepper(model: Autoregressive, n: int, cond: Any, event_shape: tuple[int, ...], use_cache: bool = True,
+            capture: Capture = False) -> tuple[Runner, Sampler]:
+    """The model's sampler for ``n`` sequences (or the cache-free one) and a runner ``(t, seq) -> logits``."""
+    sampler = model.sampler(n, cond, event_shape) if use_cache else ForwardSampler(model, n, cond, event_shape)
+    return Runner(sampler, capture), sampler
+
+
+def _positions(start: int, total: int, progress: bool, desc: str) -> Iterable[int]:
     if not progress:
-        return range(total)
+        return range(start, total)
     from tqdm.auto import tqdm
 
-    return tqdm(range(total), desc=desc, unit="code", mininterval=0.5, disable=None)  # no bar without a terminal
+    return tqdm(range(start, total), desc=desc, unit="code", mininterval=0.5, disable=None)  # no bar without a tty
+
+
+def _prefill(sampler: Sampler, seq: torch.Tensor, start: int) -> None:
+    if start:
+        sampler.prefill(seq, start)
 
 
 @torch.no_grad()
-def sample(model: Autoregressive, n: int, *, cond: torch.Tensor | None = None, prime: torch.Tensor | None = None,
+def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tensor | None = None,
            length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, greedy: bool = False, use_cache: bool = True,
+           top_p: float | None = None, greedy: bool = False, use_cache: bool = True, compile: Capture = False,
            generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Draw ``n`` samples ``[n, *event_shape]``; ``prime`` fixes a prefix of the order, ``greedy`` takes the most
-    likely code at every position instead of drawing one.
+    likely code at every position instead of drawing one, ``compile`` captures the step (module docstring).
 
-    The cached and cache-free paths draw the same noise at the same positions, so with the same ``generator`` seed
-    they return the same codes (up to float rounding of the logits).
+    Every path (cached or cache-free, eager or captured) draws the same noise at the same positions, so with the same
+    ``generator`` seed they return the same codes (up to float rounding of the logits).
     """
     if n < 1:
         raise UsageError(f"number of samples must be >= 1, got {n}")
@@ -121,29 +190,27 @@ def sample(model: Autoregressive, n: int, *, cond: torch.Tensor | None = None, p
     model.train(False)
     try:
         seq, start = _initial_sequence(model, n, event_shape, prime, device)
-        step, _ = _stepper(model, n, cond, event_shape, use_cache)
+        run, sampler = stepper(model, n, cond, event_shape, use_cache, compile)
+        _prefill(sampler, seq, start)
         noise = torch.empty(n, model.num_classes, device=device)
-        for t in _positions(seq.shape[1], progress, "sampling"):
-            if t < start and not use_cache:
-                continue
-            logits = step(t, seq)
-            if t >= start:
-                if not decoding.argmax:
-                    noise.uniform_(generator=generator)
-                seq[:, t] = decoding.choose(logits, noise)
+        for t in _positions(start, seq.shape[1], progress, "sampling"):
+            logits = run(t, seq)
+            if not decoding.argmax:
+                noise.uniform_(generator=generator)
+            seq[:, t] = decoding.choose(logits, noise)
         return model.from_order(seq, event_shape)
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: torch.Tensor | None = None,
+def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any = None,
                 prime: torch.Tensor | None = None, length: int | None = None, use_cache: bool = True,
-                progress: bool = False) -> BeamResult:
+                compile: Capture = False, progress: bool = False) -> BeamResult:
     """The ``beams`` most likely completions found by beam search, with their exact log-likelihoods (nats).
 
-    The log-likelihood covers the whole sequence, primed prefix included, so it equals ``model.log_prob(codes)``.
-    Caches are reordered by beam in place at every step.
+    The log-likelihood covers the whole sequence, primed prefix included (scored by one teacher-forced pass), so it
+    equals ``model.log_prob(codes)``. Caches are reordered by beam in place at every step.
     """
     if beams < 1:
         raise UsageError(f"beams must be >= 1, got {beams}")
@@ -155,23 +222,30 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: torc
     model.train(False)
     try:
         seq, start = _initial_sequence(model, rows, event_shape, expand(prime), device)
-        step, cache = _stepper(model, rows, expand(cond), event_shape, use_cache)
+        run, sampler = stepper(model, rows, expand(cond), event_shape, use_cache, compile)
         scores = torch.zeros(n, beams, dtype=torch.float64, device=device)
+        if start:
+            scores += _prefix_log_prob(model, seq[::beams], cond, event_shape, start).unsqueeze(1)
         scores[:, 1:] = float("-inf")  # all beams start equal: let only the first one expand
+        _prefill(sampler, seq, start)
         base = torch.arange(n, device=device).mul_(beams).unsqueeze(1)
-        for t in _positions(seq.shape[1], progress, "beam search"):
-            logp = step(t, seq).double().log_softmax(dim=-1)
-            if t < start:
-                scores += logp.gather(1, seq[:, t : t + 1]).view(n, beams)
-                continue
+        for t in _positions(start, seq.shape[1], progress, "beam search"):
+            logp = run(t, seq).double().log_softmax(dim=-1)
             candidates = (scores.unsqueeze(-1) + logp.view(n, beams, -1)).view(n, -1)
             scores, flat = candidates.topk(beams, dim=-1)
             rows_from = (base + flat // model.num_classes).view(-1)
             seq.copy_(seq.index_select(0, rows_from))
-            if cache is not None:
-                cache.reorder_(rows_from)
+            sampler.cache.reorder_(rows_from)
             seq[:, t] = (flat % model.num_classes).view(-1)
         codes = model.from_order(seq, event_shape)
         return BeamResult(codes.view(n, beams, *event_shape), scores)
     finally:
         model.train(was_training)
+
+
+def _prefix_log_prob(model: Autoregressive, seq: torch.Tensor, cond: Any, event_shape: tuple[int, ...],
+                     start: int) -> torch.Tensor:
+    """``sum_{t < start} log p(x_t | x_<t)`` of each row of ``seq``, from one teacher-forced pass (the codes after
+    ``start`` are zeros, which the causal logits of the prefix never see)."""
+    logits = model.to_order(model(model.from_order(seq, event_shape), cond))[:, :start].double()
+    return logits.log_softmax(dim=-1).gather(2, seq[:, :start, None]).squeeze(2).sum(dim=1)

@@ -1,9 +1,10 @@
 """Base LightningModule for every autoregressive model here: likelihood, metrics, optimiser, sampling hooks.
 
-A subclass sets ``num_classes`` and ``event_shape`` and writes four things: ``forward`` (teacher-forced logits,
-classes last), ``init_cache`` and ``step`` (the incremental path), and ``render_samples`` (codes to media for
-logging). Everything else, the exact log-likelihood, bits/dim, the training loop, sampling and beam search through
-the shared engine, and checkpoint identity, is written once here.
+A subclass sets ``num_classes`` and ``event_shape`` and writes two things: ``forward`` (teacher-forced logits,
+classes last) and ``render_samples`` (codes to media for logging); with those it trains, scores and samples (through
+the cache-free step). ``sampler`` (the incremental path, :mod:`arcore.cache`) is an optimisation. Everything else,
+the exact log-likelihood, bits/dim, the training loop, sampling and beam search through the shared engine, and
+checkpoint identity, is written once here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from arcore import engine
-from arcore.cache import StepCache
+from arcore.cache import ForwardSampler, Sampler
 from arcore.errors import UsageError
 
 
@@ -65,11 +66,10 @@ class AutoregressiveModule(pl.LightningModule):
         """Inverse of :meth:`to_order` for a full sequence."""
         return seq.reshape(seq.shape[0], *event_shape, *seq.shape[2:])
 
-    def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache:
-        raise NotImplementedError
-
-    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler:
+        """The incremental sampler of one run (see :mod:`arcore.cache`). This default is the cache-free step, correct
+        for any ``forward``; a model overrides it with a cached one, proven equal by the shared contract tests."""
+        return ForwardSampler(self, batch_size, cond, event_shape)
 
     def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
         """Media for logging: ``{"images": float [B, C, H, W] in [0, 1]}`` or ``{"audio": float [B, T]}``."""
@@ -105,18 +105,19 @@ class AutoregressiveModule(pl.LightningModule):
     def sample(self, n: int, *, cond: torch.Tensor | None = None, prime: torch.Tensor | None = None,
                length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, greedy: bool = False, use_cache: bool = True,
-               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+               compile: engine.Capture = False, generator: torch.Generator | None = None,
+               progress: bool = False) -> torch.Tensor:
         """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.engine.sample`)."""
         return engine.sample(self, n, cond=cond, prime=prime, length=length, temperature=temperature,
-                             top_k=top_k, top_p=top_p, greedy=greedy, use_cache=use_cache, generator=generator,
-                             progress=progress)
+                             top_k=top_k, top_p=top_p, greedy=greedy, use_cache=use_cache, compile=compile,
+                             generator=generator, progress=progress)
 
     def beam_search(self, n: int = 1, *, beams: int = 4, cond: torch.Tensor | None = None,
-                    prime: torch.Tensor | None = None, length: int | None = None,
-                    use_cache: bool = True) -> engine.BeamResult:
+                    prime: torch.Tensor | None = None, length: int | None = None, use_cache: bool = True,
+                    compile: engine.Capture = False) -> engine.BeamResult:
         """The most likely completions and their log-likelihoods (see :func:`arcore.engine.beam_search`)."""
         return engine.beam_search(self, n, beams=beams, cond=cond, prime=prime, length=length,
-                                  use_cache=use_cache)
+                                  use_cache=use_cache, compile=compile)
 
     # ----- training --------------------------------------------------------------------------------------------
     def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

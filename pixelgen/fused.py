@@ -72,10 +72,11 @@ class FusedStep:
     """The state one fused step needs beyond the K/V cache: the weights in column blocks, scratch space and the
     logits buffer, all allocated once per sampling run."""
 
-    def __init__(self, model: ImageGPT, kv: torch.Tensor, first: torch.Tensor) -> None:
+    def __init__(self, model: ImageGPT, kv: torch.Tensor, first: torch.Tensor, position: torch.Tensor) -> None:
         self.module = kernel()
         self.model = model
         self.kv = kv
+        self.position = position
         self.first = first.contiguous()  # [batch, width]
         params: list[torch.Tensor] = []
         for block in model.blocks:
@@ -92,11 +93,12 @@ class FusedStep:
         self.scratch = torch.empty(rows * (6 * width + hidden + heads * capacity))
         self.logits = torch.empty(rows, model.num_classes)
 
-    def __call__(self, t: int, seq: torch.Tensor) -> torch.Tensor:
-        """Logits ``[batch, palette]`` of position ``t`` (a buffer overwritten by the next step)."""
+    def __call__(self, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[batch, palette]`` at the cache's position (a buffer overwritten by the next step)."""
         model = self.model
         self.module.step(self.first, model.token_embedding.weight, model.position_embedding, seq, self.kv,
-                         self.params, model.blocks[0].heads, model.blocks[0].ln1.eps, t, self.scratch, self.logits)
+                         self.params, model.blocks[0].heads, model.blocks[0].ln1.eps, int(self.position), self.scratch,
+                         self.logits)
         return self.logits
 
     @staticmethod

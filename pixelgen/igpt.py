@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import StepCache
+from arcore.cache import Piece, Sampler, StepCache, previous_code
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
 from pixelgen import palette as pal
 from pixelgen.fused import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
 
-SPAN_BLOCK = 64  # a sampling step attends over the cached positions in blocks of this many (see ImageGPT.step)
+SPAN_BUCKETS = 4  # a sampling step attends over the first 1/4, 2/4, 3/4 or all cached positions (ImageGPTSampler)
 
 
 class Dense(nn.Module):
@@ -96,12 +97,15 @@ class Block(nn.Module):
         """The MLP branch ``out(gelu(fc(ln(x))))`` (without the residual)."""
         return out(F.gelu(fc(self.ln2(x)), approximate="tanh"))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced pass over ``[B, N, width]``, causal."""
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced pass over ``[B, N, width]``, causal; writes the keys and values into ``kv [B, 2, heads,
+        >= N, head_dim]`` when given (prefill)."""
         b, n, width = x.shape
         drop = self.dropout if self.training else 0.0
         rows = x.reshape(b * n, width)
         qkv = self.qkv(self.ln1(rows)).view(b, n, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if kv is not None:
+            kv[:, :, :, :n] = qkv[1:].transpose(0, 1)
         att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True, dropout_p=drop)
         rows = rows + F.dropout(self.proj(att.transpose(1, 2).reshape(b * n, width)), drop, self.training)
         return (rows + F.dropout(self.mlp(rows, self.fc, self.out), drop, self.training)).view(b, n, width)
@@ -255,53 +259,86 @@ class ImageGPT(AutoregressiveModule):
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, *event_shape, palette_size]``; position t depends only on tokens before t (and the label)."""
         self.check_codes(codes)
-        b = codes.shape[0]
-        tokens = codes.flatten(1)
+        return self._teacher_forced(codes.flatten(1), cond).view(codes.shape[0], *self.event_shape, self.num_classes)
+
+    def _teacher_forced(self, tokens: torch.Tensor, cond: torch.Tensor | None,
+                        kv: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits ``[B * n, palette_size]`` of the first ``n`` positions from tokens ``[B, n]``; writes every layer's
+        keys and values into ``kv`` when given (prefill)."""
+        b, n = tokens.shape
         x = torch.cat([self._first_input(cond, b).unsqueeze(1), self.token_embedding(tokens[:, :-1])], dim=1)
-        x = x + self.position_embedding
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln_f(x).flatten(0, 1)).view(b, *self.event_shape, self.num_classes)
+        x = x + self.position_embedding[:n]
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if kv is None else kv[i])
+        return self.head(self.ln_f(x).flatten(0, 1))
 
     # ----- cached sampling ---------------------------------------------------------------------------------------
-    def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache:
-        """Keys and values of every layer and position, ``kv [layers, B, 2, heads, N, head_dim]``; the additive
-        attention mask ``visible [1, 1, 1, N]`` (0 for positions written so far, -inf beyond); the first input."""
-        if tuple(event_shape) != tuple(self.event_shape):
-            raise UsageError(f"ImageGPT generates {self.event_shape} tokens, not {tuple(event_shape)}")
-        cache = StepCache(batch_size, self.device, self.dtype)
-        heads = self.blocks[0].heads
-        width = self.start.shape[0]
-        kv = cache.alloc("kv", (len(self.blocks), batch_size, 2, heads, self.num_codes, width // heads), batch_dim=1)
-        cache.layer_kv = kv.unbind(0)  # per-layer views, resolved once
-        cache.register("visible", torch.full((1, 1, 1, self.num_codes), float("-inf"), dtype=self.dtype,
-                                             device=self.device), batch_dim=None)
-        cache.register("first", self._first_input(cond, batch_size) + self.position_embedding[0])
-        cache.fused = FusedStep(self, kv, cache.first) if FusedStep.applies(self, batch_size) else None
-        if cache.fused is None:
+    def sampler(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> ImageGPTSampler:
+        """The KV-cache sampler (or the fused C++ step for small float32 batches on the CPU)."""
+        return ImageGPTSampler(self, batch_size, cond, event_shape)
+
+
+class ImageGPTSampler(Sampler):
+    """The K/V cache and the step pieces of one run.
+
+    State: ``kv [layers, B, 2, heads, N, head_dim]``, written in place at ``cache.position``; ``visible [1, 1, 1,
+    N]``, the additive attention mask (0 for positions written so far, -inf beyond); ``first [B, width]``, the input
+    at position 0 (``visible`` only for the PyTorch step). There is one step piece per attention span: position ``t`` attends over the first
+    ``ceil(N (j + 1) / SPAN_BUCKETS)`` cached positions for the bucket ``j`` that holds ``t`` (the mask hides the
+    rest), so a step reads ~5/8 of the cache on average and a run has ``SPAN_BUCKETS`` pieces whatever the image
+    size. Small float32 batches on the CPU take the fused C++ step instead (:mod:`pixelgen.fused`).
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: ImageGPT, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]
+                 ) -> None:
+        if tuple(event_shape) != tuple(model.event_shape):
+            raise UsageError(f"ImageGPT generates {model.event_shape} tokens, not {tuple(event_shape)}")
+        super().__init__(StepCache(batch_size, model.device, model.dtype))
+        self.model, self.cond = model, cond
+        cache, n, heads, width = self.cache, model.num_codes, model.blocks[0].heads, model.start.shape[0]
+        kv = cache.alloc("kv", (len(model.blocks), batch_size, 2, heads, n, width // heads), batch_dim=1)
+        self.layer_kv = kv.unbind(0)  # per-layer views, resolved once
+        cache.register("first", model._first_input(cond, batch_size) + model.position_embedding[0])
+        if FusedStep.applies(model, batch_size):  # small batches on the CPU: the whole step in one C++ call
+            self.pieces = [FusedStep(model, kv, cache.first, cache.position)]
+        else:
+            cache.register("visible", torch.full((1, 1, 1, n), float("-inf"), dtype=model.dtype,
+                                                 device=model.device), batch_dim=None)
             blocks = torch.get_num_threads() if batch_size <= 8 else 1  # larger batches keep every thread busy
-            cache.dense = [[BlockedDense(d, blocks) for d in block.dense()] for block in self.blocks]
-            cache.head = BlockedDense(self.head, blocks)
-        return cache
+            self.dense = [[BlockedDense(d, blocks) for d in block.dense()] for block in model.blocks]
+            self.head = BlockedDense(model.head, blocks)
+            self.pieces = [partial(self._step, span) for span in self.spans()]
+        self.step = self.pieces[-1]
 
-    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, palette_size]`` for position ``t``.
+    def spans(self) -> list[int]:
+        """How many cached positions each step piece attends over."""
+        n = self.model.num_codes
+        return sorted({-(-n * (j + 1) // SPAN_BUCKETS) for j in range(SPAN_BUCKETS)})
 
-        Tokens, position embeddings and cache writes are indexed by ``cache.position`` on the device. The host's
-        ``t`` only chooses how many cached positions to attend over: those written so far rounded up to a multiple
-        of ``SPAN_BLOCK`` (the mask hides the rest), so a step reads about half of the cache on average instead of
-        all of it, and only ``N / SPAN_BLOCK`` shapes ever occur (one graph each, should a step be captured).
-        """
-        if cache.fused is not None:  # small batches on the CPU: the whole step in one C++ call (pixelgen.fused)
-            return cache.fused(t, seq)
-        span = min(self.num_codes, (t // SPAN_BLOCK + 1) * SPAN_BLOCK)
+    def schedule(self, t: int) -> tuple[Piece]:
+        if len(self.pieces) == 1:
+            return (self.pieces[0],)
+        return (next(piece for piece, span in zip(self.pieces, self.spans()) if t < span),)
+
+    def _step(self, span: int, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, palette_size]`` at ``cache.position``, attending over the first ``span`` positions; tokens,
+        position embeddings and cache writes are indexed by the device position."""
+        model, cache = self.model, self.cache
         index = cache.position.view(1)
         cache.visible.index_fill_(3, index, 0.0)
         visible = cache.visible[..., :span]
-        previous = seq.index_select(1, (index - 1).clamp_(min=0)).squeeze(1)
         x = torch.where(index == 0, cache.first,
-                        F.embedding(previous, self.token_embedding.weight)
-                        + self.position_embedding.index_select(0, index))
-        for block, kv, dense in zip(self.blocks, cache.layer_kv, cache.dense):
+                        F.embedding(previous_code(seq, cache.position), model.token_embedding.weight)
+                        + model.position_embedding.index_select(0, index))
+        for block, kv, dense in zip(model.blocks, self.layer_kv, self.dense):
             x = block.step(x, kv[..., :span, :], index, visible, dense)
-        return cache.head(self.ln_f(x))
+        return self.head(model.ln_f(x))
+
+    @torch.no_grad()
+    def prefill(self, seq: torch.Tensor, length: int) -> None:
+        """Keys and values of the first ``length`` positions from one teacher-forced pass."""
+        self.model._teacher_forced(seq[:, :length], self.cond, self.layer_kv)
+        if hasattr(self.cache, "visible"):
+            self.cache.visible[..., :length] = 0.0
+        self.cache.position.fill_(length)

@@ -13,9 +13,11 @@ Each layer is gated, ``tanh(a) * sigmoid(b)``, the horizontal stack is residual,
 bias to every gate. The output is a categorical distribution over ``levels`` values for every sub-pixel.
 
 Cached sampling (Ramachandran et al. 2017) keeps, per layer, the last ``k//2+1`` input rows of the vertical stack
-and the current input row of the horizontal stack. The vertical stack advances once per image row; each sub-pixel
-step pushes only the new pixel's column through the horizontal stack: a handful of matrix products per layer,
-independent of the image size.
+and the current input row of the horizontal stack. The vertical stack advances once per image row (a row piece the
+engine runs at every row boundary); each sub-pixel step pushes only the new pixel's column through the horizontal
+stack: a handful of matrix products per layer, independent of the image size. Both pieces index by the device-side
+position only, so each is captured once and replayed (:mod:`arcore.cache`); primed rows are consumed by one
+teacher-forced pass (:meth:`PixelCNNSampler.prefill`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import StepCache
+from arcore.cache import Piece, Sampler, StepCache
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
 
@@ -188,16 +190,25 @@ class PixelCNN(AutoregressiveModule):
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, C, H, W, levels]``; position (i, j, c) depends only on earlier positions in raster order."""
+        h = self._stacks(codes, cond)
+        logits = self.head2(F.relu(self.head1(F.relu(h))))
+        b, c, height, width = codes.shape
+        return logits.view(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
+
+    def _stacks(self, codes: torch.Tensor, cond: torch.Tensor | None,
+                inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """The horizontal stack's output ``[B, hidden, H, W]``; appends every layer's (vertical, horizontal) inputs
+        to ``inputs`` when given (prefill)."""
         self.check_codes(codes)
         biases = self._cond_biases(cond, codes.shape[0])
         x = self.scale_input(codes)
         v, h = x, x
         for i, layer in enumerate(self.layers):
+            if inputs is not None:
+                inputs.append((v, h))
             cond_v, cond_h = (None, None) if biases is None else (biases[:, i, 0], biases[:, i, 1])
             v, h = layer(v, h, cond_v, cond_h)
-        logits = self.head2(F.relu(self.head1(F.relu(h))))
-        b, c, height, width = codes.shape
-        return logits.view(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
+        return h
 
     def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
         return {"images": codes.float() / (self.num_classes - 1)}
@@ -206,23 +217,44 @@ class PixelCNN(AutoregressiveModule):
         check_image_data(self, self.trainer.datamodule)
 
     # ----- cached sampling ---------------------------------------------------------------------------------------
-    def init_cache(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> StepCache:
-        """Row buffers for both stacks, per-row vertical contributions, and the masked weights as matrices."""
-        colours, _, width = event_shape
-        half = self.kernel_size // 2
-        cache = StepCache(batch_size, self.device, self.dtype)
-        biases = self._cond_biases(cond, batch_size)
-        hidden, n_layers = self.hidden, len(self.layers)
-        for i, layer in enumerate(self.layers):
+    def sampler(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> PixelCNNSampler:
+        """The Fast PixelCNN sampler: a row piece once per image row, a step piece per sub-pixel."""
+        return PixelCNNSampler(self, batch_size, cond, event_shape)
+
+
+class PixelCNNSampler(Sampler):
+    """Row buffers of both stacks and the masked weights as matrices, built once per run.
+
+    State (L layers, B batch, F hidden): ``v_rows{i} [B, c_in, k//2 + 1, W + 2 (k//2)]``, the last input rows of
+    layer i's vertical stack (zero-padded sideways); ``h_row{i} [B, W + k//2, c_in]`` for i >= 1, layer i's
+    horizontal input along the current row (zero-padded on the left; layer 0 reads the codes themselves);
+    ``row_bias [L, B, W, 2F]``, what the vertical stack, the biases and the label add to each horizontal gate of
+    the current row; ``cond_v``, ``cond_h [L, B, 2F]``, the label's gate biases.
+
+    The engine runs :meth:`row` at the start of every row after the first (host-known boundaries) and :meth:`step`
+    at every sub-pixel; both read the position from ``cache.position`` and the codes from the engine's buffer.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: PixelCNN, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]
+                 ) -> None:
+        if tuple(event_shape) != tuple(model.image_shape):
+            raise UsageError(f"PixelCNN generates {model.image_shape} images, not {tuple(event_shape)}")
+        super().__init__(StepCache(batch_size, model.device, model.dtype))
+        self.model, self.cond = model, cond
+        self.colours, self.height, self.width = model.image_shape
+        self.half = half = model.kernel_size // 2
+        cache, width, hidden, n_layers = self.cache, self.width, model.hidden, len(model.layers)
+        biases = model._cond_biases(cond, batch_size)
+        for i, layer in enumerate(model.layers):
             c_in = layer.vertical.in_channels
             cache.alloc(f"v_rows{i}", (batch_size, c_in, half + 1, width + 2 * half))
-            cache.alloc(f"h_row{i}", (batch_size, width + half, c_in))
-        cache.alloc("h_out", (batch_size, hidden))  # the last layer's output at the current pixel
-        # what the vertical stack, the horizontal bias and the label add to each horizontal gate, per column
+            if i:
+                cache.alloc(f"h_row{i}", (batch_size, width + half, c_in))
         cache.alloc("row_bias", (n_layers, batch_size, width, 2 * hidden), batch_dim=1)
         static_bias = torch.stack([layer.horizontal.bias + layer.vertical_to_horizontal.bias
-                                   for layer in self.layers])  # [L, 2F]
-        cond_v = torch.zeros(n_layers, batch_size, 2 * hidden, device=self.device, dtype=self.dtype)
+                                   for layer in model.layers])  # [L, 2F]
+        cond_v = torch.zeros(n_layers, batch_size, 2 * hidden, device=model.device, dtype=model.dtype)
         cond_h = static_bias[:, None, :].expand(n_layers, batch_size, 2 * hidden).clone()
         if biases is not None:
             cond_v += biases[:, :, 0].transpose(0, 1)
@@ -230,54 +262,95 @@ class PixelCNN(AutoregressiveModule):
         cache.register("cond_v", cond_v, batch_dim=1)
         cache.register("cond_h", cond_h, batch_dim=1)
         cache.row_bias.copy_(cond_h[:, :, None, :].expand_as(cache.row_bias))
-        # masked weights as [in * width, out] matrices for the one-column products of the horizontal stack
-        cache.horizontal_w = [layer.horizontal.masked_weight()[:, :, 0].permute(2, 1, 0).flatten(0, 1)
-                              for layer in self.layers]
-        cache.residual_w = [layer.residual.masked_weight()[:, :, 0, 0].t() for layer in self.layers]
-        cache.head1_w = self.head1.masked_weight()[:, :, 0, 0].t()
-        cache.head2_w = self.head2.masked_weight()[:, :, 0, 0].t().view(-1, colours, self.num_classes)
-        cache.head2_b = self.head2.bias.view(colours, self.num_classes)
-        return cache
+        # masked weights as [in * window, out] matrices for the one-column products of the horizontal stack
+        self.horizontal_w = [layer.horizontal.masked_weight()[:, :, 0].permute(2, 1, 0).flatten(0, 1)
+                             for layer in model.layers]
+        self.residual_w = [layer.residual.masked_weight()[:, :, 0, 0].t() for layer in model.layers]
+        self.head1_w = model.head1.masked_weight()[:, :, 0, 0].t()
+        self.head2_w = model.head2.masked_weight()[:, :, 0, 0].t().view(-1, self.colours, model.num_classes)
+        self.head2_b = model.head2.bias.view(self.colours, model.num_classes)
+        self.window = torch.arange(half + 1, device=model.device)  # the columns col - half .. col
+        self.channels = torch.arange(self.colours, device=model.device)
+        self.row_codes = torch.arange(width * self.colours, device=model.device)  # offsets of one row's codes
+        self.row, self.step = self._row, self._step
 
-    def _advance_row(self, cache: StepCache, image: torch.Tensor, row: int) -> None:
-        """Run the vertical stack over the finished row ``row - 1`` and store what it adds to row ``row``."""
-        half = self.kernel_size // 2
-        width = image.shape[2]
-        new_row = self.scale_input(image[:, row - 1]).transpose(1, 2)  # [B, C, W]
-        for i, layer in enumerate(self.layers):
-            rows = getattr(cache, f"v_rows{i}")
+    def schedule(self, t: int) -> tuple[Piece, ...]:
+        """The row piece before the first step of every row but the first."""
+        if t and t % (self.width * self.colours) == 0:
+            return self.row, self.step
+        return (self.step,)
+
+    def _row(self, seq: torch.Tensor) -> None:
+        """Push the finished row (the ``W * C`` codes before ``cache.position``) through every vertical stack and
+        store what it adds to the new row's horizontal gates."""
+        half, width, model = self.half, self.width, self.model
+        finished = seq.index_select(1, self.cache.position - width * self.colours + self.row_codes)
+        new_row = model.scale_input(finished).view(-1, width, self.colours).transpose(1, 2)  # [B, C, W]
+        for i in range(len(model.layers)):
+            rows = getattr(self.cache, f"v_rows{i}")
             rows[:, :, :-1] = rows[:, :, 1:].clone()
             rows[:, :, -1, half: half + width] = new_row
-            v_pre = F.conv2d(rows, layer.vertical.weight, layer.vertical.bias)[:, :, 0]  # [B, 2F, W]
-            link = F.conv1d(v_pre, layer.vertical_to_horizontal.weight[:, :, 0], None)  # [B, 2F, W]
-            torch.add(link.transpose(1, 2), cache.cond_h[i][:, None, :], out=cache.row_bias[i])
-            new_row = GatedLayer.gate(v_pre + cache.cond_v[i][:, :, None], 1)
+            v_pre = self._update_row_bias(i)
+            new_row = GatedLayer.gate(v_pre + self.cache.cond_v[i][:, :, None], 1)
 
-    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
-        """Logits for sub-pixel ``t``: the new pixel's column through the horizontal stack, then the head."""
-        colours, height, width = self.image_shape
-        row, rest = divmod(t, width * colours)
-        col, colour = divmod(rest, colours)
-        half = self.kernel_size // 2
-        image = seq.view(seq.shape[0], height, width, colours)
-        if col == 0 and colour == 0 and row > 0:
-            self._advance_row(cache, image, row)
-        first = max(col - 1, 0)  # the previous pixel became complete after its last step
-        cache.h_row0[:, half + first: half + col + 1] = self.scale_input(image[:, row, first: col + 1])
-        kernel = half + 1
-        for i, layer in enumerate(self.layers):
-            window = getattr(cache, f"h_row{i}")[:, col: col + kernel].flatten(1)
-            pre = torch.addmm(cache.row_bias[i, :, col], window, cache.horizontal_w[i])
-            gated = GatedLayer.gate(pre, 1)
-            out = torch.addmm(layer.residual.bias, gated, cache.residual_w[i])
-            if not layer.first:
-                out += getattr(cache, f"h_row{i}")[:, half + col]
-            if i + 1 < len(self.layers):
-                getattr(cache, f"h_row{i + 1}")[:, half + col] = out
-            else:
-                cache.h_out.copy_(out)
-        hidden = torch.addmm(self.head1.bias, F.relu(cache.h_out), cache.head1_w)
-        return torch.addmm(cache.head2_b[colour], F.relu(hidden), cache.head2_w[:, colour])
+    def _update_row_bias(self, i: int) -> torch.Tensor:
+        """Layer i's vertical pre-activation ``[B, 2F, W]`` of the newest row in ``v_rows{i}``, whose link to the
+        horizontal stack becomes the next row's ``row_bias[i]``."""
+        layer = self.model.layers[i]
+        v_pre = F.conv2d(getattr(self.cache, f"v_rows{i}"), layer.vertical.weight, layer.vertical.bias)[:, :, 0]
+        link = F.conv1d(v_pre, layer.vertical_to_horizontal.weight[:, :, 0], None)  # [B, 2F, W]
+        torch.add(link.transpose(1, 2), self.cache.cond_h[i][:, None, :], out=self.cache.row_bias[i])
+        return v_pre
+
+    def _step(self, seq: torch.Tensor) -> torch.Tensor:
+        """Logits of the sub-pixel at ``cache.position``: its pixel's column through the horizontal stack, then the
+        head of its colour."""
+        c, model, half, colours = self.cache, self.model, self.half, self.colours
+        pixel = torch.div(c.position, colours, rounding_mode="floor")
+        colour = c.position.remainder(colours).view(1)
+        col = pixel.remainder(self.width).view(1)
+        # layer 0's window: the codes of columns col - half .. col of this row, zero left of the image (the
+        # current pixel's colours not drawn yet are masked by the weights)
+        columns = col - half + self.window
+        codes = seq.index_select(1, ((pixel - col + columns.clamp(min=0)) * colours)[:, None].add(self.channels)
+                                 .flatten())
+        window = model.scale_input(codes) * columns.ge(0).repeat_interleave(colours).to(c.dtype)
+        for i, layer in enumerate(model.layers):
+            if i:
+                row = getattr(c, f"h_row{i}")
+                window = row.index_select(1, col + self.window).flatten(1)
+            pre = torch.addmm(c.row_bias[i].index_select(1, col).squeeze(1), window, self.horizontal_w[i])
+            out = torch.addmm(layer.residual.bias, GatedLayer.gate(pre, 1), self.residual_w[i])
+            if i:
+                out += row.index_select(1, col + half).squeeze(1)
+            if i + 1 < len(model.layers):
+                getattr(c, f"h_row{i + 1}").index_copy_(1, col + half, out.unsqueeze(1))
+        hidden = torch.addmm(model.head1.bias, F.relu(out), self.head1_w)
+        return torch.addmm(self.head2_b.index_select(0, colour), F.relu(hidden),
+                           self.head2_w.index_select(1, colour).squeeze(1))
+
+    @torch.no_grad()
+    def prefill(self, seq: torch.Tensor, length: int) -> None:
+        """The state after stepping through the first ``R`` whole rows (``length = R W C``), from one teacher-forced
+        pass: the vertical inputs of rows up to ``R - 2`` (row ``R - 1`` is pushed by the next row piece), the
+        row bias they give row ``R - 1``, and every layer's horizontal input along row ``R - 1``."""
+        rows_done, rest = divmod(length, self.width * self.colours)
+        if rest:
+            raise UsageError("a PixelCNN prime must be whole image rows")
+        half, width, model = self.half, self.width, self.model
+        inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        model._stacks(model.from_order(seq, model.image_shape), self.cond, inputs)
+        for i, (v_in, h_in) in enumerate(inputs):
+            buffer = getattr(self.cache, f"v_rows{i}")
+            for slot in range(half + 1):  # slot half holds row R - 2, slot 0 row R - 2 - half
+                row = rows_done - 2 - half + slot
+                if row >= 0:
+                    buffer[:, :, slot, half: half + width] = v_in[:, :, row]
+            if rows_done >= 2:
+                self._update_row_bias(i)
+            if i:
+                getattr(self.cache, f"h_row{i}")[:, half:] = h_in[:, :, rows_done - 1].transpose(1, 2)
+        self.cache.position.fill_(length)
 
 
 def checked_image_shape(image_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """Checks of the model contract that every autoregressive model here must pass (used by the model tests).
 
 Each check works through the contract only (``to_order``, ``from_order``, ``forward``, ``log_prob``,
-``init_cache``/``step``), so the same code proves causality, exact likelihoods and cache equivalence for PixelCNN,
+``sampler``), so the same code proves causality, exact likelihoods and cache equivalence for PixelCNN,
 the image GPT and WaveNet.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from arcore.engine import _stepper
+from arcore.engine import stepper
 
 
 def causality_violations(model, codes: torch.Tensor, cond=None) -> list[tuple[int, int]]:
@@ -51,8 +51,8 @@ def step_logit_error(model, codes: torch.Tensor, cond=None) -> float:
     with torch.no_grad():
         full = model.to_order(model(codes, cond))
         seq = model.to_order(codes)
-        step, _ = _stepper(model, codes.shape[0], cond, shape, use_cache=True)
-        return max((step(t, seq) - full[:, t]).abs().max().item() for t in range(seq.shape[1]))
+        run, _ = stepper(model, codes.shape[0], cond, shape)
+        return max((run(t, seq) - full[:, t]).abs().max().item() for t in range(seq.shape[1]))
 
 
 def sample_both_ways(model, n: int, seed: int = 0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

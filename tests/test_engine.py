@@ -9,7 +9,7 @@ import torch
 
 from arcore.cache import StepCache
 from arcore.decoding import Decoding, top_p_filter
-from arcore.engine import _stepper
+from arcore.engine import stepper
 from arcore.errors import UsageError
 from pixelgen.pixelcnn import PixelCNN
 from tests.contract import randomise
@@ -108,11 +108,13 @@ def test_cache_buffers_have_the_designed_size_and_stay_in_place():
     model = PixelCNN(image_shape=(3, 6, 8), levels=16, hidden=12, layers=3, kernel_size=5, head=12)
     n, half = 2, 2
     with torch.no_grad():
-        step, cache = _stepper(model, n, None, model.image_shape, use_cache=True)
+        step, sampler = stepper(model, n, None, model.image_shape)
+        cache = sampler.cache
         shapes = {name: tuple(t.shape) for name, t in cache.buffers().items()}
         assert shapes["v_rows0"] == (n, 3, half + 1, 8 + 2 * half)  # last k//2+1 input rows, padded
         assert shapes["v_rows1"] == (n, 12, half + 1, 8 + 2 * half)
-        assert shapes["h_row0"] == (n, 8 + half, 3)  # the current row of each horizontal layer's input
+        assert "h_row0" not in shapes  # the first horizontal layer reads the codes themselves
+        assert shapes["h_row1"] == (n, 8 + half, 12)  # the current row of each later horizontal layer's input
         assert shapes["h_row2"] == (n, 8 + half, 12)
         assert shapes["row_bias"] == (3, n, 8, 24)
         before = {name: (t.data_ptr(), t.shape) for name, t in cache.buffers().items()}

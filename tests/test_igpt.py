@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from arcore.engine import _stepper
+from arcore.engine import stepper
 from arcore.errors import UsageError
 from pixelgen.cli import main
 from pixelgen.data import ImageDataModule
@@ -101,8 +101,8 @@ def test_weights_split_in_column_blocks_for_threads_give_the_same_samples():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _, cache = _stepper(model, 2, None, model.event_shape, use_cache=True)
-        assert [d.blocks for d in cache.dense[0]] == [2, 2, 2, 2] and cache.head.blocks == 2
+        _, sampler = stepper(model, 2, None, model.event_shape)
+        assert [d.blocks for d in sampler.dense[0]] == [2, 2, 2, 2] and sampler.head.blocks == 2
         cached, naive = sample_both_ways(model, 2, seed=11)
     finally:
         torch.set_num_threads(threads)
@@ -124,6 +124,12 @@ def test_float32_step_logits_match_teacher_forced_logits():
     assert step_logit_error(model, random_codes(model), torch.tensor([1, 0])) < 1e-4
 
 
+def uses_fused_step(sampler) -> bool:
+    from pixelgen.fused import FusedStep
+
+    return isinstance(sampler.step, FusedStep)
+
+
 def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(monkeypatch):
     from pixelgen.fused import kernel
 
@@ -131,14 +137,14 @@ def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(mon
     model = tiny(image_shape=(3, 6, 7), palette_size=64, num_labels=2, width=32, heads=4).float()
     cond = torch.tensor([1, 0, 1])
     seq = random_codes(model, 3).flatten(1)
-    fused_step, fused = _stepper(model, 3, cond, model.event_shape, use_cache=True)
+    fused_step, fused = stepper(model, 3, cond, model.event_shape)
     monkeypatch.setenv("PIXELGEN_FUSED", "0")
-    plain_step, plain = _stepper(model, 3, cond, model.event_shape, use_cache=True)
-    assert fused.fused is not None and plain.fused is None
-    with torch.no_grad():
-        error = max((fused_step(t, seq) - plain_step(t, seq)).abs().max().item() for t in range(seq.shape[1]))
+    plain_step, plain = stepper(model, 3, cond, model.event_shape)
+    assert uses_fused_step(fused) and not uses_fused_step(plain)
+    error = max((fused_step(t, seq) - plain_step(t, seq)).abs().max().item() for t in range(seq.shape[1]))
     assert error < 1e-5
-    assert torch.allclose(fused.kv, plain.kv, atol=1e-6) and fused.kv.abs().min() > 0  # every position written
+    fused_kv, plain_kv = fused.cache.kv, plain.cache.kv
+    assert torch.allclose(fused_kv, plain_kv, atol=1e-6) and fused_kv.abs().min() > 0  # every position written
 
 
 @pytest.mark.parametrize("n,prime_rows", [(1, 0), (1, 2), (4, 1)])
@@ -146,8 +152,7 @@ def test_fused_sampling_in_float32_equals_cache_free_sampling(n, prime_rows):
     model = tiny(image_shape=(3, 5, 6), palette_size=12, layers=3, width=32, heads=4, num_labels=3).float()
     cond = torch.arange(n) % 3
     prime = random_codes(model, n, seed=5)[:, :prime_rows] if prime_rows else None
-    _, cache = _stepper(model, n, cond, model.event_shape, use_cache=True)
-    assert cache.fused is not None
+    assert uses_fused_step(stepper(model, n, cond, model.event_shape)[1])
     cached, naive = sample_both_ways(model, n, seed=3, cond=cond, prime=prime, top_p=0.95)
     assert torch.equal(cached, naive)
     assert not torch.equal(cached, model.sample(n, cond=cond, prime=prime, generator=torch.Generator().manual_seed(4)))
@@ -184,8 +189,7 @@ def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch)
     model = tiny(palette_size=5).float()
     with pytest.warns(UserWarning, match="could not be built.*uses the PyTorch step"):
         assert fused.kernel() is None
-    _, cache = _stepper(model, 1, None, model.event_shape, use_cache=True)
-    assert cache.fused is None
+    assert not uses_fused_step(stepper(model, 1, None, model.event_shape)[1])
     cached, naive = sample_both_ways(model, 1, seed=2)
     assert torch.equal(cached, naive)
 
@@ -193,7 +197,8 @@ def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch)
 def test_cache_buffers_have_the_designed_shapes_and_stay_in_place():
     model = tiny(layers=3, width=24, heads=4)
     n, tokens = 2, 20
-    step, cache = _stepper(model, n, None, model.event_shape, use_cache=True)
+    step, sampler = stepper(model, n, None, model.event_shape)
+    cache = sampler.cache
     buffers = cache.buffers()
     assert buffers["kv"].shape == (3, n, 2, 4, tokens, 6)  # layers, batch, key/value, heads, positions, head dim
     assert buffers["visible"].shape == (1, 1, 1, tokens) and buffers["first"].shape == (n, 24)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from arcore.engine import stepper
 from arcore.errors import UsageError
 from tests.contract import (
     brute_force_log_prob,
@@ -132,7 +133,8 @@ def test_cache_buffers_have_the_designed_shapes_and_stay_put():
     dilations, k, batch, length = [1, 2, 4, 3], 3, 2, 25
     model = tiny(dilations, k, num_labels=2, n_mels=4, hop_length=5, cond_channels=3)
     cond = AudioCond(torch.tensor([0, 1]), torch.randn(batch, 4, 5, dtype=torch.float64))
-    cache = model.init_cache(batch, cond, (length,))
+    step, sampler = stepper(model, batch, cond, (length,))
+    cache = sampler.cache
     n_layers, r, g, s, h = len(dilations), TINY["residual_channels"], TINY["gate_channels"], \
         TINY["skip_channels"], TINY["head_channels"]
     expected = {
@@ -147,10 +149,8 @@ def test_cache_buffers_have_the_designed_shapes_and_stay_put():
         assert tuple(buffers[name].shape) == shape, name
     before = {name: (tuple(b.shape), b.data_ptr()) for name, b in buffers.items()}
     seq = torch.randint(0, 16, (batch, length))
-    with torch.no_grad():
-        for t in range(length):
-            model.step(cache, t, seq)
-            cache.position.add_(1)
+    for t in range(length):
+        step(t, seq)
     assert {name: (tuple(b.shape), b.data_ptr()) for name, b in cache.buffers().items()} == before
     assert cache.ring.abs().sum() > 0
 

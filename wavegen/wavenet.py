@@ -21,7 +21,10 @@ Cached sampling (fast-wavenet, Paine et al. 2016): one flat ring buffer holds, p
    the gate and the residual/skip biases (through a constant-one column) are folded into the weights;
 4. every layer's new input goes into the ring with one ``index_copy_``; all skips are one matrix product.
 
-Nothing in the loop reads a tensor back to the host, and every buffer is allocated once in :meth:`init_cache`.
+The step is one piece (:mod:`arcore.cache`): it reads its position from ``cache.position`` and the previous code
+from the engine's buffer by device index, writes only preallocated buffers, and never reads a tensor back to the
+host, so it can be captured once and replayed at every position. A primed prefix fills the rings from one
+teacher-forced pass (:meth:`WaveNetSampler.prefill`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import StepCache
+from arcore.cache import Sampler, StepCache, previous_code
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
 
@@ -201,6 +204,11 @@ class WaveNet(AutoregressiveModule):
     # ----- teacher-forced pass ----------------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, cond: AudioCond | torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T, quantization]``; position t depends only on codes < t (and on ``cond``)."""
+        return self._teacher_forced(codes, cond)
+
+    def _teacher_forced(self, codes: torch.Tensor, cond: AudioCond | torch.Tensor | None,
+                        inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The teacher-forced pass; appends every layer's input ``[B, R, T]`` to ``inputs`` when given (prefill)."""
         self.check_codes(codes)
         batch, length = codes.shape
         speaker, mel = self._split_cond(cond, batch, length)
@@ -213,6 +221,8 @@ class WaveNet(AutoregressiveModule):
             local_bias = self.mel_proj(self._mel_features(mel)).view(batch, n_layers, gate, -1)
         skip = 0
         for i, layer in enumerate(self.layers):
+            if inputs is not None:
+                inputs.append(x)
             bias = None if global_bias is None else global_bias[:, i]
             if local_bias is not None:
                 upsampled = local_bias[:, i].index_select(2, frames)
@@ -250,110 +260,131 @@ class WaveNet(AutoregressiveModule):
                              "set --data.speaker_pattern")
 
     # ----- cached sampling --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def init_cache(self, batch_size: int, cond: AudioCond | torch.Tensor | None, event_shape: tuple[int, ...]
-                   ) -> StepCache:
-        """The ring buffer of every layer's past inputs, step buffers, and the weights folded for :meth:`step`.
+    def sampler(self, batch_size: int, cond: AudioCond | torch.Tensor | None, event_shape: tuple[int, ...]
+                ) -> WaveNetSampler:
+        """The fast-wavenet sampler: ring buffers of every layer's past inputs, one step piece."""
+        return WaveNetSampler(self, batch_size, cond, event_shape)
 
-        Buffers (B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]``; ``inputs [L, B, R]`` (each layer's input at
-        the current step); ``taps [L (k-1), B, R]``; ``pre [L, B, gate]``; ``gated [B, L, gate/2 + 1]`` (last
-        column ones); ``skip [B, S]``, ``hidden [B, H]``; ``gate_bias [B, L gate]``; with mel conditioning
-        ``mel_frames [F, B, cond_channels]``, ``frame_features [1, B, cond_channels]``, ``step_bias [B, L gate]``.
-        """
+
+class WaveNetSampler(Sampler):
+    """Ring buffers and the weights folded for one step (see the module docstring), built once per run.
+
+    State (B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]`` (layer l's input at time t in row
+    ``offset_l + t % size_l``), ``gate_bias [B, L gate]`` and, with mel conditioning, ``mel_frames
+    [F, B, cond_channels]``. Scratch: ``inputs [L, B, R]`` (each layer's input at the current step), ``taps
+    [L (k-1), B, R]``, ``pre [L, B, gate]``, ``gated [B, L, gate/2 + 1]`` (last column ones), ``skip [B, S]``,
+    ``hidden [B, H]``, ``slots``, and with mel ``frame``, ``frame_features [1, B, cond_channels]``, ``step_bias``.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: WaveNet, batch_size: int, cond: AudioCond | torch.Tensor | None,
+                 event_shape: tuple[int, ...]) -> None:
         (length,) = event_shape
-        speaker, mel = self._split_cond(cond, batch_size, length)
-        hp = self.hparams
-        n_layers, k, res, gate = len(self.layers), self.kernel_size, hp.residual_channels, hp.gate_channels
+        speaker, mel = model._split_cond(cond, batch_size, length)
+        super().__init__(StepCache(batch_size, model.device, model.dtype))
+        self.model, self.cond = model, cond
+        cache, hp = self.cache, model.hparams
+        n_layers, k, res, gate = len(model.layers), model.kernel_size, hp.residual_channels, hp.gate_channels
         half = gate // 2
-        cache = StepCache(batch_size, self.device, self.dtype)
-        device, dtype = self.device, self.dtype
+        device, dtype = model.device, model.dtype
 
         # ring slots: layer l owns [offset_l, offset_l + size_l); past tap m of layer l lags m * d_l samples
-        sizes = [(k - 1) * d + 1 for d in self.dilations]
-        offsets = [sum(sizes[:i]) for i in range(n_layers)]
+        self.sizes = [(k - 1) * d + 1 for d in model.dilations]
+        self.offsets = [sum(self.sizes[:i]) for i in range(n_layers)]
         lags, slot_sizes, slot_offsets = [], [], []
-        for lag_of_tap in ([m * d for m in range(1, k)] for d in self.dilations):
+        for lag_of_tap in ([m * d for m in range(1, k)] for d in model.dilations):
             lags += lag_of_tap
         for i in range(n_layers):
-            slot_sizes += [sizes[i]] * (k - 1)
-            slot_offsets += [offsets[i]] * (k - 1)
+            slot_sizes += [self.sizes[i]] * (k - 1)
+            slot_offsets += [self.offsets[i]] * (k - 1)
         lags += [0] * n_layers  # then where each layer's current input is written
-        slot_sizes += sizes
-        slot_offsets += offsets
+        slot_sizes += self.sizes
+        slot_offsets += self.offsets
         as_long = (lambda v: torch.tensor(v, dtype=torch.long, device=device))
-        cache.register("lags", as_long(lags), None)
-        cache.register("slot_sizes", as_long(slot_sizes), None)
-        cache.register("slot_offsets", as_long(slot_offsets), None)
-        cache.alloc("slots", (len(lags),), batch_dim=None, dtype=torch.long)
-        cache.alloc("ring", (sum(sizes), batch_size, res), batch_dim=1)
-        cache.alloc("inputs", (n_layers, batch_size, res), batch_dim=1)
-        cache.alloc("taps", (n_layers * (k - 1), batch_size, res), batch_dim=1)
-        cache.alloc("pre", (n_layers, batch_size, gate), batch_dim=1)
-        cache.alloc("gated", (batch_size, n_layers, half + 1)).select(2, half).fill_(1.0)
-        cache.alloc("skip", (batch_size, hp.skip_channels))
-        cache.alloc("hidden", (batch_size, hp.head_channels))
+        self.lags, self.slot_sizes, self.slot_offsets = as_long(lags), as_long(slot_sizes), as_long(slot_offsets)
+        cache.alloc("slots", (len(lags),), batch_dim=None, dtype=torch.long, scratch=True)
+        cache.alloc("ring", (sum(self.sizes), batch_size, res), batch_dim=1)
+        cache.alloc("inputs", (n_layers, batch_size, res), batch_dim=1, scratch=True)
+        cache.alloc("taps", (n_layers * (k - 1), batch_size, res), batch_dim=1, scratch=True)
+        cache.alloc("pre", (n_layers, batch_size, gate), batch_dim=1, scratch=True)
+        cache.alloc("gated", (batch_size, n_layers, half + 1), scratch=True).select(2, half).fill_(1.0)
+        cache.alloc("skip", (batch_size, hp.skip_channels), scratch=True)
+        cache.alloc("hidden", (batch_size, hp.head_channels), scratch=True)
 
         # sigmoid(b) = (1 + tanh(b/2)) / 2: every contribution to the sigmoid half is scaled by 1/2
         scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(device, dtype)
-        weights = torch.stack([layer.conv.weight for layer in self.layers]) * scale[:, None, None]  # [L, G, R, k]
+        weights = torch.stack([layer.conv.weight for layer in model.layers]) * scale[:, None, None]  # [L, G, R, k]
         # tap j of the kernel reads x[t - (k - 1 - j) d]: past taps m = 1..k-1 are j = k-1-m
-        cache.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate)
-        cache.w_cur = weights[..., k - 1].transpose(1, 2).contiguous()  # [L, R, G]
-        gate_bias = (torch.stack([layer.conv.bias for layer in self.layers]) * scale).flatten()
+        self.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate)
+        self.w_cur = weights[..., k - 1].transpose(1, 2).contiguous()  # [L, R, G]
+        gate_bias = (torch.stack([layer.conv.bias for layer in model.layers]) * scale).flatten()
         gate_bias = gate_bias.expand(batch_size, -1).clone()
         if speaker is not None:
-            gate_bias += (self.speaker_embed(speaker).view(batch_size, n_layers, gate) * scale).flatten(1)
+            gate_bias += (model.speaker_embed(speaker).view(batch_size, n_layers, gate) * scale).flatten(1)
         cache.register("gate_bias", gate_bias)
         bias = gate_bias
-        if mel is not None:
-            features = self._mel_features(mel).permute(2, 0, 1).contiguous()  # [F, B, C]
+        self.mel = mel is not None
+        if self.mel:
+            features = model._mel_features(mel).permute(2, 0, 1).contiguous()  # [F, B, C]
             cache.register("mel_frames", features, batch_dim=1)
-            cache.alloc("frame", (1,), batch_dim=None, dtype=torch.long)
-            cache.alloc("frame_features", (1, batch_size, features.shape[2]), batch_dim=1)
-            bias = cache.alloc("step_bias", (batch_size, n_layers * gate))
-            cache.w_mel = (self.mel_proj.weight[:, :, 0].view(n_layers, gate, -1) * scale[:, None]).flatten(0, 1).t()
-        cache.bias_view = bias.view(batch_size, n_layers, gate).transpose(0, 1)  # [L, B, G]
-        cache.taps_by_layer = cache.taps.view(n_layers, k - 1, batch_size, res).transpose(1, 2)  # [L, B, k-1, R]
+            cache.alloc("frame", (1,), batch_dim=None, dtype=torch.long, scratch=True)
+            cache.alloc("frame_features", (1, batch_size, features.shape[2]), batch_dim=1, scratch=True)
+            bias = cache.alloc("step_bias", (batch_size, n_layers * gate), scratch=True)
+            self.w_mel = (model.mel_proj.weight[:, :, 0].view(n_layers, gate, -1) * scale[:, None]).flatten(0, 1).t()
+        self.bias_view = bias.view(batch_size, n_layers, gate).transpose(0, 1)  # [L, B, G]
+        self.taps_by_layer = cache.taps.view(n_layers, k - 1, batch_size, res).transpose(1, 2)  # [L, B, k-1, R]
 
         # residual and skip 1x1s take [z, 1]: half of the gate's factor 1/2 and the bias are in the weights
         def with_bias(conv: nn.Conv1d) -> torch.Tensor:
             return torch.cat([0.5 * conv.weight[:, :, 0].t(), conv.bias[None]])  # [half + 1, out]
 
-        cache.w_skip = torch.cat([with_bias(layer.skip) for layer in self.layers])  # [L (half + 1), S]
-        cache.w_head1, cache.b_head1 = self.head1.weight[:, :, 0].t(), self.head1.bias
-        cache.w_head2, cache.b_head2 = self.head2.weight[:, :, 0].t(), self.head2.bias
-        cache.layer_plan = [
-            (cache.pre[i], cache.pre[i, :, :half], cache.pre[i, :, half:], cache.inputs[i], cache.w_cur[i],
-             cache.gated[:, i, :half], cache.gated[:, i],
-             None if layer.residual is None else (cache.inputs[i + 1], with_bias(layer.residual)))
-            for i, layer in enumerate(self.layers)]
-        return cache
-
-    def step(self, cache: StepCache, t: int, seq: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, quantization]`` for sample t from the ring buffers and code t - 1 of ``seq``."""
+        self.w_skip = torch.cat([with_bias(layer.skip) for layer in model.layers])  # [L (half + 1), S]
+        self.w_head1, self.b_head1 = model.head1.weight[:, :, 0].t(), model.head1.bias
+        self.w_head2, self.b_head2 = model.head2.weight[:, :, 0].t(), model.head2.bias
+        self.embed = model.embed.weight
         c = cache
+        self.layer_plan = [
+            (c.pre[i], c.pre[i, :, :half], c.pre[i, :, half:], c.inputs[i], self.w_cur[i], c.gated[:, i, :half],
+             c.gated[:, i], None if layer.residual is None else (c.inputs[i + 1], with_bias(layer.residual)))
+            for i, layer in enumerate(model.layers)]
+        self.step = self._step
+
+    def _step(self, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, quantization]`` at ``cache.position`` from the ring buffers and the previous code."""
+        c = self.cache
         n_past = c.taps.shape[0]
-        torch.sub(c.position, c.lags, out=c.slots)
-        c.slots.remainder_(c.slot_sizes).add_(c.slot_offsets)
-        if t > 0:
-            torch.index_select(self.embed.weight, 0, seq[:, t - 1], out=c.inputs[0])
+        torch.sub(c.position, self.lags, out=c.slots)
+        c.slots.remainder_(self.slot_sizes).add_(self.slot_offsets)
+        torch.index_select(self.embed, 0, previous_code(seq, c.position), out=c.inputs[0])
+        c.inputs[0].mul_(c.position.gt(0))  # the input at position 0 is silence
         torch.index_select(c.ring, 0, c.slots[:n_past], out=c.taps)
-        if self.n_mels:
-            torch.div(c.position, self.hop_length, rounding_mode="floor", out=c.frame[0])
+        if self.mel:
+            torch.div(c.position, self.model.hop_length, rounding_mode="floor", out=c.frame[0])
             torch.index_select(c.mel_frames, 0, c.frame, out=c.frame_features)
-            torch.addmm(c.gate_bias, c.frame_features[0], c.w_mel, out=c.step_bias)
+            torch.addmm(c.gate_bias, c.frame_features[0], self.w_mel, out=c.step_bias)
         # [L, B, (k-1) R]: a view when k = 2, one copy otherwise
-        torch.baddbmm(c.bias_view, c.taps_by_layer.flatten(2), c.w_past, out=c.pre)
-        for pre, tanh_half, sigmoid_half, x, w_cur, z, z_one, residual in c.layer_plan:
+        torch.baddbmm(self.bias_view, self.taps_by_layer.flatten(2), self.w_past, out=c.pre)
+        for pre, tanh_half, sigmoid_half, x, w_cur, z, z_one, residual in self.layer_plan:
             pre.addmm_(x, w_cur)
             pre.tanh_()
-            torch.addcmul(tanh_half, tanh_half, sigmoid_half, out=z)  # 2 * tanh(a) * sigmoid(b)
+            z.copy_(tanh_half.addcmul(tanh_half, sigmoid_half))  # 2 tanh(a) sigmoid(b); z is a strided view
             if residual is not None:
                 torch.addmm(x, z_one, residual[1], out=residual[0])
         c.ring.index_copy_(0, c.slots[n_past:], c.inputs)
-        torch.mm(c.gated.view(c.batch_size, -1), c.w_skip, out=c.skip)
-        torch.addmm(c.b_head1, c.skip.relu_(), c.w_head1, out=c.hidden)
-        return torch.addmm(c.b_head2, c.hidden.relu_(), c.w_head2)
+        torch.mm(c.gated.view(c.batch_size, -1), self.w_skip, out=c.skip)
+        torch.addmm(self.b_head1, c.skip.relu_(), self.w_head1, out=c.hidden)
+        return torch.addmm(self.b_head2, c.hidden.relu_(), self.w_head2)
+
+    @torch.no_grad()
+    def prefill(self, seq: torch.Tensor, length: int) -> None:
+        """Every layer's inputs over the prefix from one teacher-forced pass, the last ``size_l`` of them written
+        into layer l's ring rows as stepping would have left them."""
+        inputs: list[torch.Tensor] = []
+        self.model._teacher_forced(seq[:, :length], self.cond, inputs)
+        for x, size, offset in zip(inputs, self.sizes, self.offsets):
+            times = torch.arange(max(0, length - size), length, device=seq.device)
+            self.cache.ring.index_copy_(0, offset + times % size, x.index_select(2, times).permute(2, 0, 1))
+        self.cache.position.fill_(length)
 
 
 def decode_mu_law(codes: torch.Tensor, quantization: int = 256) -> torch.Tensor:
