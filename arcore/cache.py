@@ -91,7 +91,8 @@ class Sampler:
     """One sampling run of a model: its cache, its pieces and their schedule (see the module docstring).
 
     Subclasses set ``self.step`` (the piece that returns logits) and override :meth:`schedule` when other pieces run
-    at host-known boundaries, and :meth:`prefill` with a parallel pass; the default prefill steps through the prefix.
+    at host-known boundaries, :meth:`prefill` with a parallel pass (the default steps through the prefix), and
+    :meth:`capturable` for pieces that must run as they are.
     """
 
     step: Piece
@@ -102,6 +103,10 @@ class Sampler:
     def schedule(self, t: int) -> Sequence[Piece]:
         """The pieces to run, in order, for position ``t``; the last one returns the logits."""
         return (self.step,)
+
+    def capturable(self, piece: Piece) -> bool:
+        """Whether the engine may capture ``piece`` (False for a native fused step: already one call per step)."""
+        return True
 
     def prefill(self, seq: torch.Tensor, length: int) -> None:
         """Consume the codes ``seq[:, :length]``; afterwards ``cache.position == length``."""

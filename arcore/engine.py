@@ -10,7 +10,7 @@ the sampler's parallel prefill; nothing in the loop reads a tensor back to the h
 With ``compile=True`` every piece of the sampler is captured once and replayed at every position: as a CUDA graph
 on a GPU (warmed up on a side stream with the state restored afterwards, so capture changes nothing), with
 ``torch.compile(fullgraph=True, dynamic=False)`` elsewhere. A torch.compile backend name or callable may be passed
-instead of ``True``.
+instead of ``True``. A piece its sampler marks as not capturable (a native fused CPU step) runs as it is.
 
 A model used here provides (see ``arcore.module.AutoregressiveModule``):
 
@@ -90,11 +90,6 @@ class Runner:
         self.capture = capture
         self._units: dict[tuple[Piece, bool], Piece] = {}
 
-    @property
-    def graphs(self) -> int:
-        """How many distinct pieces this run has built (each one graph when captured)."""
-        return len(self._units)
-
     @torch.no_grad()
     def __call__(self, t: int, seq: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of position ``t``."""
@@ -106,10 +101,11 @@ class Runner:
     def _unit(self, piece: Piece, last: bool, seq: torch.Tensor) -> Piece:
         unit = self._units.get((piece, last))
         if unit is None:
-            graph = self.capture in (True, "cudagraph") and seq.device.type == "cuda"
+            capture = self.capture if self.sampler.capturable(piece) else False
+            graph = capture in (True, "cudagraph") and seq.device.type == "cuda"
             run = piece
-            if self.capture is not False and not graph:
-                backend = "inductor" if self.capture is True else self.capture
+            if capture is not False and not graph:
+                backend = "inductor" if capture is True else capture
                 run = torch.compile(piece, backend=backend, fullgraph=True, dynamic=False)
             unit = _advancing(run, self.sampler.cache.position) if last else run
             if graph:  # the piece and the position's advance in one graph

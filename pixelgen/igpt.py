@@ -311,6 +311,9 @@ class ImageGPTSampler(Sampler):
             self.pieces = [partial(self._step, span) for span in self.spans()]
         self.step = self.pieces[-1]
 
+    def capturable(self, piece: Piece) -> bool:
+        return not isinstance(piece, FusedStep)
+
     def spans(self) -> list[int]:
         """How many cached positions each step piece attends over."""
         n = self.model.num_codes
