@@ -10,18 +10,23 @@ of plain masked convolutions:
   group c speaks for colour c and sees colours < c of the input (mask A, first layer) or groups <= c (mask B).
 
 Each layer is gated, ``tanh(a) * sigmoid(b)``, the horizontal stack is residual, and a class label adds a learned
-bias to every gate. The output is a categorical distribution over ``levels`` values for every sub-pixel.
+bias to every gate. The output is a categorical distribution over ``levels`` values for every sub-pixel, or
+PixelCNN++'s discretized logistic mixture (``output="logistic_mixture"``, :mod:`pixelgen.mixture`): then the
+features form one group, mask A hides the whole current pixel, and a pixel's channels depend on each other only
+through the mixture's coefficients.
 
 Cached sampling (Ramachandran et al. 2017) keeps, per layer, the last ``k//2+1`` input rows of the vertical stack
 and the current input row of the horizontal stack. The vertical stack advances once per image row (a row piece the
 engine runs at every row boundary); each sub-pixel step pushes only the new pixel's column through the horizontal
-stack: a handful of matrix products per layer, independent of the image size. Both pieces index by the device-side
+stack: a handful of matrix products per layer, independent of the image size (with the mixture, once per pixel; the
+pixel's channels then only evaluate its mixture). Both pieces index by the device-side
 position only, so each is captured once and replayed (:mod:`arcore.cache`); primed rows are consumed by one
 teacher-forced pass (:meth:`PixelCNNSampler.prefill`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -31,6 +36,7 @@ from torch import nn
 from arcore.cache import Piece, Sampler, StepCache
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
+from pixelgen import mixture
 
 
 def channel_groups(channels: int, groups: int) -> torch.Tensor:
@@ -115,18 +121,22 @@ class PixelCNN(AutoregressiveModule):
     Args:
         image_shape: (channels, height, width); channels 1 or 3.
         levels: values a sub-pixel takes (2 for binarised, 256 for 8-bit, 2**bits in general).
-        hidden: features per stack; a multiple of the channel count (they are split into colour groups).
+        hidden: features per stack; with the softmax output a multiple of the channel count (they are split into
+            colour groups).
         layers: gated layers; the receptive field grows by ``kernel_size // 2`` pixels per layer.
         kernel_size: odd width of the vertical kernel; the horizontal kernel covers ``kernel_size // 2 + 1`` columns.
         head: features of the ReLU-1x1-ReLU-1x1 output head.
         num_labels: classes for class conditioning (0: unconditional).
+        output: ``softmax`` (``levels`` logits per sub-pixel) or ``logistic_mixture`` (PixelCNN++'s discretized
+            mixture of ``mixtures`` logistics per pixel, :mod:`pixelgen.mixture`).
     The defaults (hidden 48, 8 layers, 0.7 M weights for grey images) train at roughly 75 binarised MNIST
     images/s on 2 CPU cores; the MNIST config uses hidden 32 (about 140 images/s).
     """
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), levels: int = 256, hidden: int = 48,
                  layers: int = 8, kernel_size: int = 5, head: int = 96, num_labels: int = 0, lr: float = 2e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine") -> None:
+                 weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine",
+                 output: str = "softmax", mixtures: int = 10) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
         image_shape = checked_image_shape(image_shape)
         if levels < 2:
@@ -134,8 +144,13 @@ class PixelCNN(AutoregressiveModule):
         if min(hidden, head) < 1 or num_labels < 0:
             raise UsageError(f"hidden and head must be >= 1 and num_labels >= 0, got {hidden}, {head} and "
                              f"{num_labels}")
+        if output not in ("softmax", "logistic_mixture"):
+            raise UsageError(f"output must be 'softmax' or 'logistic_mixture', got {output!r}")
+        if mixtures < 1:
+            raise UsageError(f"mixtures must be >= 1, got {mixtures}")
         colours = image_shape[0]
-        if hidden % colours or head % colours:
+        groups = colours if output == "softmax" else 1  # feature groups at the current pixel (module docstring)
+        if hidden % groups or head % groups:
             raise UsageError(f"hidden ({hidden}) and head ({head}) must be multiples of the channel count "
                              f"{colours}")
         if kernel_size < 3 or kernel_size % 2 == 0:
@@ -149,14 +164,15 @@ class PixelCNN(AutoregressiveModule):
         self.num_labels = num_labels
         self.hidden = hidden
         self.kernel_size = kernel_size
+        self.output, self.mixtures = output, mixtures
         self.layers = nn.ModuleList(
-            GatedLayer(colours if i == 0 else hidden, hidden, colours, kernel_size, first=i == 0)
+            GatedLayer(colours if i == 0 else hidden, hidden, groups, kernel_size, first=i == 0)
             for i in range(layers))
-        hidden_groups = channel_groups(hidden, colours)
-        head_groups = channel_groups(head, colours)
-        out_groups = torch.arange(colours).repeat_interleave(levels)
+        hidden_groups = channel_groups(hidden, groups)
+        head_groups = channel_groups(head, groups)
+        outputs = colours * levels if output == "softmax" else mixture.num_params(colours, mixtures)
         self.head1 = MaskedConv2d(hidden, head, (1, 1), pointwise_mask(head_groups, hidden_groups))
-        self.head2 = MaskedConv2d(head, colours * levels, (1, 1), pointwise_mask(out_groups, head_groups))
+        self.head2 = MaskedConv2d(head, outputs, (1, 1), pointwise_mask(channel_groups(outputs, groups), head_groups))
         self.cond_embedding = nn.Embedding(num_labels, layers * 4 * hidden) if num_labels else None
 
     # ----- order: raster (row, column), channel last -------------------------------------------------------------
@@ -189,11 +205,34 @@ class PixelCNN(AutoregressiveModule):
         return self.cond_embedding(cond).view(batch, len(self.layers), 2, 2 * self.hidden)
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[B, C, H, W, levels]``; position (i, j, c) depends only on earlier positions in raster order."""
-        h = self._stacks(codes, cond)
-        logits = self.head2(F.relu(self.head1(F.relu(h))))
+        """Logits ``[B, C, H, W, levels]``; position (i, j, c) depends only on earlier positions in raster order.
+
+        With the mixture output they are each sub-pixel's exact log-probabilities given the earlier channels of its
+        pixel (:func:`pixelgen.mixture.logits`)."""
+        out = self._head(codes, cond)
         b, c, height, width = codes.shape
-        return logits.view(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
+        if self.output == "softmax":
+            return out.view(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
+        mix = self.pixel_mixture(out.permute(0, 2, 3, 1))
+        return mixture.logits(mix, codes.permute(0, 2, 3, 1), self.num_classes).permute(0, 3, 1, 2, 4)
+
+    def pixel_mixture(self, params: torch.Tensor) -> mixture.Mixture:
+        """The head's mixture parameters, parameter axis last ``[..., P]``, as a mixture in float32 or wider."""
+        params = params.to(torch.promote_types(params.dtype, torch.float32))
+        return mixture.split(params, self.image_shape[0], self.mixtures)
+
+    def log_prob(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log-likelihood in nats ``[B]``. The mixture scores each pixel at its observed values only
+        (O(mixtures) per pixel instead of O(mixtures * levels) for the logits); the result is the same chain-rule
+        sum."""
+        if self.output == "softmax":
+            return super().log_prob(codes, cond)
+        mix = self.pixel_mixture(self._head(codes, cond).permute(0, 2, 3, 1))
+        return mixture.log_prob(mix, codes.permute(0, 2, 3, 1), self.num_classes).flatten(1).sum(1)
+
+    def _head(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The head's outputs ``[B, outputs, H, W]``: the softmax logits, or every pixel's mixture parameters."""
+        return self.head2(F.relu(self.head1(F.relu(self._stacks(codes, cond)))))
 
     def _stacks(self, codes: torch.Tensor, cond: torch.Tensor | None,
                 inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
@@ -229,10 +268,14 @@ class PixelCNNSampler(Sampler):
     layer i's vertical stack (zero-padded sideways); ``h_row{i} [B, W + k//2, c_in]`` for i >= 1, layer i's
     horizontal input along the current row (zero-padded on the left; layer 0 reads the codes themselves);
     ``row_bias [L, B, W, 2F]``, what the vertical stack, the biases and the label add to each horizontal gate of
-    the current row; ``cond_v``, ``cond_h [L, B, 2F]``, the label's gate biases.
+    the current row; ``cond_v``, ``cond_h [L, B, 2F]``, the label's gate biases; with the mixture output
+    ``pixel_params [B, P]``, the mixture parameters of the current pixel.
 
     The engine runs :meth:`row` at the start of every row after the first (host-known boundaries) and :meth:`step`
-    at every sub-pixel; both read the position from ``cache.position`` and the codes from the engine's buffer.
+    at every sub-pixel; both read the position from ``cache.position`` and the codes from the engine's buffer. With
+    the mixture output the column goes through the stacks once per pixel instead (:meth:`pixel`, before the pixel's
+    first channel, its features do not depend on the pixel's own values), and channel c's piece ``channel_steps[c]``
+    turns the stored parameters and the pixel's earlier channels into logits.
     """
 
     @torch.no_grad()
@@ -267,18 +310,29 @@ class PixelCNNSampler(Sampler):
                              for layer in model.layers]
         self.residual_w = [layer.residual.masked_weight()[:, :, 0, 0].t() for layer in model.layers]
         self.head1_w = model.head1.masked_weight()[:, :, 0, 0].t()
-        self.head2_w = model.head2.masked_weight()[:, :, 0, 0].t().view(-1, self.colours, model.num_classes)
-        self.head2_b = model.head2.bias.view(self.colours, model.num_classes)
+        self.head2_w = model.head2.masked_weight()[:, :, 0, 0].t()
+        self.head2_b = model.head2.bias
         self.window = torch.arange(half + 1, device=model.device)  # the columns col - half .. col
         self.channels = torch.arange(self.colours, device=model.device)
         self.row_codes = torch.arange(width * self.colours, device=model.device)  # offsets of one row's codes
-        self.row, self.step = self._row, self._step
+        self.row = self._row
+        if model.output == "softmax":
+            self.head2_w = self.head2_w.view(-1, self.colours, model.num_classes)
+            self.head2_b = self.head2_b.view(self.colours, model.num_classes)
+            self.step = self._step
+        else:
+            cache.alloc("pixel_params", (batch_size, self.head2_b.numel()))
+            self.pixel = self._pixel
+            self.channel_steps = tuple(functools.partial(self._channel_step, c) for c in range(self.colours))
 
     def schedule(self, t: int) -> tuple[Piece, ...]:
-        """The row piece before the first step of every row but the first."""
-        if t and t % (self.width * self.colours) == 0:
-            return self.row, self.step
-        return (self.step,)
+        """The row piece before the first step of every row but the first; with the mixture, the pixel piece before
+        the pixel's first channel, then that channel's piece."""
+        row = (self.row,) if t and t % (self.width * self.colours) == 0 else ()
+        if self.model.output == "softmax":
+            return (*row, self.step)
+        colour = t % self.colours
+        return (*row, *((self.pixel,) if colour == 0 else ()), self.channel_steps[colour])
 
     def _row(self, seq: torch.Tensor) -> None:
         """Push the finished row (the ``W * C`` codes before ``cache.position``) through every vertical stack and
@@ -305,9 +359,33 @@ class PixelCNNSampler(Sampler):
     def _step(self, seq: torch.Tensor) -> torch.Tensor:
         """Logits of the sub-pixel at ``cache.position``: its pixel's column through the horizontal stack, then the
         head of its colour."""
+        colour = self.cache.position.remainder(self.colours).view(1)
+        return torch.addmm(self.head2_b.index_select(0, colour), self._head_features(self._column(seq)),
+                           self.head2_w.index_select(1, colour).squeeze(1))
+
+    def _head_features(self, out: torch.Tensor) -> torch.Tensor:
+        """The head's hidden features ``[B, head]`` from the last layer's output at one pixel."""
+        return F.relu(torch.addmm(self.model.head1.bias, F.relu(out), self.head1_w))
+
+    def _pixel(self, seq: torch.Tensor) -> None:
+        """The mixture parameters of the pixel at ``cache.position`` (its first channel) into ``pixel_params``."""
+        self._store_mixture(self._column(seq))
+
+    def _store_mixture(self, out: torch.Tensor) -> None:
+        torch.addmm(self.head2_b, self._head_features(out), self.head2_w, out=self.cache.pixel_params)
+
+    def _channel_step(self, channel: int, seq: torch.Tensor) -> torch.Tensor:
+        """Logits of ``channel`` of the current pixel, from its mixture and the codes of its earlier channels (the
+        ``channel`` codes before ``cache.position``)."""
+        earlier = seq.index_select(1, self.cache.position - channel + self.channels[:channel])
+        mix = self.model.pixel_mixture(self.cache.pixel_params)
+        return mixture.channel_logits(mix, earlier, self.model.num_classes)
+
+    def _column(self, seq: torch.Tensor) -> torch.Tensor:
+        """The last layer's horizontal output ``[B, F]`` at the pixel of ``cache.position``, writing every layer's
+        output there into the next layer's row buffer."""
         c, model, half, colours = self.cache, self.model, self.half, self.colours
         pixel = torch.div(c.position, colours, rounding_mode="floor")
-        colour = c.position.remainder(colours).view(1)
         col = pixel.remainder(self.width).view(1)
         # layer 0's window: the codes of columns col - half .. col of this row, zero left of the image (the
         # current pixel's colours not drawn yet are masked by the weights)
@@ -325,9 +403,7 @@ class PixelCNNSampler(Sampler):
                 out += row.index_select(1, col + half).squeeze(1)
             if i + 1 < len(model.layers):
                 getattr(c, f"h_row{i + 1}").index_copy_(1, col + half, out.unsqueeze(1))
-        hidden = torch.addmm(model.head1.bias, F.relu(out), self.head1_w)
-        return torch.addmm(self.head2_b.index_select(0, colour), F.relu(hidden),
-                           self.head2_w.index_select(1, colour).squeeze(1))
+        return out
 
     @torch.no_grad()
     def prefill(self, seq: torch.Tensor, length: int) -> None:
@@ -339,7 +415,9 @@ class PixelCNNSampler(Sampler):
             raise UsageError("a PixelCNN prime must be whole image rows")
         half, width, model = self.half, self.width, self.model
         inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        model._stacks(model.from_order(seq, model.image_shape), self.cond, inputs)
+        out = model._stacks(model.from_order(seq, model.image_shape), self.cond, inputs)
+        if model.output != "softmax" and rows_done:  # stepping leaves the last primed pixel's mixture
+            self._store_mixture(out[:, :, rows_done - 1, width - 1])
         for i, (v_in, h_in) in enumerate(inputs):
             buffer = getattr(self.cache, f"v_rows{i}")
             for slot in range(half + 1):  # slot half holds row R - 2, slot 0 row R - 2 - half
