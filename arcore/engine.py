@@ -9,8 +9,8 @@ the sampler's parallel prefill; nothing in the loop reads a tensor back to the h
 
 With ``compile=True`` every piece of the sampler is captured once and replayed at every position: as a CUDA graph
 on a GPU (warmed up on a side stream with the state restored afterwards, so capture changes nothing), with
-``torch.compile(fullgraph=True, dynamic=False)`` elsewhere. A torch.compile backend name or callable may be passed
-instead of ``True``. A piece its sampler marks as not capturable (a native fused CPU step) runs as it is.
+``torch.compile(fullgraph=True, dynamic=False)`` elsewhere. ``"cudagraph"``, ``"reduce-overhead"`` (torch.compile's
+CUDA graphs) or a torch.compile backend name or callable may be passed instead of ``True``. A piece its sampler marks as not capturable (a native fused CPU step) runs as it is.
 
 A model used here provides (see ``arcore.module.AutoregressiveModule``):
 
@@ -90,6 +90,19 @@ class Runner:
         self.capture = capture
         self._units: dict[tuple[Piece, bool], Piece] = {}
 
+    @property
+    def graphs(self) -> int:
+        """How many distinct pieces this run has built so far (each one graph when captured)."""
+        return len(self._units)
+
+    def prepare(self, seq: torch.Tensor, start: int = 0) -> None:
+        """Build (capture) every piece that positions ``start ..`` will run, before the loop: capturing a CUDA graph
+        synchronises once, and it changes no state, so after this the loop runs without a host sync."""
+        for t in range(start, seq.shape[1]):
+            pieces = self.sampler.schedule(t)
+            for i, piece in enumerate(pieces):
+                self._unit(piece, i == len(pieces) - 1, seq)
+
     @torch.no_grad()
     def __call__(self, t: int, seq: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of position ``t``."""
@@ -104,7 +117,9 @@ class Runner:
             capture = self.capture if self.sampler.capturable(piece) else False
             graph = capture in (True, "cudagraph") and seq.device.type == "cuda"
             run = piece
-            if capture is not False and not graph:
+            if capture == "reduce-overhead":  # torch.compile's own CUDA graphs (compared in benchmarks/)
+                run = torch.compile(piece, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            elif capture is not False and not graph:
                 backend = "inductor" if capture is True else capture
                 run = torch.compile(piece, backend=backend, fullgraph=True, dynamic=False)
             unit = _advancing(run, self.sampler.cache.position) if last else run
@@ -188,6 +203,7 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
         seq, start = _initial_sequence(model, n, event_shape, prime, device)
         run, sampler = stepper(model, n, cond, event_shape, use_cache, compile)
         _prefill(sampler, seq, start)
+        run.prepare(seq, start)
         noise = torch.empty(n, model.num_classes, device=device)
         for t in _positions(start, seq.shape[1], progress, "sampling"):
             logits = run(t, seq)
@@ -224,6 +240,7 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
             scores += _prefix_log_prob(model, seq[::beams], cond, event_shape, start).unsqueeze(1)
         scores[:, 1:] = float("-inf")  # all beams start equal: let only the first one expand
         _prefill(sampler, seq, start)
+        run.prepare(seq, start)
         base = torch.arange(n, device=device).mul_(beams).unsqueeze(1)
         for t in _positions(start, seq.shape[1], progress, "beam search"):
             logp = run(t, seq).double().log_softmax(dim=-1)

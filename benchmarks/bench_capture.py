@@ -1,0 +1,131 @@
+"""Eager vs captured sampling for the three models, and bf16 training throughput of the shipped configs.
+
+    python -m benchmarks.bench_capture [--device cpu|cuda] [--batches 1 16] [--train] [--results RESULTS.md]
+
+Random weights at the shipped configs' sizes. On the CPU "captured" is ``torch.compile(fullgraph=True)`` of every
+step piece (inductor); on a GPU it is the engine's CUDA graphs (``compile=True``) and, for comparison,
+``torch.compile(mode="reduce-overhead")``. Each figure is the best of a few runs after a warm-up run that pays the
+compilation or capture; the first-run column says what that costs. The fused C++ CPU steps are turned off here so
+that both columns run the same PyTorch step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks.common import best_time, machine, table, training_step_seconds
+
+CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
+SAMPLED = {  # the config each model of the sampling table is built from; WaveNet draws clips of SAMPLES samples
+    "PixelCNN": "pixelcnn_mnist.yaml",
+    "image GPT": "igpt_mnist.yaml",
+    "WaveNet": "wavenet_speech.yaml",
+}
+SAMPLES = 2000
+
+
+def model_from_config(name: str, device: str) -> torch.nn.Module:
+    """The model a shipped config builds, with random weights (an image GPT gets a stand-in palette)."""
+    config = yaml.safe_load((CONFIGS / name).read_text())["model"]
+    module_name, cls_name = config["class_path"].rsplit(".", 1)
+    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
+    model = cls(**config.get("init_args", {}))
+    if hasattr(model, "palette_fitted"):
+        model.palette_fitted.fill_(True)
+    return model.to(device).eval()
+
+
+def codes_per_second(model: torch.nn.Module, batch: int, capture: object, device: str) -> tuple[float, float]:
+    """(codes/s of the best run, seconds of the first run, which compiles or captures)."""
+    length = SAMPLES if hasattr(model, "sample_rate") else None
+
+    def run() -> None:
+        model.sample(batch, length=length, compile=capture, generator=torch.Generator(device).manual_seed(0))
+
+    start = time.perf_counter()
+    run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    codes = batch * (length or model.num_codes)
+    return codes / best_time(run, repeats=2, device=device), first
+
+
+def sampling_table(device: str, batches: list[int]) -> str:
+    """Codes/s per model and batch, eager and captured; on a GPU also torch.compile's reduce-overhead mode at batch
+    1 (where launch overhead matters most; it compiles each batch size anew, minutes per model)."""
+    captures = [("eager", False), ("compiled", True)] if device == "cpu" else \
+        [("eager", False), ("CUDA graphs", True), ("reduce-overhead", "reduce-overhead")]
+    rows = []
+    for name, config in SAMPLED.items():
+        model = model_from_config(config, device)
+        for batch in batches:
+            figures = [codes_per_second(model, batch, capture, device) if i < 2 or batch == 1 else None
+                       for i, (_, capture) in enumerate(captures)]
+            rates = [f"{f[0]:,.0f}" if f else "-" for f in figures]
+            ratios = [f"{f[0] / figures[0][0]:.2f}x" if f else "-" for f in figures[1:]]
+            rows.append([name, batch, *rates, *ratios, f"{figures[1][1]:.1f} s"])
+    header = ["model", "batch"] + [f"{n} codes/s" for n, _ in captures] \
+        + [f"{n} / eager" for n, _ in captures[1:]] + [f"first {captures[1][0]} run"]
+    return table(header, rows)
+
+
+def training_table(device: str) -> str:
+    """Examples/s of a training step with ``bf16-mixed`` autocast, batch and crop as each shipped config."""
+    rows = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()).get("data", {})
+        model = model_from_config(path.name, device).train()
+        batch = data.get("batch_size", 16)
+        if hasattr(model, "sample_rate"):
+            crop = model.receptive_field + data.get("crop_samples", 2000)
+            codes = torch.randint(0, model.num_classes, (batch, crop), device=device)
+        else:
+            codes = torch.randint(0, model.num_classes, (batch, *model.event_shape), device=device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            seconds = training_step_seconds(model, codes, steps=3)
+        rows.append([path.name, batch, f"{batch / seconds:,.1f}", f"{codes.numel() / seconds:,.0f}"])
+    return table(["config", "batch", "examples/s", "codes/s"], rows)
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the section ``## {title}`` of a Markdown file."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"## {title}\n\n{body}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--train", action="store_true", help="also bf16 training throughput of every config")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--results", type=Path, default=None, help="Markdown file whose section to rewrite")
+    args = parser.parse_args()
+    os.environ["PIXELGEN_FUSED"] = "0"  # the same PyTorch step in both columns
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    body = [f"Machine: {machine()}. Random weights, float32, sizes of the shipped configs "
+            f"({', '.join(f'{k}: `{v}`' for k, v in SAMPLED.items())}); WaveNet clips of {SAMPLES} samples.\n",
+            sampling_table(args.device, args.batches) + "\n"]
+    if args.train:
+        body += ["Training step (forward, backward, AdamW) under `bf16-mixed` autocast:\n",
+                 training_table(args.device) + "\n"]
+    text = "\n".join(body)
+    print(text)
+    if args.results:
+        write_section(args.results, f"Captured sampling, {args.device} (`python -m benchmarks.bench_capture`)", text)
+
+
+if __name__ == "__main__":
+    main()
