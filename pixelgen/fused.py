@@ -2,62 +2,31 @@
 
 At small batches a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs
 as much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
-intra-op threads, no allocation. It is compiled with the system's C++ compiler on first use (about 20 s on 2
-cores, cached by torch in ``~/.cache/torch_extensions``); where that is impossible, sampling keeps the PyTorch step
-(one warning).
-``PIXELGEN_FUSED=0`` turns it off.
+intra-op threads, no allocation. It is compiled on first use by :mod:`arcore.native` (about 20 s on 2 cores, then
+cached); where that is impossible, sampling keeps the PyTorch step (one warning). ``PIXELGEN_FUSED=0`` (or
+``ARCORE_FUSED=0``) turns it off.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import platform
-import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
 
+from arcore import native
+
 if TYPE_CHECKING:
     from pixelgen.igpt import ImageGPT
 
 SOURCE = Path(__file__).parent / "csrc" / "igpt_step.cpp"
 MAX_BATCH = 8  # above this the products are large enough for MKL's matrix kernels to win (benchmarks/RESULTS.md)
-_kernel: ModuleType | None | bool = False  # False: not tried yet
 
 
 def kernel() -> ModuleType | None:
     """The compiled step, or None when it cannot be built on this machine."""
-    global _kernel
-    if _kernel is False:
-        _kernel = None
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note is noise here
-        from torch.utils.cpp_extension import load
-
-        try:
-            print("pixelgen: loading the fused CPU sampling step (compiled once, on first use)", file=sys.stderr)
-            _kernel = load(name=f"pixelgen_igpt_step_{_cpu_tag()}", sources=[str(SOURCE)], verbose=False,
-                           extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
-                           extra_ldflags=["-fopenmp"])
-        except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, no headers: fall back, say so once
-            warnings.warn(f"the fused CPU step could not be built ({type(exc).__name__}: {exc}); image GPT "
-                          f"sampling uses the PyTorch step", stacklevel=2)
-    return _kernel
-
-
-def _cpu_tag() -> str:
-    """A short hash of the CPU's architecture and instruction-set flags: the step is built with ``-march=native``,
-    so a build cache shared by machines of different CPUs keeps one build per kind of CPU."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = platform.processor()
-    flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), info)
-    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
+    return native.load("pixelgen_igpt_step", SOURCE, what="image GPT sampling")
 
 
 def column_blocks(weight: torch.Tensor, most: int = 16) -> torch.Tensor:
@@ -97,13 +66,13 @@ class FusedStep:
         """Logits ``[batch, palette]`` at the cache's position (a buffer overwritten by the next step)."""
         model = self.model
         self.module.step(self.first, model.token_embedding.weight, model.position_embedding, seq, self.kv,
-                         self.params, model.blocks[0].heads, model.blocks[0].ln1.eps, int(self.position), self.scratch,
+                         self.params, model.blocks[0].heads, model.blocks[0].ln1.eps, self.position, self.scratch,
                          self.logits)
         return self.logits
 
     @staticmethod
     def applies(model: ImageGPT, batch_size: int) -> bool:
         """Whether the fused step serves this run: float32 sampling of at most ``MAX_BATCH`` sequences on the CPU,
-        not turned off with ``PIXELGEN_FUSED=0``, and the step compiled."""
+        not turned off (``PIXELGEN_FUSED=0`` or ``ARCORE_FUSED=0``), and the step compiled."""
         return batch_size <= MAX_BATCH and model.device.type == "cpu" and model.dtype == torch.float32 \
-            and os.environ.get("PIXELGEN_FUSED", "1") != "0" and kernel() is not None
+            and native.enabled("PIXELGEN_FUSED") and kernel() is not None

@@ -176,16 +176,11 @@ def test_fused_step_serves_small_float32_cpu_batches_only():
     assert not FusedStep.applies(model, MAX_BATCH + 1) and not FusedStep.applies(model.double(), 1)
 
 
-def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch):
-    import torch.utils.cpp_extension
-
+def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch, tmp_path):
     from pixelgen import fused
+    from tests.test_native import no_compiler
 
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("Error building extension: g++: not found")
-
-    monkeypatch.setattr(fused, "_kernel", False)  # not tried yet in this process
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    no_compiler(monkeypatch, tmp_path)
     model = tiny(palette_size=5).float()
     with pytest.warns(UserWarning, match="could not be built.*uses the PyTorch step"):
         assert fused.kernel() is None

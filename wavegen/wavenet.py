@@ -6,8 +6,12 @@ silence, i.e. zeros), then go through gated dilated causal convolutions, ``tanh(
 logits. Dilations double inside a cycle (1, 2, ..., 2^(n-1)) and the cycle repeats.
 
 Conditioning (see :class:`AudioCond`): a speaker id adds a learned bias to every gate (global conditioning); log-mel
-frames, put through a small frame-rate convolution and repeated ``hop_length`` times to the sample rate, add a
-per-sample bias to every gate (local conditioning, vocoder mode).
+frames, put through a small frame-rate convolution and brought to the sample rate, add a per-sample bias to every
+gate (local conditioning, vocoder mode). ``upsample`` says how frames become samples: ``repeat`` (each frame's
+features held for ``hop_length`` samples), or a learned stack, one layer per factor of ``hop_length``:
+``transposed`` (transposed convolutions, as in r9y9/wavenet_vocoder) or ``nearest`` (nearest-neighbour repetition,
+then a convolution). The conditioning features are a table of rows, each covering ``cond_hop`` samples
+(``hop_length`` for ``repeat``, 1 for a learned stack); the sampler computes the table once per run.
 
 Cached sampling (fast-wavenet, Paine et al. 2016): one flat ring buffer holds, per layer, the last
 ``(kernel_size - 1) * dilation + 1`` inputs of that layer. A step costs O(layers * channels^2) whatever the length:
@@ -24,7 +28,8 @@ Cached sampling (fast-wavenet, Paine et al. 2016): one flat ring buffer holds, p
 The step is one piece (:mod:`arcore.cache`): it reads its position from ``cache.position`` and the previous code
 from the engine's buffer by device index, writes only preallocated buffers, and never reads a tensor back to the
 host, so it can be captured once and replayed at every position. A primed prefix fills the rings from one
-teacher-forced pass (:meth:`WaveNetSampler.prefill`).
+teacher-forced pass (:meth:`WaveNetSampler.prefill`). On the CPU in float32 the step is the fused C++ one
+(:mod:`wavegen.fused`, one call per sample for the whole batch), which keeps the same state.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import Sampler, StepCache, previous_code
+from arcore.cache import Piece, Sampler, StepCache, previous_code
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
+from wavegen.fused import FusedStep
 
 
 @dataclass
@@ -49,19 +55,23 @@ class AudioCond:
     ``mel``: float ``[B, n_mels, F]`` log-mel frames (see :meth:`WaveNet.log_mel`) for local conditioning; frame
     ``f`` conditions samples ``f * hop_length ... (f + 1) * hop_length - 1``, so ``F * hop_length`` must cover the
     clip. A plain long tensor may be passed instead of an ``AudioCond`` for speaker ids only.
+    ``mel_lengths``: long ``[B]``, how many of each row's frames are its own (the rest is padding of a batch of
+    clips of different lengths): the conditioning network then sees each row's own frames only, so a clip drawn in
+    a batch is conditioned exactly as when drawn alone.
     """
 
     speaker: torch.Tensor | None = None
     mel: torch.Tensor | None = None
+    mel_lengths: torch.Tensor | None = None
 
     def repeat_interleave(self, repeats: int, dim: int = 0) -> AudioCond:
         """Repeat every sample's conditioning ``repeats`` times along the batch (what beam search does)."""
         rep = (lambda x: None if x is None else x.repeat_interleave(repeats, dim=dim))
-        return AudioCond(rep(self.speaker), rep(self.mel))
+        return AudioCond(rep(self.speaker), rep(self.mel), rep(self.mel_lengths))
 
     def to(self, device: torch.device | str) -> AudioCond:
         move = (lambda x: None if x is None else x.to(device))
-        return AudioCond(move(self.speaker), move(self.mel))
+        return AudioCond(move(self.speaker), move(self.mel), move(self.mel_lengths))
 
 
 def dilation_schedule(layers: int, cycles: int) -> list[int]:
@@ -347,7 +357,10 @@ class WaveNetSampler(Sampler):
             (c.pre[i], c.pre[i, :, :half], c.pre[i, :, half:], c.inputs[i], self.w_cur[i], c.gated[:, i, :half],
              c.gated[:, i], None if layer.residual is None else (c.inputs[i + 1], with_bias(layer.residual)))
             for i, layer in enumerate(model.layers)]
-        self.step = self._step
+        self.step = FusedStep(model, cache) if FusedStep.applies(model) else self._step
+
+    def capturable(self, piece: Piece) -> bool:
+        return not isinstance(piece, FusedStep)  # already one call per step
 
     def _step(self, seq: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, quantization]`` at ``cache.position`` from the ring buffers and the previous code."""

@@ -113,7 +113,8 @@ float gelu_tanh(float x) {
 
 }  // namespace
 
-// Logits [rows, palette] of position t, written into `logits`, for a batch of `rows` sequences.
+// Logits [rows, palette] of position t = position (the sampler's 0-d int64 cache position), written into `logits`,
+// for a batch of `rows` sequences.
 // first [rows, width]: the input of position 0 (start or label embedding plus position 0's embedding); tokens
 // [palette, width] and positions [capacity, width]: the embeddings, the input of t > 0 being tokens[seq[r, t - 1]] +
 // positions[t]; kv: the K/V cache [layers, rows, 2, heads, capacity, d], written at t; params: 12 tensors per block
@@ -122,7 +123,9 @@ float gelu_tanh(float x) {
 // heads * capacity) floats, hidden being the MLP width.
 void step(const torch::Tensor& first, const torch::Tensor& tokens, const torch::Tensor& positions,
           const torch::Tensor& seq, const torch::Tensor& kv, const std::vector<torch::Tensor>& params, int64_t heads,
-          double eps, int64_t t, const torch::Tensor& scratch, const torch::Tensor& logits) {
+          double eps, const torch::Tensor& position, const torch::Tensor& scratch, const torch::Tensor& logits) {
+  TORCH_CHECK(position.scalar_type() == torch::kLong && position.numel() == 1, "position: one int64");
+  const int64_t t = *position.data_ptr<int64_t>();
   const int64_t rows = first.size(0), width = first.size(1), layers = kv.size(0), capacity = kv.size(4),
                 d = kv.size(5), hidden = params[9].numel();
   TORCH_CHECK(scratch.numel() >= rows * (6 * width + hidden + heads * capacity), "scratch too small");

@@ -1,0 +1,112 @@
+"""The fused C++ WaveNet step (wavegen.fused) against the PyTorch step and the cache-free sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arcore.engine import stepper
+from tests.contract import randomise, sample_both_ways
+from tests.test_native import no_compiler
+from wavegen.fused import FusedStep, kernel
+from wavegen.wavenet import AudioCond, WaveNet
+
+# widths that are not multiples of the kernel's 16-column panels, so the padding is exercised too
+WIDTHS = {"residual_channels": 20, "gate_channels": 36, "skip_channels": 17, "head_channels": 33, "quantization": 40}
+KINDS = {  # conditioning: (model settings, speaker, mel)
+    "none": ({"dilations": [1, 2, 4, 8, 1, 2]}, False, False),
+    "speaker": ({"dilations": [1, 2, 4], "kernel_size": 3, "num_labels": 3}, True, False),
+    "speaker and mel": ({"dilations": [1, 2, 4, 8], "num_labels": 3, "n_mels": 4, "hop_length": 5,
+                         "cond_channels": 3}, True, True),
+}
+
+
+def model_and_cond(kind: str, batch: int, length: int, seed: int = 0) -> tuple[WaveNet, AudioCond | None]:
+    settings, speaker, mel = KINDS[kind]
+    model = randomise(WaveNet(**WIDTHS, **settings).float(), std=0.3, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    cond = AudioCond(torch.arange(batch) % 3 if speaker else None,
+                     torch.randn(batch, 4, -(-length // 5), generator=gen) if mel else None)
+    return model, cond if speaker or mel else None
+
+
+def codes(model: WaveNet, batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, model.num_classes, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_fused_step_writes_the_same_ring_and_logits_as_the_pytorch_step(batch, kind, monkeypatch):
+    assert kernel() is not None, "the fused step did not build (is a C++ compiler installed?)"
+    length = 40
+    model, cond = model_and_cond(kind, batch, length)
+    seq = codes(model, batch, length)
+    fused_run, fused = stepper(model, batch, cond, (length,))
+    monkeypatch.setenv("WAVEGEN_FUSED", "0")
+    plain_run, plain = stepper(model, batch, cond, (length,))
+    assert isinstance(fused.step, FusedStep) and not isinstance(plain.step, FusedStep)
+    for t in range(length):
+        logits, expected = fused_run(t, seq), plain_run(t, seq)
+        assert (logits - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1), f"logits at {t}"
+        ring, expected_ring = fused.cache.ring, plain.cache.ring
+        assert (ring - expected_ring).abs().max() <= 1e-5 * expected_ring.abs().max().clamp(min=1), f"ring at {t}"
+    assert torch.equal(fused.cache.position, plain.cache.position)
+    assert (fused.cache.ring != 0).all()  # every row of every layer written
+
+
+@pytest.mark.parametrize("kind,batch,prime_length", [("none", 1, 0), ("speaker and mel", 3, 9), ("speaker", 2, 5)])
+def test_fused_sampling_equals_cache_free_sampling(kind, batch, prime_length):
+    length = 48
+    model, cond = model_and_cond(kind, batch, length, seed=2)
+    prime = codes(model, batch, prime_length, seed=3) if prime_length else None
+    assert isinstance(model.sampler(batch, cond, (length,)).step, FusedStep)
+    cached, naive = sample_both_ways(model, batch, seed=4, length=length, cond=cond, prime=prime, top_p=0.95)
+    assert torch.equal(cached, naive)
+    assert len(cached.unique()) > 5  # real draws, not a constant
+    other = model.sample(batch, cond=cond, prime=prime, length=length, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(cached, other)
+
+
+def test_fused_beam_search_equals_beam_search_through_the_pytorch_step(monkeypatch):
+    model, cond = model_and_cond("speaker and mel", 2, 20, seed=6)
+    prime = codes(model, 2, 4, seed=7)
+    fused = model.beam_search(2, beams=4, cond=cond, prime=prime, length=20)  # 8 rows reordered at every step
+    monkeypatch.setenv("WAVEGEN_FUSED", "0")
+    plain = model.beam_search(2, beams=4, cond=cond, prime=prime, length=20)
+    assert torch.equal(fused.codes, plain.codes)
+    assert torch.allclose(fused.log_prob, plain.log_prob, atol=1e-4)
+    assert len(fused.codes[0].unique(dim=0)) == 4  # four distinct beams
+
+
+def test_fused_step_serves_float32_cpu_sampling_unless_turned_off(monkeypatch):
+    model, _ = model_and_cond("none", 1, 10)
+    assert FusedStep.applies(model)
+    assert not FusedStep.applies(model.to(torch.float64))
+    model.float()
+    for switch in ("WAVEGEN_FUSED", "ARCORE_FUSED"):
+        with monkeypatch.context() as m:
+            m.setenv(switch, "0")
+            assert not FusedStep.applies(model)
+            assert not isinstance(model.sampler(1, None, (10,)).step, FusedStep)
+
+
+def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch, tmp_path):
+    no_compiler(monkeypatch, tmp_path)
+    model, _ = model_and_cond("none", 1, 30)
+    with pytest.warns(UserWarning, match="could not be built.*WaveNet sampling uses the PyTorch step"):
+        assert not isinstance(model.sampler(1, None, (30,)).step, FusedStep)
+    cached, naive = sample_both_ways(model, 1, seed=8, length=30)
+    assert torch.equal(cached, naive)
+
+
+
+def test_a_compiled_run_keeps_the_fused_step_as_it_is_and_samples_as_eager():
+    torch._dynamo.reset()
+    model, cond = model_and_cond("speaker and mel", 2, 30, seed=9)
+    prime = codes(model, 2, 3, seed=10)
+    sampler = model.sampler(2, cond, (30,))
+    assert isinstance(sampler.step, FusedStep) and not sampler.capturable(sampler.step)
+    eager = model.sample(2, cond=cond, prime=prime, length=30, generator=torch.Generator().manual_seed(11))
+    captured = model.sample(2, cond=cond, prime=prime, length=30, generator=torch.Generator().manual_seed(11),
+                            compile="aot_eager")
+    assert torch.equal(captured, eager)
