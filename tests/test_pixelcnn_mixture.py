@@ -4,15 +4,22 @@ cached = cache-free), PixelCNN++'s closed-form likelihood, a normalised model, b
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from arcore.engine import stepper
 from arcore.errors import UsageError
+from pixelgen.cli import main
 from pixelgen.pixelcnn import PixelCNN
 from tests.contract import brute_force_log_prob, causality_violations, randomise, sample_both_ways, step_logit_error
 from tests.test_mixture import pixelcnnpp_log_prob
+from tests.test_pixelgen_cli import make_folder_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(image_shape=(3, 4, 5), levels=16, **kwargs) -> PixelCNN:
@@ -149,3 +156,23 @@ def test_bad_output_options_are_one_line_errors():
     with pytest.raises(UsageError, match="mixtures must be >= 1, got 0"):
         PixelCNN(image_shape=(3, 8, 8), output="logistic_mixture", mixtures=0)
     assert PixelCNN(image_shape=(3, 8, 8), hidden=8, head=8, output="logistic_mixture").head2.out_channels == 100
+
+
+@pytest.mark.parametrize("config,channels", [("pixelcnn_cifar10_mixture.yaml", 3), ("pixelcnn_mnist8.yaml", 1),
+                                             ("pixelcnn_mnist8_mixture.yaml", 1)])
+def test_shipped_configs_fit_test_and_sample_at_a_tiny_size(config, channels, tmp_path, monkeypatch, capsys):
+    data = make_folder_dataset(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)  # the config's run folder (runs/<name>) lands here
+    args = ["--config", str(ROOT / "lightning_configs" / config), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--data.dataset", "folder", "--data.root", str(data),
+            "--data.channels", str(channels), "--data.batch_size", "4", "--data.val_size", "4",
+            "--model.init_args.image_shape", f"[{channels}, 8, 8]", "--model.init_args.hidden", "6",
+            "--model.init_args.layers", "2", "--model.init_args.head", "6", "--model.init_args.mixtures", "2"]
+    assert main(["fit", *args, "--trainer.max_steps", "2"]) == 0
+    assert main(["test", *args]) == 0
+    assert "test/bpd" in capsys.readouterr().out
+    ckpt = tmp_path / "runs" / config.removesuffix(".yaml") / "checkpoints" / "last.ckpt"
+    output = torch.load(ckpt, weights_only=False)["hyper_parameters"]["output"]
+    assert output == ("logistic_mixture" if "mixture" in config else "softmax")
+    assert main(["sample", "--ckpt", str(ckpt), "--num-samples", "4", "--out", "grid.png"]) == 0
+    assert np.asarray(Image.open("grid.png")).shape == (2 + 2 * 10, 2 + 2 * 10, 3)  # 2 x 2 grid of 8x8 images
