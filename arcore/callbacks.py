@@ -4,6 +4,7 @@ per-example likelihoods from ``predict``."""
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.errors import UsageError
+from arcore.files import make_parents, unique_temporary
 from arcore.media import save_image_grid, save_wav, spectrogram_image
 
 
@@ -208,21 +210,25 @@ def _ema_update(average: torch.Tensor, current: torch.Tensor, updates: torch.Ten
 
 class LikelihoodWriter(BasePredictionWriter):
     """Write ``predict``'s per-example likelihoods as CSV rows ``index,nll_nats,bits_per_dim`` while they are
-    computed (an interrupted run keeps the rows written so far), and print the mean at the end. ``path`` defaults to
-    ``<default_root_dir>/likelihoods.csv``; with several processes each writes its own ``.rankN`` file."""
+    computed, and print the mean at the end. ``path`` defaults to ``<default_root_dir>/likelihoods.csv``; with
+    several processes each writes its own ``.rankN`` file. Rows go to a temporary file beside it, renamed over it
+    when the pass is complete, so an earlier file stays whole until then; a pass cut short (Ctrl-C, an error) keeps
+    the rows written so far in ``<stem>.partial.csv``."""
 
     def __init__(self, path: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.path = path
         self._file: Any = None
+        self._target: Path | None = None
         self._sums = [0.0, 0]
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         path = Path(self.path or Path(trainer.default_root_dir) / "likelihoods.csv")
         if trainer.world_size > 1:
             path = path.with_name(f"{path.name}.rank{trainer.global_rank}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("w")
+        make_parents(path)
+        self._target = path
+        self._file = unique_temporary(path).open("x")
         self._file.write("index,nll_nats,bits_per_dim\n")
         self._sums = [0.0, 0]
 
@@ -236,6 +242,20 @@ class LikelihoodWriter(BasePredictionWriter):
         self._sums[1] += len(bpd)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._file.close()
+        self._close(self._target)
         if self._sums[1]:
-            print(f"{self._sums[1]} examples, mean {self._sums[0] / self._sums[1]:.4f} bits/dim: {self._file.name}")
+            print(f"{self._sums[1]} examples, mean {self._sums[0] / self._sums[1]:.4f} bits/dim: {self._target}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:
+            partial = self._target.with_name(f"{self._target.stem}.partial{self._target.suffix}")
+            self._close(partial)
+            print(f"{self._sums[1]} examples scored before the pass stopped: {partial}")
+
+    def _close(self, path: Path) -> None:
+        """Flush the rows to disk and move them to ``path``."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._file.name, path)
+        self._file = None

@@ -10,16 +10,21 @@ import netrc
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
+from arcore.decoding import Decoding
 from arcore.errors import UsageError
+from arcore.files import atomic_write, check_output, folder_lock
 from arcore.module import AutoregressiveModule
 
 
@@ -54,8 +59,36 @@ def _one_line(exc: BaseException) -> str:
 
 
 class ConfigToLoggers(SaveConfigCallback):
-    """Save ``config.yaml`` in the run folder (LightningCLI's default) and log the full resolved config to every
-    logger, so a W&B / TensorBoard / CSV run records exactly what produced it."""
+    """Save ``config.yaml`` in the run folder (atomically) and log the full resolved config to every logger, so a
+    W&B / TensorBoard / CSV run records exactly what produced it. Both happen when the run's loop starts, after the
+    data and the model were set up, so a run refused at setup (bad data, a bad setting) writes nothing."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Nothing yet (LightningCLI's callback writes here): see :meth:`_save`."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module, "fit")
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # not fit's validation (nor its sanity check, before the training data)
+            self._save(trainer, pl_module, "validate")
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module, "test")
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module, "predict")
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # asked on every rank: under DDP this is a collective
+        if trainer.is_global_zero:
+            if self.save_to_log_dir and log_dir is not None:
+                with atomic_write(Path(log_dir) / self.config_filename) as f:
+                    f.write(self.parser.dump(self.config, skip_none=False).encode())
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
@@ -64,36 +97,49 @@ class ConfigToLoggers(SaveConfigCallback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the target's own folder, flushed to disk, then renamed over the
-    target: a kill or a full disk mid-save leaves the previous checkpoint whole. (Lightning's default writes through
-    a temporary file in the system temp folder, whose move is a plain copy when that folder is on another disk.)"""
+    """Checkpoints written atomically (:func:`arcore.files.atomic_write`: a temporary file with a unique name in the
+    target's own folder, flushed to disk, renamed over the target), so a kill, a full disk or a second writer
+    mid-save leaves the previous checkpoint whole; and read safely (:func:`arcore.checkpoint.read_checkpoint`: CRCs
+    checked, weights-only). Lightning's default writes through a temporary file in the system temp folder, whose
+    move is a plain copy when that folder is on another disk, and reads without checking the archive."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote storage: Lightning's own writer
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with partial.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        if "://" in str(path):
+            with allow_listed():
+                return super().load_checkpoint(path, map_location, weights_only=True)
+        data = read_checkpoint_bytes(path, "--ckpt_path")
+        return load_checkpoint_bytes(data, path, "--ckpt_path", map_location=map_location)
+
+
+EVALUATING = ("validate", "test", "predict")
 
 
 class ProjectCLI(LightningCLI):
-    """LightningCLI whose trainer saves checkpoints atomically (:class:`AtomicCheckpointIO`), with three fixes
-    applied to the parsed config before anything is built:
+    """LightningCLI whose trainer reads checkpoints safely and writes them atomically (:class:`AtomicCheckpointIO`),
+    with these checks and fixes applied before anything is built or written:
 
-    - ``fit --ckpt_path`` of a checkpoint of another model or other settings is refused in one line (LightningCLI
-      would quietly rebuild the checkpoint's model; hooked into its ``_parse_ckpt_path``, pinned Lightning version);
+    - a ``ckpt_path`` file is read safely (damage, unsafe contents, a folder: one line) and must hold a model of
+      this tool (a ``wavegen`` checkpoint given to ``pixelgen`` is named as such); ``validate``/``test``/``predict``
+      refuse to score a model that was never trained (no ``ckpt_path``, or ``last`` finding no checkpoint);
+    - ``fit`` resuming a checkpoint (a file or ``last``) of another model, other model settings or other data
+      settings is refused in one line naming the setting (LightningCLI would quietly rebuild the checkpoint's model;
+      hooked into its ``_parse_ckpt_path``, pinned Lightning version);
+    - ``fit`` holds a lock on its checkpoint folders: a second ``fit`` into the same folder refuses at start;
     - a ``LearningRateMonitor`` is dropped when the run has no logger (it would refuse to start);
     - a W&B run resumed from a checkpoint continues the run recorded in that checkpoint instead of starting anew.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with ExitStack() as self._held:  # the run folder lock of a fit, released on any way out
+            super().__init__(*args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -110,10 +156,68 @@ class ProjectCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    @property
+    def package(self) -> str:
+        """``pixelgen`` or ``wavegen``: the tool whose models this CLI builds."""
+        return self.datamodule_class.__module__.split(".")[0]
+
     def _parse_ckpt_path(self) -> None:
-        if self.config.get("subcommand") == "fit":
-            check_resume_matches_config(self.config.fit)
-        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            if subcommand == "fit" and first_process():  # before anything is printed, read or built
+                self._held.enter_context(folder_lock(checkpoint_folders(config), f"{self.package} fit"))
+            path = config.get("ckpt_path")
+            if subcommand in EVALUATING and path in (None, "best"):
+                raise UsageError(f"`{self.package} {subcommand}` scores a trained model: pass --ckpt_path FILE "
+                                 f"(a .ckpt written by `{self.package} fit`), or ckpt_path: last to take the run's "
+                                 f"last checkpoint" + (" (best is known only inside the fit that saved it)"
+                                                       if path == "best" else ""))
+            if path and path not in ("last", "hpc") and "://" not in str(path):
+                self._check_checkpoint(path, read_checkpoint(path, "--ckpt_path"), config, subcommand)
+        with allow_listed():
+            super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        config = self.config[subcommand]
+        if config.get("ckpt_path") == "last":
+            found = last_checkpoint(self.trainer)
+            if found is not None:
+                self._check_checkpoint(found, read_checkpoint(found, "ckpt_path: last found"), config, subcommand)
+            elif subcommand in EVALUATING:
+                folders = ", ".join(sorted(map(str, checkpoint_folders(config))))
+                raise UsageError(f"`{self.package} {subcommand}` scores a trained model, but ckpt_path: last found "
+                                 f"no checkpoint in {folders}: train first with `{self.package} fit` and the same "
+                                 f"config, or pass --ckpt_path FILE")
+        super()._run_subcommand(subcommand)
+
+    def _check_checkpoint(self, path: str | Path, checkpoint: dict[str, Any], config: Any, subcommand: str) -> None:
+        model_class(checkpoint, path, self.package, AutoregressiveModule, subcommand)
+        if subcommand == "fit":
+            check_resume_matches_config(config, path, checkpoint, self.datamodule_class)
+
+
+def checkpoint_folders(config: Any) -> list[Path]:
+    """The folders a run's checkpoints go to, from its parsed config: each ``ModelCheckpoint``'s ``dirpath``, or
+    ``<default_root_dir>/checkpoints`` for one that names none or when the config lists none."""
+    default = Path(config.trainer.get("default_root_dir") or ".") / "checkpoints"
+    folders = [Path(c.init_args.get("dirpath") or default) for c in config.trainer.get("callbacks") or []
+               if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
+    return folders or [default]
+
+
+def last_checkpoint(trainer: pl.Trainer) -> Path | None:
+    """The checkpoint ``ckpt_path: last`` resumes: the newest ``last*.ckpt`` of the trainer's ``ModelCheckpoint``
+    callbacks, found as Lightning finds it (pinned Lightning version), or None."""
+    found = [Path(p) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
+             for p in c._find_last_checkpoints(trainer)]
+    return max((p for p in found if p.exists()), key=lambda p: p.stat().st_mtime, default=None)
+
+
+def first_process() -> bool:
+    """Whether this is the first process of a run (the one that launches the others under DDP, or rank 0 of one
+    started by torchrun or SLURM): only it takes the run's folder lock."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
 def _continue_wandb_run(config: Any) -> None:
@@ -129,8 +233,8 @@ def _continue_wandb_run(config: Any) -> None:
     if not path or not Path(path).is_file():
         return
     try:
-        run_id = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("wandb_run_id")
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by the trainer when it loads it
+        run_id = read_checkpoint(path).get("wandb_run_id")
+    except UsageError:  # an unreadable checkpoint is reported when the run checks or loads it
         return
     if run_id:
         logger.init_args.id = run_id
@@ -150,7 +254,7 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
                    save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
                    auto_configure_optimizers=False)
         return 0
-    except (UsageError, FileNotFoundError) as exc:
+    except UsageError as exc:
         print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except ValueError as exc:  # a constructor's UsageError, wrapped by jsonargparse
@@ -167,13 +271,32 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
         return 2
 
 
-def output_path(path: str, suffix: str) -> Path:
-    """Check an output file name and create its folder."""
+def output_path(path: str | Path, suffix: str) -> Path:
+    """Check an output file name before any work (:func:`arcore.files.check_output`); creates nothing."""
     out = Path(path)
     if out.suffix.lower() != suffix:
         raise UsageError(f"--out must name a {suffix} file, got {path}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    return check_output(out)
+
+
+def check_sampling_options(args: Any) -> None:
+    """The options both ``sample`` commands share, refused in one line before any work: counts, seed, decoding."""
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
+    Decoding(args.temperature, args.top_k, args.top_p, args.greedy)
+
+
+def check_fits_in_memory(num_samples: int, codes_per_sample: int) -> None:
+    """Refuse a request whose codes (int64, all kept until written) could not fit in this machine's memory."""
+    need = num_samples * codes_per_sample * 8
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UsageError(f"{num_samples:,} samples of {codes_per_sample:,} codes need {need / 2 ** 30:,.1f} GiB, more "
+                         f"than this machine's {have / 2 ** 30:,.0f} GiB of memory: ask for fewer or shorter samples")
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -213,33 +336,35 @@ def _a(name: str) -> str:
     return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
 
 
-def check_resume_matches_config(config: Any) -> None:
-    """Refuse, in one line, a ``fit`` whose ``ckpt_path`` names a checkpoint of another model than the configured.
+def check_resume_matches_config(config: Any, path: str | Path, checkpoint: dict[str, Any],
+                                datamodule_class: type) -> None:
+    """Refuse, in one line, a ``fit`` resuming a checkpoint of another model, other model settings or other data
+    settings than the config's (``config`` is the subcommand's parsed config; ``path`` a file or what
+    ``ckpt_path: last`` found).
 
     Given a checkpoint file, LightningCLI rebuilds the model from the hyperparameters stored in it and silently
     drops the config's, so another model class, width or palette asked for would quietly train the checkpoint's
-    model instead. ``config`` is the subcommand's parsed config; call this before ``_parse_ckpt_path``.
+    model instead; with ``last`` the config's model is built and the checkpoint's weights loaded into it. Of the data
+    settings, those that change what is learned (``datamodule_class.resume_settings``: dataset, binarisation, bits,
+    sample rate, crop sizes) must match too; the data's location may move.
     ``validate``/``test``/``predict`` evaluate the checkpoint's own model, which is what they are for.
     """
-    path = config.get("ckpt_path")
-    if not path or not Path(path).is_file() or not config.get("model"):
-        return  # ``last``, ``best`` and missing files are resolved (or reported) by the trainer
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise UsageError(f"--ckpt_path {path} is not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict):
-        raise UsageError(f"--ckpt_path {path} is not a checkpoint written by `fit`")
-    stored = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
-    stored_class = (checkpoint.get("hyper_parameters") or {}).get("_class_path") or checkpoint.get("model_class")
-    wanted_class = config.model.get("class_path")
+    how = "resume with the config it was trained with, or start a new run in another folder"
+    hparams = checkpoint.get("hyper_parameters") or {}
+    stored_class = hparams.get("_class_path") or checkpoint.get("model_class")
+    wanted_class = config.model.get("class_path") if config.get("model") else None
     if stored_class and wanted_class and stored_class != wanted_class:
-        raise UsageError(f"--ckpt_path {path} holds {_a(stored_class.rsplit('.', 1)[-1])} but the config builds "
-                         f"{_a(wanted_class.rsplit('.', 1)[-1])}: resume with the config it was trained with, or "
-                         f"leave out --ckpt_path to start a new run")
-    wanted = _plain(config.model.get("init_args") or {})
-    differ = sorted(k for k in wanted.keys() & stored.keys() if wanted[k] != _plain(stored[k]))
-    if differ:
-        raise UsageError(f"--ckpt_path {path} was trained with {', '.join(f'{k}={stored[k]}' for k in differ)}, "
-                         f"the config {', '.join(f'{k}={wanted[k]}' for k in differ)}: resume with the settings it "
-                         f"was trained with, or leave out --ckpt_path to start a new run")
+        raise UsageError(f"{path} holds {_a(stored_class.rsplit('.', 1)[-1])} but the config builds "
+                         f"{_a(wanted_class.rsplit('.', 1)[-1])}: {how}")
+    for kind, stored, wanted, keys in (
+            ("model", hparams, (config.get("model") or {}).get("init_args"), None),
+            ("data", datamodule_class.settings_from_checkpoint(checkpoint.get("datamodule_hyper_parameters") or {}),
+             config.get("data"), datamodule_class.resume_settings)):
+        stored = {k: _plain(v) for k, v in stored.items() if not k.startswith("_")}
+        wanted = _plain(wanted or {})
+        differ = sorted(k for k in wanted.keys() & stored.keys() if (keys is None or k in keys)
+                        and wanted[k] != stored[k])
+        if differ:
+            prefix = "--data." if kind == "data" else ""
+            raise UsageError(f"{path} was trained with {', '.join(f'{prefix}{k}={stored[k]}' for k in differ)}, "
+                             f"the config asks for {', '.join(f'{prefix}{k}={wanted[k]}' for k in differ)}: {how}")

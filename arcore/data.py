@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -97,6 +97,15 @@ class CodesDataModule(pl.LightningDataModule):
     Codes travel as uint8/int16 (a quarter or less of int64's memory and copy cost) and become ``long`` only once
     the batch is on the model's device.
     """
+
+    resume_settings: ClassVar[tuple[str, ...]] = ()
+    """The settings that change what a model learns (dataset, quantisation, crop sizes): ``fit`` refuses to resume
+    a checkpoint trained with other values (see ``arcore.cli.check_resume_matches_config``)."""
+
+    @classmethod
+    def settings_from_checkpoint(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """The data settings a checkpoint recorded (``datamodule_hyper_parameters``), as this version names them."""
+        return {key: value for key, value in hparams.items() if not key.startswith("_")}
 
     def _loader(self, split: Split) -> DataLoader:
         raise NotImplementedError

@@ -1,13 +1,17 @@
-"""Writing what the models make: PNG grids of images, 16-bit PCM WAV clips and spectrogram pictures."""
+"""Writing what the models make: PNG grids of images, 16-bit PCM WAV clips and spectrogram pictures, each written
+atomically (:func:`arcore.files.atomic_write`): a failed write leaves the earlier file whole."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from arcore.files import write_atomically
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -27,8 +31,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write a PNG grid of ``images`` (see :func:`image_grid`) and return its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, nrow)).save(path)
+    _write_png(Image.fromarray(image_grid(images, nrow)), path)
     return path
 
 
@@ -37,9 +40,10 @@ def save_wav(clip: torch.Tensor, sample_rate: int, path: str | Path) -> Path:
     import soundfile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), clip.detach().float().cpu().clamp(-1, 1).numpy(), int(sample_rate),
-                    subtype="PCM_16")
+    encoded = io.BytesIO()  # encoded in memory, so a failed write is the file system's plain OSError
+    soundfile.write(encoded, clip.detach().float().cpu().clamp(-1, 1).numpy(), int(sample_rate), subtype="PCM_16",
+                    format="WAV")
+    write_atomically(path, encoded.getvalue())
     return path
 
 
@@ -54,7 +58,13 @@ def spectrogram_image(clip: torch.Tensor, sample_rate: int, path: str | Path, n_
     spec = (spec - spec.max() + 8.0).clamp(min=0) / 8.0  # 80 dB of range
     heat = torch.stack([spec.sqrt(), spec ** 1.5, 0.3 + 0.7 * spec * (1 - spec)], dim=0).flip(1)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pixels = (heat.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    Image.fromarray(pixels).resize((max(pixels.shape[1], 400), 240)).save(path)
+    _write_png(Image.fromarray(pixels).resize((max(pixels.shape[1], 400), 240)), path)
     return path
+
+
+def _write_png(picture: Image.Image, path: Path) -> None:
+    """Encode ``picture`` as PNG in memory, then write it atomically."""
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    write_atomically(path, encoded.getvalue())

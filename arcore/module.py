@@ -9,7 +9,7 @@ checkpoint identity, is written once here.
 
 from __future__ import annotations
 
-import importlib
+import io
 import math
 import time
 from pathlib import Path
@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from arcore import checkpoint as checkpoint_io
 from arcore import engine
 from arcore.cache import ForwardSampler, Sampler
 from arcore.errors import UsageError
@@ -36,6 +37,10 @@ class AutoregressiveModule(pl.LightningModule):
         super().__init__()
         if lr_schedule not in ("cosine", "constant"):
             raise UsageError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if not (math.isfinite(lr) and lr > 0 and math.isfinite(weight_decay) and weight_decay >= 0
+                and warmup_steps >= 0):
+            raise UsageError(f"lr must be a finite number > 0, weight_decay finite and >= 0, warmup_steps >= 0; got "
+                             f"lr={lr}, weight_decay={weight_decay}, warmup_steps={warmup_steps}")
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
@@ -201,21 +206,18 @@ class AutoregressiveModule(pl.LightningModule):
 
 def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu"
                     ) -> AutoregressiveModule:
-    """Load a model saved by ``fit`` and check it belongs to ``package`` (``pixelgen`` or ``wavegen``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist (pass the .ckpt written by `{package} fit`)")
+    """Load a model saved by ``fit`` and check it belongs to ``package`` (``pixelgen`` or ``wavegen``). The file is
+    read once, checked for damage and unpickled weights-only (:mod:`arcore.checkpoint`): nothing in it runs."""
+    hint = f" (pass the .ckpt written by `{package} fit`)"
+    data = checkpoint_io.read_checkpoint_bytes(path, hint=hint)
+    cls = checkpoint_io.model_class(checkpoint_io.load_checkpoint_bytes(data, path), path, package,
+                                    AutoregressiveModule)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise UsageError(f"{path} is not a readable checkpoint ({type(exc).__name__}); pass a .ckpt written "
-                         f"by `{package} fit`") from None
-    name = checkpoint.get("model_class") if isinstance(checkpoint, dict) else None
-    if not name:
-        raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
-    if name.split(".")[0] != package:
-        raise UsageError(f"{path} holds a {name.split('.')[0]} model ({name.rsplit('.', 1)[-1]}); "
-                         f"use `{name.split('.')[0]} sample` for it")
-    module_name, cls_name = name.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.load_from_checkpoint(path, map_location=map_location)
+        with checkpoint_io.allow_listed():
+            return cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - settings or weights that do not fit the class, in any way
+        message = str(exc).strip().splitlines()
+        raise UsageError(f"{path}: its stored settings and weights do not build a {cls.__name__} "
+                         f"({type(exc).__name__}: {message[0][:200] if message else ''})") from None

@@ -17,14 +17,16 @@ import torch
 
 from arcore.callbacks import image_prime
 from arcore.chunks import draw_in_chunks, interrupted_exit, rows
+from arcore.checkpoint import read_checkpoint
 from arcore.cli import (
+    check_fits_in_memory,
+    check_sampling_options,
     load_for_sampling,
     output_path,
     pick_device,
     run,
     seeded_generator,
 )
-from arcore.decoding import Decoding
 from arcore.errors import UsageError
 from arcore.media import save_image_grid
 from pixelgen.data import ImageDataModule
@@ -55,15 +57,12 @@ def sample_parser() -> argparse.ArgumentParser:
 
 def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images (codes as the model was trained on them) and labels of a split of the run's data."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hparams = {key: value for key, value in (checkpoint.get("datamodule_hyper_parameters") or {}).items()
-               if not key.startswith("_")}  # drop LightningCLI's bookkeeping entries
+    checkpoint = read_checkpoint(ckpt, "--ckpt")
+    hparams = ImageDataModule.settings_from_checkpoint(checkpoint.get("datamodule_hyper_parameters") or {})
     if not hparams:
         raise UsageError(f"{ckpt} records no data settings, so --prime-from cannot find real images")
     if data_root is not None:
         hparams["root"] = data_root
-    if isinstance(hparams.get("binarize"), bool):  # checkpoints from when binarize was a flag (True: cut at 128)
-        hparams["binarize"] = "threshold" if hparams["binarize"] else None
     codes, labels = ImageDataModule(**hparams).split(split)
     if len(codes) < n:
         raise UsageError(f"the {split} split holds {len(codes)} images, fewer than --num-samples {n}")
@@ -73,15 +72,16 @@ def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[t
 def sample_main(argv: Sequence[str]) -> None:
     """``pixelgen sample``: a PNG grid of samples, completions or beam-search completions from a checkpoint."""
     args = sample_parser().parse_args(list(argv))
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_sampling_options(args)
     if args.beams < 0 or args.prime_rows < 0:
         raise UsageError(f"--beams and --prime-rows must be >= 0, got {args.beams} and {args.prime_rows}")
-    Decoding(args.temperature, args.top_k, args.top_p, args.greedy)  # bad decoding options fail before any work
     out = output_path(args.out, ".png")
+    if args.prime_rows:
+        output_path(out.with_name(f"{out.stem}_real.png"), ".png")
     device = pick_device(args.device)
     model = load_for_sampling(args.ckpt, "pixelgen", device)
     n = args.num_samples
+    check_fits_in_memory(n, model.num_codes)
     height = model.image_shape[1]
     if args.prime_rows and not args.prime_rows < height:
         raise UsageError(f"--prime-rows must be between 1 and {height - 1} (the images have {height} rows), "

@@ -10,7 +10,7 @@ fixed seed (how the binarised MNIST of the PixelCNN papers' NLL in nats was made
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -108,6 +108,8 @@ class ImageDataModule(CodesDataModule):
     training images (a fixed split, so validation bits/dim are comparable across runs).
     """
 
+    resume_settings = ("dataset", "bits", "binarize", "channels", "image_size")
+
     def __init__(self, dataset: Literal["mnist", "cifar10", "folder"] = "mnist", root: str = "./data",
                  bits: int = 8, binarize: Literal["threshold", "bernoulli"] | None = None, batch_size: int = 64,
                  val_size: int = 5000,
@@ -122,11 +124,21 @@ class ImageDataModule(CodesDataModule):
             raise UsageError(f"--data.binarize must be threshold, bernoulli or null, got {binarize!r}")
         if channels not in (1, 3):
             raise UsageError(f"--data.channels must be 1 or 3, got {channels}")
+        if batch_size < 1 or val_size < 1 or num_workers < 0 or (image_size is not None and image_size < 1):
+            raise UsageError(f"--data.batch_size, --data.val_size and --data.image_size must be >= 1 and "
+                             f"--data.num_workers >= 0, got {batch_size}, {val_size}, {image_size} and {num_workers}")
         self.save_hyperparameters()
         self.dataset, self.root, self.bits, self.binarize = dataset, Path(root), bits, binarize
         self.batch_size, self.val_size, self.num_workers, self.download = batch_size, val_size, num_workers, download
         self.channels, self.image_size = channels, image_size
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def settings_from_checkpoint(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        settings = super().settings_from_checkpoint(hparams)
+        if isinstance(settings.get("binarize"), bool):  # from when binarize was a flag (True: cut at 128)
+            settings["binarize"] = "threshold" if settings["binarize"] else None
+        return settings
 
     @property
     def levels(self) -> int:

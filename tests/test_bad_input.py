@@ -1,21 +1,36 @@
-"""Bad input to `pixelgen` and `wavegen`, one table: every row must end in one `<tool>: error:` line naming the
-problem, a non-zero exit status, no traceback, and nothing written (no output file, no checkpoint)."""
+"""Bad input to `pixelgen` and `wavegen`, one table: every row must end in exactly one `<tool>: error:` line naming
+the problem, exit status 2, no traceback, nothing written (no output file or folder, no checkpoint, no config), and
+every file that was there before unchanged. Malicious checkpoints (a pickle that creates a marker file) go through
+every command and the Python loader: refused before any of their code runs."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
+from arcore.errors import UsageError
+from arcore.module import load_checkpoint
 from pixelgen.cli import main as pixelgen_main
-from tests.test_audio_data import make_audio_folder
+from tests.test_audio_data import make_audio_folder, tone
 from tests.test_pixelgen_cli import make_folder_dataset
 from tests.test_pixelgen_cli import tiny_config as pixelcnn_config
 from tests.test_wavegen_cli import tiny_config as wavenet_config
-from tests.tiny_configs import igpt_config
+from tests.tiny_configs import igpt_config, untrained_checkpoint
 from wavegen.cli import main as wavegen_main
+from wavegen.wavenet import WaveNet
 
 MAINS = {"pixelgen": pixelgen_main, "wavegen": wavegen_main}
+EVIL_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", "")
+SAMPLE_PNG = "sample --ckpt {pixelcnn_ckpt} --out"
+SAMPLE_WAV = "sample --ckpt {wavenet_ckpt} --speaker 0 --out"
 
 # (row id, tool, argv with {placeholders} filled from the `paths` fixture, a distinctive part of the error)
 ROWS = [
@@ -31,6 +46,8 @@ ROWS = [
      "--prime {missing}/a.wav does not exist"),
     ("missing mel-from", "wavegen", ("sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 "
                                     "--mel-from {missing}/a.wav"), "--mel-from {missing}/a.wav does not exist"),
+    ("missing ckpt_path", "pixelgen", "test --config {pixelcnn} --ckpt_path {missing}/x.ckpt",
+     "--ckpt_path {missing}/x.ckpt does not exist"),
     # unreadable images and audio
     ("garbage images", "pixelgen", "fit --config {pixelcnn} --data.root {garbage_images}", "no readable images"),
     ("garbage audio folder", "wavegen", "fit --config {wavenet} --data.root {garbage_audio}", "no usable audio"),
@@ -38,6 +55,8 @@ ROWS = [
      "{garbage_wav}: not readable audio (LibsndfileError)"),
     ("garbage mel-from", "wavegen", ("sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 "
                                     "--mel-from {garbage_wav}"), "{garbage_wav}: not readable audio (LibsndfileError)"),
+    ("mel-from under one frame", "wavegen", "sample --ckpt {vocoder_ckpt} --out {keep_wav} --mel-from {short_wav}",
+     "gives 60 samples at 8000 Hz, too few for a mel frame: it needs more than 80"),
     # wrong shapes or channel counts
     ("1-channel data, 3-channel model", "pixelgen", "fit --config {pixelcnn} --data.channels 1",
      "set --model.init_args.image_shape [1, 8, 8]"),
@@ -55,15 +74,52 @@ ROWS = [
                                           "--prime-seconds 0.2 --seconds 0.01"), "must be shorter than the clip"),
     # decoding options
     ("top-p 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-p 0", "top_p must be in (0, 1]"),
+    ("top-p nan", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-p nan", "top_p must be in (0, 1]"),
     ("top-p above 1", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --top-p 1.5",
      "top_p must be in (0, 1]"),
     ("temperature 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --temperature 0",
      "temperature must be > 0, got 0.0 (use --greedy"),
+    ("temperature inf", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --temperature inf",
+     "temperature must be finite, got inf"),
     ("temperature negative", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --temperature -1",
      "temperature must be > 0, got -1.0"),
     ("top-k 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-k 0", "top_k must be >= 1"),
+    # non-finite, absurd or out-of-range numbers
     ("batch size 0", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --batch-size 0",
      "--batch-size must be >= 1"),
+    ("seconds nan", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --seconds nan", "--seconds must be a finite number > 0"),
+    ("seconds inf", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --seconds inf", "--seconds must be a finite number > 0"),
+    ("seconds -1", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --seconds -1", "--seconds must be a finite number > 0"),
+    ("seconds below one sample", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --seconds 1e-6",
+     "is shorter than one sample at 8000 Hz"),
+    ("seconds beyond memory", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --seconds 1e15", "more than this machine's"),
+    ("prime-seconds inf", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --prime {{clip}} --prime-seconds inf",
+     "--prime-seconds must be a finite number > 0, got inf"),
+    ("threads beyond the cores", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --threads 100000", "--threads must be >= 1"),
+    ("seed too large", "pixelgen", f"{SAMPLE_PNG} {{keep_png}} --seed 18446744073709551616",
+     "--seed must be in [0, 2**63)"),
+    ("samples beyond memory", "pixelgen", f"{SAMPLE_PNG} {{keep_png}} --num-samples 100000000000",
+     "more than this machine's"),
+    ("batch_size 0", "pixelgen", "fit --config {pixelcnn} --data.batch_size 0", "--data.batch_size"),
+    ("batch_size negative", "wavegen", "fit --config {wavenet} --data.batch_size -2", "--data.batch_size"),
+    ("lr negative", "pixelgen", "fit --config {pixelcnn} --model.init_args.lr -1",
+     "lr must be a finite number > 0"),
+    ("lr 0", "wavegen", "fit --config {wavenet} --model.init_args.lr 0", "lr must be a finite number > 0"),
+    ("val_size 0", "pixelgen", "fit --config {pixelcnn} --data.val_size 0", "--data.val_size"),
+    ("val_size negative", "pixelgen", "fit --config {pixelcnn} --data.val_size -5", "--data.val_size"),
+    # output paths, checked before any work; nothing created when the command then fails
+    ("out is a folder", "pixelgen", f"{SAMPLE_PNG} {{folder_png}}", "--out {folder_png} is a folder"),
+    ("out under a file", "pixelgen", f"{SAMPLE_PNG} {{keep_png}}/x.png", "{keep_png} is a file, not a folder"),
+    ("out read-only", "pixelgen", f"{SAMPLE_PNG} {{readonly}}/x.png", "cannot create files in {readonly}"),
+    ("out is a folder", "wavegen", f"{SAMPLE_WAV} {{folder_wav}}", "--out {folder_wav} is a folder"),
+    ("clip file over a folder", "wavegen", f"{SAMPLE_WAV} {{taken}}.wav --num-samples 2",
+     "the clip file {taken}_1.wav would replace a folder"),
+    ("out under a file", "wavegen", f"{SAMPLE_WAV} {{keep_wav}}/x.wav", "{keep_wav} is a file, not a folder"),
+    ("out read-only", "wavegen", f"{SAMPLE_WAV} {{readonly}}/x.wav", "cannot create files in {readonly}"),
+    ("real-images file over a folder", "pixelgen", f"{SAMPLE_PNG} {{taken}}.png --prime-rows 3",
+     "--out {taken}_real.png is a folder"),
+    ("bad ckpt, out in new folders", "pixelgen", "sample --ckpt {truncated} --out {out}/a/b/x.png",
+     "is not a readable checkpoint"),
     # a checkpoint from another model or another palette
     ("wavegen ckpt", "pixelgen", "sample --ckpt {wavenet_ckpt} --out {out}.png",
      "holds a wavegen model (WaveNet); use `wavegen sample`"),
@@ -72,23 +128,119 @@ ROWS = [
     ("PixelCNN ckpt, ImageGPT config", "pixelgen", "fit --config {igpt} --ckpt_path {pixelcnn_ckpt}",
      "holds a PixelCNN but the config builds an ImageGPT"),
     ("PixelCNN ckpt, other width", "pixelgen", ("fit --config {pixelcnn} --ckpt_path {pixelcnn_ckpt} "
-                                               "--model.init_args.hidden 9"), "hidden=6, the config hidden=9"),
+                                               "--model.init_args.hidden 9"),
+     "was trained with hidden=6, the config asks for hidden=9"),
     ("WaveNet ckpt resumed by pixelgen", "pixelgen", "fit --config {pixelcnn} --ckpt_path {wavenet_ckpt}",
-     "holds a WaveNet but the config builds a PixelCNN"),
+     "holds a wavegen model (WaveNet); use `wavegen fit`"),
+    ("WaveNet ckpt tested by pixelgen", "pixelgen", "test --config {pixelcnn} --ckpt_path {wavenet_ckpt}",
+     "holds a wavegen model (WaveNet); use `wavegen test`"),
+    ("PixelCNN ckpt predicted by wavegen", "wavegen", "predict --config {wavenet} --ckpt_path {pixelcnn_ckpt}",
+     "holds a pixelgen model (PixelCNN); use `pixelgen predict`"),
     ("ImageGPT ckpt, other palette", "pixelgen", ("fit --config {igpt} --ckpt_path {igpt_ckpt} "
                                                  "--model.init_args.palette_size 8"), "palette_size=4"),
+    # resuming on other data
+    ("resume last, other binarisation", "pixelgen", "fit --config {pixelcnn_trained} --data.binarize threshold",
+     "was trained with --data.binarize=None, the config asks for --data.binarize=threshold"),
+    ("resume file, other bits", "pixelgen", "fit --config {pixelcnn} --ckpt_path {pixelcnn_ckpt} --data.bits 3",
+     "was trained with --data.bits=4, the config asks for --data.bits=3"),
+    ("resume file, other crops", "wavegen", ("fit --config {wavenet} --ckpt_path {wavenet_ckpt} "
+                                            "--data.target_length 300"), "--data.target_length=200"),
+    # scoring a model that was never trained
+    ("test, no checkpoint yet", "pixelgen", "test --config {pixelcnn}",
+     "ckpt_path: last found no checkpoint in {pixelcnn_dir}/run/checkpoints"),
+    ("predict, no checkpoint yet", "pixelgen", ("predict --config {pixelcnn} "
+                                               "--trainer.callbacks+=arcore.callbacks.LikelihoodWriter "
+                                               "--trainer.callbacks.path {keep_csv}"), "found no checkpoint"),
+    ("validate, no checkpoint yet", "wavegen", "validate --config {wavenet}", "found no checkpoint"),
+    ("test, no ckpt_path", "pixelgen", "test --config {pixelcnn} --ckpt_path null", "scores a trained model"),
+    ("test, ckpt_path best", "wavegen", "test --config {wavenet} --ckpt_path best", "best is known only inside"),
+    # damaged, truncated, empty or folder checkpoints
+    ("flipped bytes, sample", "pixelgen", f"sample --ckpt {{flipped}} --out {{keep_png}}", "fails its CRC check"),
+    ("flipped bytes, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {flipped}", "fails its CRC check"),
+    ("flipped bytes, resume", "pixelgen", "fit --config {pixelcnn} --ckpt_path {flipped}", "fails its CRC check"),
+    ("truncated, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {truncated}", "not a readable checkpoint"),
+    ("empty, validate", "wavegen", "validate --config {wavenet} --ckpt_path {empty_ckpt}", "the file is empty"),
+    ("folder, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {ckpt_folder}",
+     "is a folder, not a checkpoint file"),
+    ("folder, fit", "wavegen", "fit --config {wavenet} --ckpt_path {ckpt_folder}", "is a folder, not a checkpoint"),
+    ("folder, sample", "pixelgen", "sample --ckpt {ckpt_folder} --out {keep_png}", "is a folder, not a checkpoint"),
+    ("damaged last.ckpt, resume", "pixelgen", "fit --config {pixelcnn_damaged}", "fails its CRC check"),
+    # malformed model classes
+    ("model class: no such module", "pixelgen", "sample --ckpt {class_no_module} --out {keep_png}",
+     "records the model class 'pixelgen.nowhere.PixelCNN', which pixelgen does not have"),
+    ("model class: no such class", "pixelgen", "test --config {pixelcnn} --ckpt_path {class_no_class}",
+     "'pixelgen.pixelcnn.Nothing', which pixelgen does not have"),
+    ("model class: not a model", "pixelgen", "sample --ckpt {class_not_model} --out {keep_png}",
+     "records 'pixelgen.data.ImageDataModule', which is not a pixelgen model class"),
+    ("model class: not a string", "wavegen", "sample --ckpt {class_number} --out {keep_wav}",
+     "records the model class 42, which is not a wavegen model"),
+    ("model class: elsewhere", "pixelgen", "fit --config {pixelcnn} --ckpt_path {class_elsewhere}",
+     "records the model class 'os.system', which is not a pixelgen model"),
     # invalid model settings
     ("even mask kernel", "pixelgen", "fit --config {pixelcnn} --model.init_args.kernel_size 4",
      "kernel_size must be odd and >= 3, got 4"),
     ("zero dilation", "wavegen", "fit --config {wavenet} --model.init_args.dilations [1,0]",
      "dilations must be positive integers, got [1, 0]"),
 ]
+# a checkpoint whose pickle would create a marker file when loaded, through every command that reads checkpoints
+EVIL = "is not a checkpoint this project can load safely: it asks for io.open"
+ROWS += [(f"malicious {kind}{suffix or ' (no suffix)'}, sample", "pixelgen",
+          f"sample --ckpt {{evil_{kind}{suffix.strip('.')}}} --out {{keep_png}}", EVIL)
+         for kind in ("zip", "pickle") for suffix in EVIL_SUFFIXES]
+ROWS += [(f"malicious, {command}", tool, f"{command} --config {{{config}}} --ckpt_path {{evil_zipckpt}}", EVIL)
+         for tool, config in (("pixelgen", "pixelcnn"), ("wavegen", "wavenet"))
+         for command in ("fit", "validate", "test", "predict")]
+ROWS += [("malicious, wavegen sample", "wavegen", "sample --ckpt {evil_zippt} --out {keep_wav}", EVIL),
+         ("malicious, prime-from", "pixelgen", "sample --ckpt {evil_zipckpt} --out {keep_png} --prime-rows 3", EVIL),
+         ("malicious last.ckpt, resume", "pixelgen", "fit --config {pixelcnn_evil}", EVIL),
+         ("malicious last.ckpt, test", "pixelgen", "test --config {pixelcnn_evil}", EVIL)]
+
+
+class Payload:
+    """Pickles as a call of ``open(marker, "w")``: loading it unsafely creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+def save_evil(path: Path, marker: Path, kind: str) -> Path:
+    """A checkpoint-looking file that runs ``Payload`` when unpickled: a torch zip archive or a bare pickle."""
+    content = {"model_class": "pixelgen.pixelcnn.PixelCNN", "state_dict": {}, "payload": Payload(marker)}
+    if kind == "zip":
+        torch.save(content, path)
+    else:
+        path.write_bytes(pickle.dumps(content, protocol=2))
+    return path
+
+
+def flip_weight_bytes(source: Path, target: Path, count: int = 400) -> Path:
+    """A copy of ``source`` with up to ``count`` bytes inverted inside its largest tensor (its CRC no longer holds)."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26: member.header_offset + 30])
+    start = member.header_offset + 30 + name_length + extra_length
+    for i in range(start, start + min(count, member.file_size)):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target
+
+
+def with_model_class(source: Path, target: Path, name: object) -> Path:
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint["model_class"] = name
+    torch.save(checkpoint, target)
+    return target
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Data and real checkpoints, made once: a class-conditional PixelCNN, an ImageGPT with a 4-colour palette and
-    a WaveNet for 2 speakers, each fitted for 2 steps on generated images or tones."""
+    a WaveNet for 2 speakers, each fitted for 2 steps on generated images or tones, and an untrained vocoder;
+    damaged copies and checkpoints with malformed model classes."""
     root = tmp_path_factory.mktemp("built")
     images = make_folder_dataset(root / "images")
     audio = make_audio_folder(root / "audio")
@@ -101,15 +253,36 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             ("wavenet", wavegen_main, wavenet_config(root / "wavenet", audio, speakers=2))):
         assert main(["fit", "--config", str(config), "--trainer.max_steps", "2"]) == 0
         built[f"{name}_ckpt"] = config.parent / "run" / "checkpoints" / "last.ckpt"
+    vocoder = WaveNet(dilations=[1, 2], residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
+                      n_mels=8, hop_length=40, cond_channels=4)
+    built["vocoder_ckpt"] = untrained_checkpoint(vocoder, root / "vocoder.ckpt")
+    pixelcnn = built["pixelcnn_ckpt"]
+    built["flipped"] = flip_weight_bytes(pixelcnn, root / "flipped.ckpt")
+    built["truncated"] = root / "truncated.ckpt"
+    built["truncated"].write_bytes(pixelcnn.read_bytes()[: pixelcnn.stat().st_size // 2])
+    built["empty_ckpt"] = root / "empty.ckpt"
+    built["empty_ckpt"].touch()
+    built["ckpt_folder"] = root / "folder.ckpt"
+    built["ckpt_folder"].mkdir()
+    for key, name in (("class_no_module", "pixelgen.nowhere.PixelCNN"), ("class_no_class", "pixelgen.pixelcnn.Nothing"),
+                      ("class_not_model", "pixelgen.data.ImageDataModule"), ("class_number", 42),
+                      ("class_elsewhere", "os.system")):
+        built[key] = with_model_class(pixelcnn, root / f"{key}.ckpt", name)
     return built
+
+
+def tree(folder: Path) -> dict[Path, str | None]:
+    """Every file (with a hash of its bytes) and folder (None) under ``folder``."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None for p in folder.rglob("*")}
 
 
 @pytest.fixture
 def paths(built: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
-    """This row's placeholders: fresh configs (their run folders under ``tmp_path``), garbage files, a missing
-    folder, the output's stem."""
+    """This row's placeholders: fresh configs (their run folders under ``tmp_path``, one with a trained, one with a
+    damaged and one with a malicious last.ckpt), garbage files, malicious checkpoints, good output files that must
+    survive, a missing folder, a read-only one, the output's stem."""
     for folder in ("pixelcnn", "igpt", "wavenet", "garbage_images/train/a", "garbage_images/test/a",
-                   "garbage_audio"):
+                   "garbage_audio", "taken_real.png", "taken_1.wav", "folder.png", "folder.wav"):
         (tmp_path / folder).mkdir(parents=True)
     for i in range(3):
         (tmp_path / "garbage_images" / "train" / "a" / f"{i}.png").write_bytes(bytes(range(i, 200)))
@@ -117,30 +290,60 @@ def paths(built: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "garbage_images" / "test" / "a" / "0.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     garbage_wav = tmp_path / "garbage.wav"
     garbage_wav.write_bytes(b"\x00\x01garbage" * 50)
-    return {**built, "missing": tmp_path / "missing", "out": tmp_path / "out", "garbage_wav": garbage_wav,
-            "garbage_images": tmp_path / "garbage_images", "garbage_audio": tmp_path / "garbage_audio",
-            "pixelcnn": pixelcnn_config(tmp_path / "pixelcnn", built["images"]),
-            "igpt": igpt_config(tmp_path / "igpt", built["images"], palette_cache=built["palettes"]),
-            "wavenet": wavenet_config(tmp_path / "wavenet", built["audio"], speakers=2)}
+    short_wav = tmp_path / "short.wav"
+    import soundfile
 
-
-def files_under(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file()}
+    soundfile.write(short_wav, tone(440.0, 60 / 8000, 8000), 8000)
+    keep = {}
+    for suffix, content in (("png", b"\x89PNG an earlier picture"), ("wav", b"RIFF an earlier clip"),
+                            ("csv", b"index,nll_nats,bits_per_dim\n0,1.0,1.0\n")):
+        keep[f"keep_{suffix}"] = tmp_path / f"keep.{suffix}"
+        keep[f"keep_{suffix}"].write_bytes(content)
+    evil = {f"evil_{kind}{suffix.strip('.')}": save_evil(tmp_path / f"evil_{kind}{suffix}", tmp_path / "MARKER", kind)
+            for kind in ("zip", "pickle") for suffix in EVIL_SUFFIXES}
+    configs = {"pixelcnn": pixelcnn_config(tmp_path / "pixelcnn", built["images"]),
+               "igpt": igpt_config(tmp_path / "igpt", built["images"], palette_cache=built["palettes"]),
+               "wavenet": wavenet_config(tmp_path / "wavenet", built["audio"], speakers=2)}
+    for name, last in (("trained", built["pixelcnn_ckpt"]), ("damaged", built["flipped"]),
+                       ("evil", evil["evil_zipckpt"])):
+        run = tmp_path / f"pixelcnn_{name}"
+        (run / "run" / "checkpoints").mkdir(parents=True)
+        shutil.copy(last, run / "run" / "checkpoints" / "last.ckpt")
+        configs[f"pixelcnn_{name}"] = pixelcnn_config(run, built["images"])
+    readonly = Path("/sys")  # root writes through file modes; sysfs refuses new files even to root
+    if os.geteuid() != 0:
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(mode=0o555)
+    return {**built, **keep, **evil, **configs, "missing": tmp_path / "missing", "out": tmp_path / "out", "taken": tmp_path / "taken",
+            "garbage_wav": garbage_wav, "short_wav": short_wav, "garbage_images": tmp_path / "garbage_images",
+            "garbage_audio": tmp_path / "garbage_audio", "folder_png": tmp_path / "folder.png",
+            "folder_wav": tmp_path / "folder.wav", "readonly": readonly, "pixelcnn_dir": tmp_path / "pixelcnn"}
 
 
 @pytest.mark.parametrize(("tool", "argv", "expect"), [row[1:] for row in ROWS],
                          ids=[f"{row[1]}: {row[0]}" for row in ROWS])
 def test_bad_input_is_one_error_line_and_writes_nothing(tool, argv, expect, paths, tmp_path, capfd):
-    before = files_under(tmp_path)
+    before = tree(tmp_path)
     capfd.readouterr()
     status = MAINS[tool]([arg.format(**paths) for arg in argv.split()])
     err = capfd.readouterr().err
-    assert status != 0
+    assert status == 2
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith(f"{tool}: error: ")]
     assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
     assert expect.format(**paths) in errors[0]
-    # LightningCLI copies the config into the run folder when fit starts, before the model checks the data
-    written = {p for p in files_under(tmp_path) - before if p.name != "config.yaml"}
-    assert not written, f"written despite the error: {sorted(map(str, written))}"
-    assert not list(tmp_path.rglob("checkpoints"))
+    after = tree(tmp_path)
+    assert sorted(map(str, after.keys() - before.keys())) == [], "written despite the error"
+    assert [str(p) for p in before if after.get(p, "gone") != before[p]] == [], "changed despite the error"
+    assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "pickle"])
+def test_the_python_loader_refuses_malicious_checkpoints_without_running_them(kind, tmp_path):
+    marker = tmp_path / "MARKER"
+    for suffix in EVIL_SUFFIXES:
+        path = save_evil(tmp_path / f"evil{suffix}", marker, kind)
+        with pytest.raises(UsageError, match=f"{path} {EVIL}"):
+            load_checkpoint(path, "pixelgen")
+    assert not marker.exists()
+    assert pickle.loads(pickle.dumps(Payload(marker))) and marker.exists()  # the payload is real: unsafe load runs it

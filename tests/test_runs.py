@@ -1,8 +1,11 @@
 """Runs a researcher can follow and that lose nothing: W&B offline records, LightningCLI conventions, resume after
-kill -9 to the same weights, EMA, and the guard against non-finite gradients."""
+kill -9 to the same weights, EMA, the guard against non-finite gradients, atomic outputs (a full disk mid-write keeps
+the earlier file), two fits in one folder, and checkpoints that load weights-only."""
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
 import math
 import os
@@ -10,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,15 +23,22 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+import arcore.files
 from arcore.callbacks import EMA, NonFiniteGuard
+from arcore.checkpoint import read_checkpoint
+from arcore.cli import AtomicCheckpointIO
 from arcore.errors import UsageError
+from arcore.module import load_checkpoint
 from pixelgen.cli import main as pixelgen
+from pixelgen.data import ImageDataModule
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_audio_data import make_audio_folder
 from tests.test_pixelgen_cli import make_folder_dataset
 from tests.test_pixelgen_cli import tiny_config as tiny_image_config
 from tests.test_wavegen_cli import tiny_config as tiny_audio_config
+from tests.tiny_configs import untrained_checkpoint
 from wavegen.cli import main as wavegen
+from wavegen.wavenet import WaveNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,11 +142,11 @@ def test_resumed_fit_continues_the_same_wandb_run_step_count_and_schedule(tmp_pa
     assert pixelgen(["fit", "--config", str(config), *logger]) == 0
     wandb.finish()
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    first = torch.load(last, weights_only=False)
+    first = read_checkpoint(last)
     assert first["global_step"] == 4 and first["wandb_run_id"]
     assert pixelgen(["fit", "--config", str(config), *logger, "--trainer.max_steps", "8"]) == 0
     wandb.finish()
-    second = torch.load(last, weights_only=False)
+    second = read_checkpoint(last)
     assert second["global_step"] == 8 and second["wandb_run_id"] == first["wandb_run_id"]
     runs = offline_runs(save_dir)
     assert len(runs) == 2 and all(first["wandb_run_id"] in r.name for r in runs)  # resumed, not forked
@@ -195,8 +206,8 @@ class SlowSteps(pl.Callback):
         time.sleep(0.05)
 
 
-def fit_process(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pixelgen.cli", "fit", "--config", str(config)], cwd=ROOT,
+def fit_process(config: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pixelgen.cli", "fit", "--config", str(config), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -216,14 +227,14 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_
     assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()[-500:]}"
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    interrupted_at = torch.load(last, weights_only=False)["global_step"]  # saved atomically: always whole
+    interrupted_at = read_checkpoint(last)["global_step"]  # saved atomically: always whole
     assert 0 < interrupted_at < 30 and interrupted_at % 5  # in the middle of an epoch of 5 steps
 
     resumed = fit_process(configs["killed"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(last, weights_only=False)
+    a = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(last)
     assert a["global_step"] == b["global_step"] == 6 * 5  # 20 training images, batch 4, 6 epochs
     for key in ("state_dict", "current_model_state"):  # EMA weights and raw weights
         assert a[key].keys() == b[key].keys()
@@ -283,12 +294,10 @@ def test_non_finite_gradient_stops_before_the_update_or_skips_it():
 
 
 def test_ema_checkpoints_hold_the_average_and_sampling_uses_it(tmp_path):
-    from arcore.module import load_checkpoint
-
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1, filename="{step}")
     tiny_fit(tiny_model(), 6, EMA(decay=0.9), saver, root=tmp_path)
     path = tmp_path / "step=3.ckpt"
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = read_checkpoint(path)
     average, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert any(not torch.equal(average[k], raw[k]) for k in average)
     loaded = load_checkpoint(path, "pixelgen")
@@ -297,17 +306,30 @@ def test_ema_checkpoints_hold_the_average_and_sampling_uses_it(tmp_path):
         EMA(decay=1.0)
 
 
+class FailAtPredictBatch(pl.Callback):
+    """Raise after the first predict batch was scored and written (a pass cut short)."""
+
+    def on_predict_batch_end(self, *args: object) -> None:
+        raise RuntimeError("the pass stops here")
+
+
 def test_predict_writes_each_test_examples_exact_likelihood(tmp_path, capsys):
     config = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data"))
     assert pixelgen(["fit", "--config", str(config)]) == 0
-    out = tmp_path / "likelihoods.csv"
-    assert pixelgen(["predict", "--config", str(config), "--trainer.callbacks+=arcore.callbacks.LikelihoodWriter",
-                     "--trainer.callbacks.path", str(out)]) == 0
+    out = tmp_path / "scores" / "likelihoods.csv"
+    predict = ["predict", "--config", str(config), "--trainer.callbacks+=arcore.callbacks.LikelihoodWriter",
+               "--trainer.callbacks.path", str(out)]
+    out.parent.mkdir()
+    out.write_text("an earlier file\n")
+    with pytest.raises(RuntimeError, match="the pass stops here"):
+        pixelgen([*predict, "--trainer.callbacks+=tests.test_runs.FailAtPredictBatch"])
+    assert out.read_text() == "an earlier file\n"  # replaced only by a complete pass
+    partial = out.with_name("likelihoods.partial.csv")
+    assert len(partial.read_text().splitlines()) == 1 + 4  # the header and the first batch's rows
+    assert pixelgen(predict) == 0
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     assert sorted(int(r[0]) for r in rows) == list(range(8))  # every test image, once
-    from arcore.module import load_checkpoint
-    from pixelgen.data import ImageDataModule
-
+    assert sorted(p.name for p in out.parent.iterdir()) == ["likelihoods.csv", "likelihoods.partial.csv"]
     model = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", "pixelgen")
     codes, labels = ImageDataModule("folder", root=str(tmp_path / "data"), bits=4).split("test")
     expected = (-model.log_prob(codes.long(), labels) / (3 * 8 * 8 * math.log(2))).tolist()
@@ -316,8 +338,6 @@ def test_predict_writes_each_test_examples_exact_likelihood(tmp_path, capsys):
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    from arcore.cli import AtomicCheckpointIO
-
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "weights": torch.ones(1000)}, path)
 
@@ -326,9 +346,132 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UsageError, match="No space left on device.; the earlier file is unchanged"):
         io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000)}, path)
     monkeypatch.undo()
-    kept = torch.load(path, weights_only=False)
+    kept = read_checkpoint(path)
     assert kept["global_step"] == 1 and torch.equal(kept["weights"], torch.ones(1000))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+def test_concurrent_checkpoint_writers_never_share_a_temporary_file(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    failures: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        for i in range(15):
+            try:
+                io.save_checkpoint({"writer": k, "step": i, "weights": torch.full((50_000,), float(k))}, path)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    kept = read_checkpoint(path)
+    assert torch.equal(kept["weights"], torch.full((50_000,), float(kept["writer"])))  # one writer's, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class FullDisk:
+    """A file whose writes stop with ENOSPC after ``room`` bytes: a disk that fills up in the middle of a write."""
+
+    def __init__(self, file: object, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        taken = bytes(data[: self.room])
+        self.file.write(taken)
+        self.room -= len(taken)
+        if len(taken) < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(taken)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+@pytest.mark.parametrize("tool", ["pixelgen", "wavegen"])
+def test_a_full_disk_while_sample_overwrites_a_good_file_keeps_it_whole(tool, tmp_path, monkeypatch, capfd):
+    if tool == "pixelgen":
+        model, main, out, extra = PixelCNN(image_shape=(1, 6, 6), levels=2, hidden=4, layers=1, head=4), pixelgen, \
+            tmp_path / "keep.png", []
+    else:
+        model, main, out, extra = WaveNet(dilations=[1, 2], residual_channels=4, gate_channels=4, skip_channels=4,
+                                          head_channels=4), wavegen, tmp_path / "keep.wav", ["--seconds", "0.05"]
+    ckpt = untrained_checkpoint(model, tmp_path / "model.ckpt")
+    assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--seed", "1", *extra]) == 0
+    good = out.read_bytes()
+    monkeypatch.setattr(arcore.files, "open", lambda fd, mode: FullDisk(builtins.open(fd, mode), 20),
+                        raising=False)
+    capfd.readouterr()
+    assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--seed", "2", *extra]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"{tool}: error: could not write {out} (No space left on device); the earlier file is unchanged"]
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.ckpt", out.name])  # no temporary left
+
+
+class WaitForFile(pl.Callback):
+    """Hold the run at the start of training until ``path`` exists (at most a minute)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, *args: object) -> None:
+        deadline = time.monotonic() + 60
+        while not self.path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def test_two_fits_in_one_folder_the_second_refuses_at_start_and_every_checkpoint_loads(tmp_path):
+    config = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data"))
+    release = tmp_path / "release"
+    wait = ["--trainer.callbacks+=tests.test_runs.WaitForFile", "--trainer.callbacks.path", str(release)]
+    runs = [fit_process(config, *wait), fit_process(config, *wait)]
+    deadline = time.monotonic() + 120
+    while all(r.poll() is None for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    refused = next((r for r in runs if r.poll() is not None), None)
+    assert refused is not None, "neither fit ended: the second should refuse at start"
+    holder = runs[1 - runs.index(refused)]
+    assert holder.poll() is None, "both fits ended before one was let go"
+    err = refused.stderr.read().strip().splitlines()
+    assert refused.returncode == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0] == (f"pixelgen: error: {tmp_path / 'run' / 'checkpoints'} is in use by another `pixelgen fit` "
+                      f"(pid {holder.pid}): wait for it to end, or give this run its own folder "
+                      f"(--trainer.default_root_dir and the checkpoint dirpath)")
+    release.touch()
+    assert holder.wait(timeout=120) == 0, holder.stderr.read()[-2000:]
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and all(load_checkpoint(p, "pixelgen") for p in checkpoints)
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert pixelgen(["fit", "--config", str(config), "--trainer.max_steps", "6"]) == 0  # the lock went with its run
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_checkpoints_holding_paths_in_their_settings_load_weights_only(tmp_path):
+    """A run set up from Python keeps ``root=Path(...)`` in its data settings: a type beyond torch's weights-only
+    defaults that the allow-list admits, for the model and for --prime-from."""
+    data = ImageDataModule("folder", root=make_folder_dataset(tmp_path / "data"), bits=4, batch_size=4, val_size=4)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(PixelCNN(image_shape=(3, 8, 8), levels=16, hidden=6, layers=1, head=6, num_labels=2), datamodule=data)
+    path = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(path)
+    assert "pathlib.PosixPath" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    assert isinstance(read_checkpoint(path)["datamodule_hyper_parameters"]["root"], Path)
+    assert isinstance(load_checkpoint(path, "pixelgen"), PixelCNN)
+    out = tmp_path / "done.png"
+    assert pixelgen(["sample", "--ckpt", str(path), "--prime-rows", "3", "--num-samples", "2", "--out", str(out)]) == 0
+    assert out.is_file() and out.with_name("done_real.png").is_file()

@@ -99,7 +99,7 @@ def test_speaker_and_mel_conditioned_sampling(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(last), "--speaker", "2", "--mel-from", str(data / "1_bob_1.wav"),
                  "--out", str(out)]) == 2
     assert "--speaker 2 is out of range: this model has 2 speakers, pass K in [0, 2)" in capsys.readouterr().err
-    assert main(["fit", "--config", str(config), "--model.init_args.num_labels", "1"]) == 2
+    assert main(["fit", "--config", str(config), "--ckpt_path", "null", "--model.init_args.num_labels", "1"]) == 2
     assert "set --model.init_args.num_labels 2" in capsys.readouterr().err
 
 

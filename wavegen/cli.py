@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,13 +18,14 @@ import torch
 
 from arcore.chunks import draw_in_chunks, interrupted_exit, rows
 from arcore.cli import (
+    check_fits_in_memory,
+    check_sampling_options,
     load_for_sampling,
     output_path,
     pick_device,
     run,
     seeded_generator,
 )
-from arcore.decoding import Decoding
 from arcore.errors import UsageError
 from arcore.media import save_wav
 from wavegen.data import AudioDataModule, mu_law_encode, read_audio, why_unusable
@@ -74,15 +77,13 @@ def _clip_paths(out: Path, n: int) -> list[Path]:
 def sample_main(argv: Sequence[str]) -> None:
     """``wavegen sample``: draw clips from a checkpoint with the cached engine and write 16-bit PCM WAVs."""
     args = _parser().parse_args(list(argv))
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.seconds is not None and args.seconds <= 0:
-        raise UsageError(f"--seconds must be > 0, got {args.seconds}")
-    if args.prime is not None and not args.prime_seconds > 0:
-        raise UsageError(f"--prime-seconds must be > 0, got {args.prime_seconds}")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    Decoding(args.temperature, args.top_k, args.top_p, args.greedy)  # bad decoding options fail before any work
+    check_sampling_options(args)
+    for option, seconds in (("--seconds", args.seconds), ("--prime-seconds", args.prime_seconds)):
+        if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+            raise UsageError(f"{option} must be a finite number > 0, got {seconds}")
+    if not 1 <= args.threads <= (os.cpu_count() or 1):
+        raise UsageError(f"--threads must be >= 1 and at most {os.cpu_count() or 1} (this machine's cores), "
+                         f"got {args.threads}")
     out = output_path(args.out, ".wav")
     device = pick_device(args.device)
     if device.type == "cpu":
@@ -96,9 +97,18 @@ def sample_main(argv: Sequence[str]) -> None:
     if args.mel_from is not None:
         codes = _codes_of(args.mel_from, model, "--mel-from")
         length = len(codes) if args.seconds is None else min(length, len(codes))
+        if length <= 2 * model.hop_length:  # the mel transform's window needs more than half its width
+            raise UsageError(f"--mel-from {args.mel_from} gives {length} samples at {rate} Hz, too few for a mel "
+                             f"frame: it needs more than {2 * model.hop_length}")
         mel = model.log_mel(codes[None, :length]).expand(n, -1, -1)
     elif model.n_mels:
         raise UsageError("this model is a vocoder (conditioned on log-mel frames): pass --mel-from clip.wav")
+    if length < 1:
+        raise UsageError(f"--seconds {args.seconds} is shorter than one sample at {rate} Hz")
+    check_fits_in_memory(n, length)
+    folder = next((path for path in _clip_paths(out, n) if path.is_dir()), None)
+    if folder is not None:
+        raise UsageError(f"--out {out}: the clip file {folder} would replace a folder")
     speaker = None
     if args.speaker is not None:
         if not 0 <= args.speaker < model.num_labels:

@@ -153,6 +153,9 @@ class AudioDataModule(CodesDataModule):
         crops_per_epoch: random training crops per epoch.
     """
 
+    resume_settings = ("dataset", "sample_rate", "target_length", "receptive_field", "quantization",
+                       "speaker_pattern", "short_clips")
+
     def __init__(self, root: str = "./data/audio", dataset: str = "folder", sample_rate: int = 8000,
                  target_length: int = 2000, receptive_field: int | None = None, speaker_pattern: str | None = None,
                  short_clips: Literal["pad", "skip"] = "pad", val_fraction: float = 0.05,
@@ -166,8 +169,10 @@ class AudioDataModule(CodesDataModule):
             raise UsageError(f"--data.short_clips must be pad or skip, got {short_clips!r}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise UsageError("--data.val_fraction and --data.test_fraction must be in [0, 1) and sum below 1")
-        if sample_rate < 1 or target_length < 1:
-            raise UsageError("--data.sample_rate and --data.target_length must be positive")
+        if sample_rate < 1 or target_length < 1 or batch_size < 1 or crops_per_epoch < 1 or num_workers < 0:
+            raise UsageError(f"--data.sample_rate, --data.target_length, --data.batch_size and "
+                             f"--data.crops_per_epoch must be >= 1 and --data.num_workers >= 0, got {sample_rate}, "
+                             f"{target_length}, {batch_size}, {crops_per_epoch} and {num_workers}")
         self.save_hyperparameters()
         self.root, self.dataset, self.sample_rate = Path(root), dataset, sample_rate
         self.target_length, self.receptive_field = target_length, receptive_field

@@ -1,0 +1,150 @@
+"""Reading checkpoints without running their code, refusing damaged ones, in one line whatever is wrong.
+
+A ``.ckpt`` is a zip archive around a pickle, and a pickle can call any function while it loads: a checkpoint from
+someone else is a program. Every checkpoint this project reads (``sample``, ``test`` / ``validate`` / ``predict``,
+``fit`` resumes, ``--prime-from``, Lightning's own load in the CLI) goes through :func:`read_checkpoint`: it checks
+the archive's CRC-32 of every member (torch's reader does not, so flipped bytes in a weight tensor would load),
+then unpickles with ``torch.load(weights_only=True)``, which builds only tensors and plain values (numbers,
+strings, lists, tuples, dicts, sets), plus the short allow-list :data:`SAFE_GLOBALS`. A file that asks for
+anything else is refused before any of it runs. Every checkpoint ``fit`` writes holds only these types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pathlib
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arcore.errors import UsageError
+
+SAFE_GLOBALS: list[type] = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
+"""Types beyond torch's weights-only defaults that a checkpoint of this project may hold: paths, which data settings
+passed from Python (``root=Path(...)``) carry into ``datamodule_hyper_parameters``."""
+
+
+@contextmanager
+def allow_listed() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` inside the block build :data:`SAFE_GLOBALS` (e.g. Lightning's loads)."""
+    with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
+
+
+def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str = "") -> bytes:
+    """The bytes of the checkpoint file ``path`` after checking that it is one and undamaged; ``what`` names it in
+    errors (``--ckpt``, ``--ckpt_path``) and ``hint`` ends the missing-file error (how to get one)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist{hint}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            damaged = archive.testzip()  # reads every member and compares its CRC-32
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError):
+        wanted = _pickle_globals(data)
+        if wanted:  # a bare pickle (torch.save has written zip archives since torch 1.6)
+            raise _unsafe(what, path, wanted[0]) from None
+        empty = " (the file is empty)" if not data else ""
+        raise UsageError(f"{what} {path} is not a readable checkpoint{empty}: not a complete torch zip archive "
+                         f"(cut short, or not written by `fit`)") from None
+    if damaged is not None:
+        raise UsageError(f"{what} {path} is damaged: {damaged} fails its CRC check (the file was altered or cut "
+                         f"short); use an intact copy, or another checkpoint of the run")
+    return data
+
+
+def load_checkpoint_bytes(data: bytes, path: str | Path, what: str = "checkpoint",
+                          map_location: Any = "cpu") -> dict[str, Any]:
+    """Unpickle checked checkpoint bytes with ``weights_only=True`` and :data:`SAFE_GLOBALS`; anything else is
+    refused in one line, before it runs."""
+    try:
+        with allow_listed():
+            checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        wanted = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        if wanted:
+            raise _unsafe(what, path, wanted[0]) from None
+        raise UsageError(f"{what} {path} is not a readable checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - torch's reader raises many types for a malformed archive
+        raise UsageError(f"{what} {path} is not a readable checkpoint ({type(exc).__name__}: "
+                         f"{_first_line(exc)})") from None
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"{what} {path} is not a checkpoint written by `fit` (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = "") -> dict[str, Any]:
+    """A checkpoint file, checked (:func:`read_checkpoint_bytes`) and loaded safely (:func:`load_checkpoint_bytes`),
+    on the CPU."""
+    return load_checkpoint_bytes(read_checkpoint_bytes(path, what, hint), path, what)
+
+
+def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base: type,
+                command: str = "sample") -> type:
+    """The model class a checkpoint records, imported from ``package`` (``pixelgen`` or ``wavegen``) and checked to
+    be a ``base`` subclass; a checkpoint of the other tool is named as such (``use `wavegen COMMAND```), and a
+    missing or malformed class name is one line, never an import traceback."""
+    name = checkpoint.get("model_class") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if not name:
+        raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
+    shown = repr(name)[:80]
+    top = name.split(".")[0] if isinstance(name, str) else ""
+    if top in ("pixelgen", "wavegen") and top != package:
+        raise UsageError(f"{path} holds a {top} model ({name.rsplit('.', 1)[-1]}); use `{top} {command}` for it")
+    module_name, _, class_name = name.rpartition(".") if isinstance(name, str) else ("", "", "")
+    if top != package or not module_name:
+        raise UsageError(f"{path} records the model class {shown}, which is not a {package} model")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        raise UsageError(f"{path} records the model class {shown}, which {package} does not have (written by "
+                         f"another version?)") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UsageError(f"{path} records {shown}, which is not a {package} model class")
+    return cls
+
+
+def _unsafe(what: str, path: str | Path, wanted: str) -> UsageError:
+    return UsageError(f"{what} {path} is not a checkpoint this project can load safely: it asks for {wanted}, and "
+                      f"only tensors, numbers, strings, lists, dicts and paths are loaded (nothing in it was run); if "
+                      f"you made this file yourself, save it again holding only those")
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """The functions and classes a bare pickle names, read with :mod:`pickletools` (which parses, never runs);
+    empty when ``data`` is not a pickle or names none."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]) if len(strings) > 1 else "a global")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - not a pickle, or cut short: what was named so far
+        pass
+    return names
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
