@@ -51,9 +51,6 @@ class Autoregressive(Protocol):
     def train(self, mode: bool = True) -> object: ...
 
 
-Stepper = Callable[[int, torch.Tensor], torch.Tensor]
-
-
 @dataclass
 class BeamResult:
     """Beams sorted from most to least likely: codes ``[n, beams, *event_shape]``, log-likelihoods ``[n, beams]``."""
@@ -176,11 +173,6 @@ def _positions(start: int, total: int, progress: bool, desc: str) -> Iterable[in
     return tqdm(range(start, total), desc=desc, unit="code", mininterval=0.5, disable=None)  # no bar without a tty
 
 
-def _prefill(sampler: Sampler, seq: torch.Tensor, start: int) -> None:
-    if start:
-        sampler.prefill(seq, start)
-
-
 @torch.no_grad()
 def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tensor | None = None,
            length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
@@ -202,7 +194,8 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
     try:
         seq, start = _initial_sequence(model, n, event_shape, prime, device)
         run, sampler = stepper(model, n, cond, event_shape, use_cache, compile)
-        _prefill(sampler, seq, start)
+        if start:
+            sampler.prefill(seq, start)
         run.prepare(seq, start)
         noise = torch.empty(n, model.num_classes, device=device)
         for t in _positions(start, seq.shape[1], progress, "sampling"):
@@ -239,7 +232,8 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
         if start:
             scores += _prefix_log_prob(model, seq[::beams], cond, event_shape, start).unsqueeze(1)
         scores[:, 1:] = float("-inf")  # all beams start equal: let only the first one expand
-        _prefill(sampler, seq, start)
+        if start:
+            sampler.prefill(seq, start)
         run.prepare(seq, start)
         base = torch.arange(n, device=device).mul_(beams).unsqueeze(1)
         for t in _positions(start, seq.shape[1], progress, "beam search"):

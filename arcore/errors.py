@@ -21,7 +21,14 @@ def check_labels(cond: torch.Tensor | None, num_labels: int, batch_size: int) ->
     if cond.dim() != 1 or cond.shape[0] != batch_size or cond.dtype.is_floating_point:
         raise UsageError(f"labels must be an integer tensor of shape [{batch_size}], got "
                          f"{cond.dtype} {list(cond.shape)}")
-    if batch_size and (int(cond.min()) < 0 or int(cond.max()) >= num_labels):
+    if batch_size and not _tracing() and (int(cond.min()) < 0 or int(cond.max()) >= num_labels):
         raise UsageError(f"labels must lie in [0, {num_labels}), got values from {int(cond.min())} "
                          f"to {int(cond.max())}")
     return cond
+
+
+def _tracing() -> bool:
+    """Whether this runs inside torch.compile or a CUDA graph capture, where values cannot be read back to the host.
+    The samplers check their labels eagerly when they build their state; inside a trace the range check is skipped
+    (a label out of range then fails in the embedding lookup instead)."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

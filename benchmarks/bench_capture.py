@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from benchmarks.common import best_time, machine, table, training_step_seconds
+from benchmarks.common import best_time, machine, table, training_step_seconds, write_section
 
 CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
 SAMPLED = {  # the config each model of the sampling table is built from; WaveNet draws clips of SAMPLES samples
@@ -95,15 +94,6 @@ def training_table(device: str) -> str:
     return table(["config", "batch", "examples/s", "codes/s"], rows)
 
 
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the section ``## {title}`` of a Markdown file."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"## {title}\n\n{body}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -112,7 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--results", type=Path, default=None, help="Markdown file whose section to rewrite")
     args = parser.parse_args()
-    os.environ["PIXELGEN_FUSED"] = "0"  # the same PyTorch step in both columns
+    os.environ["ARCORE_FUSED"] = "0"  # the same PyTorch step in both columns
     if args.threads:
         torch.set_num_threads(args.threads)
     body = [f"Machine: {machine()}. Random weights, float32, sizes of the shipped configs "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import platform
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -71,3 +73,12 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the section ``## {title}`` of a Markdown file with ``body``."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"## {title}\n\n{body}\n"
+    pattern = re.compile(rf"^## {re.escape(title.split(' (')[0])}.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)

@@ -74,6 +74,14 @@ def test_compiled_pieces_are_one_graph_each_whatever_the_size_and_sample_as_eage
         assert counter.graphs == PIECES[name], size
 
 
+def test_the_cache_free_step_captures_too():
+    model, kwargs = pixelcnn(3)
+    eager = model.sample(2, generator=torch.Generator().manual_seed(0), use_cache=False, **kwargs)
+    counter = GraphCounter()
+    captured = model.sample(2, generator=torch.Generator().manual_seed(0), use_cache=False, compile=counter, **kwargs)
+    assert torch.equal(captured, eager) and counter.graphs == 1
+
+
 def test_beam_search_through_captured_pieces_equals_eager():
     model, kwargs = pixelcnn(3)
     prime = torch.randint(0, 4, (2, 3, 1, 3), generator=torch.Generator().manual_seed(1))
