@@ -19,6 +19,7 @@ import soundfile
 import torch
 from PIL import Image
 
+from arcore.checkpoint import read_checkpoint
 from arcore.media import spectrogram_image
 from pixelgen.cli import main as pixelgen
 from wavegen.cli import main as wavegen
@@ -46,7 +47,7 @@ def enlarge(path: Path, factor: int) -> None:
 def image_figures(run: str, ckpt: Path, data_root: Path, out: Path) -> list[Path]:
     """64 samples and 32 completions of test images from their top half (plus the originals) of one image run."""
     folder, factor = IMAGE_RUNS[run]
-    rows = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["image_shape"][1] // 2
+    rows = read_checkpoint(ckpt)["hyper_parameters"]["image_shape"][1] // 2
     samples, completions = out / f"{run}_samples.png", out / f"{run}_completions.png"
     command(pixelgen, run, ["--ckpt", str(ckpt), "--num-samples", "64", "--seed", SEED, "--out", str(samples)])
     command(pixelgen, run, ["--ckpt", str(ckpt), "--num-samples", "32", "--seed", SEED, "--prime-rows", str(rows),
