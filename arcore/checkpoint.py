@@ -55,8 +55,7 @@ def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str 
     except OSError as exc:
         raise UsageError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            damaged = archive.testzip()  # reads every member and compares its CRC-32
+        damaged = _failed_crc(data)
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError):
         wanted = _pickle_globals(data)
         if wanted:  # a bare pickle (torch.save has written zip archives since torch 1.6)
@@ -119,6 +118,30 @@ def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UsageError(f"{path} records {shown}, which is not a {package} model class")
     return cls
+
+
+def _failed_crc(data: bytes) -> str | None:
+    """The first member of the zip archive ``data`` whose CRC-32 does not match its bytes, or None. Members stored
+    uncompressed (all of torch's) are checked in place, without a copy; others are read through ``zipfile``."""
+    view = memoryview(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for member in archive.infolist():
+            if member.compress_type != zipfile.ZIP_STORED:
+                with archive.open(member) as f:  # zipfile checks the CRC as the member is read to its end
+                    try:
+                        while f.read(1 << 20):
+                            pass
+                    except (zipfile.BadZipFile, zlib.error):
+                        return member.filename
+                continue
+            header = view[member.header_offset: member.header_offset + 30]
+            if len(header) < 30 or bytes(header[:4]) != b"PK\x03\x04":
+                return member.filename
+            start = member.header_offset + 30 + int.from_bytes(header[26:28], "little") \
+                + int.from_bytes(header[28:30], "little")
+            if start + member.file_size > len(data) or zlib.crc32(view[start: start + member.file_size]) != member.CRC:
+                return member.filename
+    return None
 
 
 def _unsafe(what: str, path: str | Path, wanted: str) -> UsageError:
