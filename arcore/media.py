@@ -48,19 +48,23 @@ def save_wav(clip: torch.Tensor, sample_rate: int, path: str | Path) -> Path:
 
 
 def spectrogram_image(clip: torch.Tensor, sample_rate: int, path: str | Path, n_mels: int = 80) -> Path:
-    """Save a log-mel spectrogram of a mono clip as a PNG (low frequencies at the bottom)."""
+    """Save a log-mel spectrogram of a mono clip ``[T]`` as a PNG (low frequencies at the bottom); clips ``[N, T]``
+    (e.g. an original and its resynthesis) are drawn one above the other, each on its own 80 dB scale."""
     import torchaudio
 
     n_fft = 1024 if sample_rate > 12000 else 512
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels,
                                                pad_mode="constant")  # clips shorter than n_fft stay valid
-    spec = mel(clip.detach().float().cpu()).clamp(min=1e-10).log10()
-    spec = (spec - spec.max() + 8.0).clamp(min=0) / 8.0  # 80 dB of range
-    heat = torch.stack([spec.sqrt(), spec ** 1.5, 0.3 + 0.7 * spec * (1 - spec)], dim=0).flip(1)
-    path = Path(path)
-    pixels = (heat.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    _write_png(Image.fromarray(pixels).resize((max(pixels.shape[1], 400), 240)), path)
-    return path
+    spec = mel(clip.detach().float().cpu().reshape(-1, clip.shape[-1])).clamp(min=1e-10).log10()  # [N, M, F]
+    spec = (spec - spec.amax(dim=(1, 2), keepdim=True) + 8.0).clamp(min=0) / 8.0  # 80 dB of range
+    heat = torch.stack([spec.sqrt(), spec ** 1.5, 0.3 + 0.7 * spec * (1 - spec)], dim=1).flip(2)  # [N, 3, M, F]
+    rows = [Image.fromarray((h.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+            .resize((max(h.shape[2], 400), 240)) for h in heat]
+    picture = Image.new("RGB", (rows[0].width, 240 * len(rows) + 4 * (len(rows) - 1)), "white")
+    for i, row in enumerate(rows):
+        picture.paste(row, (0, i * 244))
+    _write_png(picture, Path(path))
+    return Path(path)
 
 
 def _write_png(picture: Image.Image, path: Path) -> None:

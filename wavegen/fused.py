@@ -47,10 +47,11 @@ def padded(vector: torch.Tensor) -> torch.Tensor:
 
 class FusedStep:
     """The logits piece of a WaveNet sampler on the CPU: ``step(seq) -> logits [B, quantization]`` for position
-    ``cache.position``, the previous code read from ``seq``. The packed weights are made once per sampling run;
-    the logits buffer is overwritten by the next step."""
+    ``cache.position``, the previous code read from ``seq``; row ``position // cond_hop`` of the cache's
+    conditioning table ``mel_frames`` conditions it. The packed weights are made once per sampling run; the logits
+    buffer is overwritten by the next step."""
 
-    def __init__(self, model: WaveNet, cache: StepCache) -> None:
+    def __init__(self, model: WaveNet, cache: StepCache, cond_hop: int) -> None:
         hp = model.hparams
         n_layers, k, gate = len(model.layers), model.kernel_size, hp.gate_channels
         half = gate // 2
@@ -74,7 +75,7 @@ class FusedStep:
             out_w.append(torch.cat([panels(res_w), panels(skip_w)]))
             out_b.append(torch.cat([padded(res_b), padded(skip_b)]))
         self.plan = kernel().Plan(
-            model.embed.weight.detach().contiguous(), list(model.dilations), k, model.hop_length, gate_w, out_w, out_b,
+            model.embed.weight.detach().contiguous(), list(model.dilations), k, cond_hop, gate_w, out_w, out_b,
             panels(model.head1.weight[:, :, 0].t()), padded(model.head1.bias),
             panels(model.head2.weight[:, :, 0].t()), padded(model.head2.bias), cache.batch_size,
             mel.shape[2] if mel.numel() else 0)

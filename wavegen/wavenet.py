@@ -37,11 +37,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
+from arcore.engine import Capture
 from arcore.errors import UsageError, check_labels
 from arcore.module import AutoregressiveModule
 from wavegen.fused import FusedStep
@@ -82,6 +86,56 @@ def dilation_schedule(layers: int, cycles: int) -> list[int]:
     return [2 ** (i % per_cycle) for i in range(layers)]
 
 
+UPSAMPLING = ("repeat", "transposed", "nearest")
+
+
+def upsample_factors(hop_length: int) -> list[int]:
+    """``hop_length`` as a product of small factors, one per upsampling layer: its prime factors, the two smallest
+    merged while their product is at most 4 (80 -> [4, 4, 5], 256 -> [4, 4, 4, 4])."""
+    primes, rest, p = [], hop_length, 2
+    while rest > 1:
+        while rest % p == 0:
+            primes.append(p)
+            rest //= p
+        p += 1
+    while len(primes) > 1 and primes[0] * primes[1] <= 4:
+        primes = sorted([primes[0] * primes[1], *primes[2:]])
+    return primes or [1]
+
+
+class Upsampler(nn.Module):
+    """Learned upsampling of frame-rate features ``[B, C, F]`` to ``[B, C, F * prod(scales)]``, one layer per
+    scale ``s``: ``transposed``, a transposed convolution (kernel ``2 s``, stride ``s``, cropped to ``F s`` samples
+    centred on the frames), or ``nearest``, each frame repeated ``s`` times, then a convolution (kernel ``2 s + 1``).
+    Each layer mixes the channels and starts as a smooth interpolation between frames (identity across channels:
+    linear interpolation for ``transposed``, a triangle filter over the repeated frames for ``nearest``), so
+    training starts from a smooth version of ``repeat``."""
+
+    def __init__(self, channels: int, scales: list[int], mode: str) -> None:
+        super().__init__()
+        self.scales, self.mode = list(scales), mode
+        convs = []
+        for s in self.scales:
+            if mode == "transposed":
+                conv = nn.ConvTranspose1d(channels, channels, 2 * s, stride=s)  # weight [C_in, C_out, 2s]
+                ramp = 1 - (torch.arange(2 * s) + 0.5 - s).abs() / s  # two frames' shares at every sample sum to 1
+            else:
+                conv = nn.Conv1d(channels, channels, 2 * s + 1, padding=s)  # weight [C_out, C_in, 2s + 1]
+                ramp = (s + 1 - (torch.arange(2 * s + 1) - s).abs()) / (s + 1) ** 2  # a triangle of area 1
+            with torch.no_grad():
+                conv.weight.copy_(torch.eye(channels)[:, :, None] * ramp)
+                conv.bias.zero_()
+            convs.append(conv)
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for s, conv in zip(self.scales, self.convs):
+            frames = x.shape[2]
+            x = conv(x)[..., s // 2: s // 2 + frames * s] if self.mode == "transposed" \
+                else conv(x.repeat_interleave(s, dim=2))
+        return x
+
+
 class ResidualLayer(nn.Module):
     """One gated dilated causal convolution with its skip 1x1 and (unless last) residual 1x1."""
 
@@ -119,15 +173,18 @@ class WaveNet(AutoregressiveModule):
         num_labels: speakers for global conditioning (0: none).
         n_mels: log-mel bands for local conditioning (0: none); ``hop_length`` samples per frame;
             ``cond_channels`` features of the frame-rate conditioning network.
+        upsample: how frame features reach the sample rate: ``repeat``, ``transposed`` or ``nearest`` (see the
+            module docstring); ``upsample_scales``: the learned stack's factors, whose product is ``hop_length``
+            (default :func:`upsample_factors`).
         default_seconds: clip length when ``sample`` is given no length.
     """
 
     def __init__(self, sample_rate: int = 8000, layers: int = 20, cycles: int = 2, dilations: list[int] | None = None,
                  kernel_size: int = 2, residual_channels: int = 64, gate_channels: int = 128,
                  skip_channels: int = 64, head_channels: int = 64, quantization: int = 256, num_labels: int = 0,
-                 n_mels: int = 0, hop_length: int = 80, cond_channels: int = 32, default_seconds: float = 1.0,
-                 lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 100,
-                 lr_schedule: str = "cosine") -> None:
+                 n_mels: int = 0, hop_length: int = 80, cond_channels: int = 32, upsample: str = "repeat",
+                 upsample_scales: list[int] | None = None, default_seconds: float = 1.0, lr: float = 1e-3,
+                 weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine") -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
         dilations = list(dilations) if dilations is not None else dilation_schedule(layers, cycles)
         if not dilations or min(dilations) < 1:
@@ -142,6 +199,12 @@ class WaveNet(AutoregressiveModule):
         if quantization < 2 or sample_rate < 1 or n_mels < 0 or num_labels < 0 or hop_length < 1:
             raise UsageError("quantization >= 2, sample_rate >= 1, hop_length >= 1, n_mels >= 0 and "
                              "num_labels >= 0 are required")
+        if upsample not in UPSAMPLING:
+            raise UsageError(f"upsample must be one of {', '.join(UPSAMPLING)}, got {upsample!r}")
+        scales = list(upsample_scales) if upsample_scales is not None else upsample_factors(hop_length)
+        if upsample != "repeat" and (min(scales, default=0) < 1 or math.prod(scales) != hop_length):
+            raise UsageError(f"upsample_scales must be positive and multiply to hop_length ({hop_length}), "
+                             f"got {scales}")
         self.save_hyperparameters()
         self.sample_rate = sample_rate
         self.dilations = dilations
@@ -158,10 +221,12 @@ class WaveNet(AutoregressiveModule):
         self.head1 = nn.Conv1d(skip_channels, head_channels, 1)
         self.head2 = nn.Conv1d(head_channels, quantization, 1)
         self.speaker_embed = nn.Embedding(num_labels, len(dilations) * gate_channels) if num_labels else None
+        self.upsampler: Upsampler | None = None
         if n_mels:
             import torchaudio
 
             self.mel_net = nn.Conv1d(n_mels, cond_channels, 3, padding=1)
+            self.upsampler = None if upsample == "repeat" else Upsampler(cond_channels, scales, upsample)
             self.mel_proj = nn.Conv1d(cond_channels, len(dilations) * gate_channels, 1, bias=False)
             self.mel_transform = torchaudio.transforms.MelSpectrogram(
                 sample_rate, n_fft=4 * hop_length, hop_length=hop_length, n_mels=n_mels)
@@ -184,12 +249,27 @@ class WaveNet(AutoregressiveModule):
         """Log-mel frames ``[B, n_mels, T // hop_length + 1]`` of the audio that mu-law codes ``[B, T]`` decode to."""
         if not self.n_mels:
             raise UsageError("this model has no local conditioning (train with --model.init_args.n_mels > 0)")
+        window = self.mel_transform.n_fft
+        if codes.shape[-1] <= window // 2:  # the transform pads each end by half a window, reflecting the clip
+            raise UsageError(f"{codes.shape[-1]} samples are too few for a mel frame: it needs more than "
+                             f"{window // 2} (for training crops, raise --data.target_length)")
         audio = decode_mu_law(codes, self.num_classes).to(self.dtype)
         return self.mel_transform(audio).clamp(min=1e-5).log10()
 
+    @property
+    def vocoder(self) -> bool:
+        """Whether the model is conditioned on log-mel frames (it then resynthesises audio rather than sampling it
+        unconditionally)."""
+        return bool(self.n_mels)
+
+    @property
+    def cond_hop(self) -> int:
+        """Samples covered by one row of the conditioning table (:meth:`cond_features`)."""
+        return self.hop_length if self.upsampler is None else 1
+
     def _split_cond(self, cond: AudioCond | torch.Tensor | None, batch: int, length: int
-                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Checked (speaker ids, mel frames) from what the caller passed."""
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Checked (speaker ids, mel frames, frames per row) from what the caller passed."""
         if not isinstance(cond, AudioCond):
             cond = AudioCond(speaker=cond)
         speaker = check_labels(cond.speaker, self.num_labels, batch)
@@ -197,7 +277,7 @@ class WaveNet(AutoregressiveModule):
         if not self.n_mels:
             if mel is not None:
                 raise UsageError("this model was trained without mel conditioning: do not pass mel frames")
-            return speaker, None
+            return speaker, None, None
         if mel is None:
             raise UsageError(f"this model is a vocoder: pass log-mel frames [B, {self.n_mels}, F] "
                              f"(e.g. wavegen sample --mel-from clip.wav)")
@@ -205,11 +285,27 @@ class WaveNet(AutoregressiveModule):
         if mel.dim() != 3 or mel.shape[0] != batch or mel.shape[1] != self.n_mels or mel.shape[2] < frames:
             raise UsageError(f"mel frames must have shape [{batch}, {self.n_mels}, >= {frames}] for {length} "
                              f"samples at hop {self.hop_length}, got {list(mel.shape)}")
-        return speaker, mel.to(self.dtype)
+        lengths = cond.mel_lengths
+        if lengths is not None and (lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > mel.shape[2]):
+            raise UsageError(f"mel_lengths must hold {batch} frame counts in [1, {mel.shape[2]}]")
+        return speaker, mel.to(self.dtype), lengths
 
-    def _mel_features(self, mel: torch.Tensor) -> torch.Tensor:
-        """Frame-rate conditioning features ``[B, cond_channels, F]``."""
-        return torch.tanh(self.mel_net(mel))
+    def cond_features(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning table ``[B, cond_channels, rows]`` of mel frames ``[B, n_mels, F]``, one row per
+        :attr:`cond_hop` samples. With ``lengths`` each row of the batch is computed from its own frames alone and
+        zero beyond them."""
+        def table(frames: torch.Tensor) -> torch.Tensor:
+            x = torch.tanh(self.mel_net(frames))
+            return x if self.upsampler is None else self.upsampler(x)
+
+        if lengths is None:
+            return table(mel)
+        rows = mel.shape[2] * self.hop_length // self.cond_hop
+        out = mel.new_zeros(mel.shape[0], self.hparams.cond_channels, rows)
+        for i, n in enumerate(lengths.tolist()):  # once per run, before any step
+            own = table(mel[i: i + 1, :, :n])
+            out[i, :, : own.shape[2]] = own[0]
+        return out
 
     # ----- teacher-forced pass ----------------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, cond: AudioCond | torch.Tensor | None = None) -> torch.Tensor:
@@ -221,21 +317,25 @@ class WaveNet(AutoregressiveModule):
         """The teacher-forced pass; appends every layer's input ``[B, R, T]`` to ``inputs`` when given (prefill)."""
         self.check_codes(codes)
         batch, length = codes.shape
-        speaker, mel = self._split_cond(cond, batch, length)
+        speaker, mel, mel_lengths = self._split_cond(cond, batch, length)
         n_layers, gate = len(self.layers), self.hparams.gate_channels
         x = F.pad(self.embed(codes[:, :-1]).transpose(1, 2), (1, 0))  # input at t is code t - 1
-        global_bias = None if speaker is None else self.speaker_embed(speaker).view(batch, n_layers, gate, 1)
+        # biases as one tensor per layer (unbind: the backward pass stacks the layers' gradients once, where
+        # indexing a layer would add its gradient into a zero tensor the size of all of them)
+        global_bias = None if speaker is None else self.speaker_embed(speaker).view(batch, n_layers, gate, 1).unbind(1)
         local_bias = None
-        if mel is not None:  # project at frame rate, then repeat each frame hop_length times
-            frames = torch.arange(length, device=codes.device) // self.hop_length
-            local_bias = self.mel_proj(self._mel_features(mel)).view(batch, n_layers, gate, -1)
+        if mel is not None:  # project the table's rows, then give each sample its row
+            frames = torch.arange(length, device=codes.device) // self.cond_hop
+            local_bias = self.mel_proj(self.cond_features(mel, mel_lengths)).view(batch, n_layers, gate, -1)
+            local_bias = local_bias.unbind(1)
         skip = 0
         for i, layer in enumerate(self.layers):
             if inputs is not None:
                 inputs.append(x)
-            bias = None if global_bias is None else global_bias[:, i]
+            bias = None if global_bias is None else global_bias[i]
             if local_bias is not None:
-                upsampled = local_bias[:, i].index_select(2, frames)
+                rows = local_bias[i]  # one row per sample when upsampled: the first `length` of them
+                upsampled = rows[..., :length] if self.cond_hop == 1 else rows.index_select(2, frames)
                 bias = upsampled if bias is None else bias + upsampled
             x, s = layer(x, bias)
             skip = skip + s
@@ -275,22 +375,45 @@ class WaveNet(AutoregressiveModule):
         """The fast-wavenet sampler: ring buffers of every layer's past inputs, one step piece."""
         return WaveNetSampler(self, batch_size, cond, event_shape)
 
+    @torch.no_grad()
+    def resynthesize(self, clips: Sequence[torch.Tensor], speakers: torch.Tensor | None = None, *,
+                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                     greedy: bool = False, use_cache: bool = True, compile: Capture = False,
+                     generator: torch.Generator | None = None, progress: bool = False) -> list[torch.Tensor]:
+        """Draw one batch: a waveform (mu-law codes) for each clip of codes ``[T_i]`` from the clip's own log-mel
+        frames (and ``speakers [B]`` for a speaker-conditioned model), each as long as its clip. Clips of different
+        lengths are drawn together: their frames are padded to the longest, and each row is conditioned on its own
+        frames only (``AudioCond.mel_lengths``), so a clip comes out as it would alone from the same noise."""
+        if not self.vocoder:
+            raise UsageError("this model has no local conditioning: it cannot resynthesise audio from mel frames")
+        mels = [self.log_mel(clip.to(self.device)[None]) for clip in clips]
+        frames = max(mel.shape[2] for mel in mels)
+        lengths = torch.tensor([mel.shape[2] for mel in mels], device=self.device)
+        cond = AudioCond(speakers, torch.cat([F.pad(mel, (0, frames - mel.shape[2])) for mel in mels]),
+                         None if bool((lengths == frames).all()) else lengths)
+        codes = self.sample(len(clips), cond=cond, length=max(len(clip) for clip in clips), temperature=temperature,
+                            top_k=top_k, top_p=top_p, greedy=greedy, use_cache=use_cache, compile=compile,
+                            generator=generator, progress=progress)
+        return [row[: len(clip)] for row, clip in zip(codes, clips)]
+
 
 class WaveNetSampler(Sampler):
     """Ring buffers and the weights folded for one step (see the module docstring), built once per run.
 
     State (B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]`` (layer l's input at time t in row
     ``offset_l + t % size_l``), ``gate_bias [B, L gate]`` and, with mel conditioning, ``mel_frames
-    [F, B, cond_channels]``. Scratch: ``inputs [L, B, R]`` (each layer's input at the current step), ``taps
-    [L (k-1), B, R]``, ``pre [L, B, gate]``, ``gated [B, L, gate/2 + 1]`` (last column ones), ``skip [B, S]``,
-    ``hidden [B, H]``, ``slots``, and with mel ``frame``, ``frame_features [1, B, cond_channels]``, ``step_bias``.
+    [rows, B, cond_channels]``, the conditioning table computed once here (row = t // ``model.cond_hop``:
+    frames for ``repeat``, samples for a learned upsampling). Scratch: ``inputs [L, B, R]`` (each layer's input
+    at the current step), ``taps [L (k-1), B, R]``, ``pre [L, B, gate]``, ``gated [B, L, gate/2 + 1]`` (last
+    column ones), ``skip [B, S]``, ``hidden [B, H]``, ``slots``, and with mel ``frame``, ``frame_features
+    [1, B, cond_channels]``, ``step_bias``.
     """
 
     @torch.no_grad()
     def __init__(self, model: WaveNet, batch_size: int, cond: AudioCond | torch.Tensor | None,
                  event_shape: tuple[int, ...]) -> None:
         (length,) = event_shape
-        speaker, mel = model._split_cond(cond, batch_size, length)
+        speaker, mel, mel_lengths = model._split_cond(cond, batch_size, length)
         super().__init__(StepCache(batch_size, model.device, model.dtype))
         self.model, self.cond = model, cond
         cache, hp = self.cache, model.hparams
@@ -335,7 +458,7 @@ class WaveNetSampler(Sampler):
         bias = gate_bias
         self.mel = mel is not None
         if self.mel:
-            features = model._mel_features(mel).permute(2, 0, 1).contiguous()  # [F, B, C]
+            features = model.cond_features(mel, mel_lengths).permute(2, 0, 1).contiguous()  # [rows, B, C]
             cache.register("mel_frames", features, batch_dim=1)
             cache.alloc("frame", (1,), batch_dim=None, dtype=torch.long, scratch=True)
             cache.alloc("frame_features", (1, batch_size, features.shape[2]), batch_dim=1, scratch=True)
@@ -357,7 +480,7 @@ class WaveNetSampler(Sampler):
             (c.pre[i], c.pre[i, :, :half], c.pre[i, :, half:], c.inputs[i], self.w_cur[i], c.gated[:, i, :half],
              c.gated[:, i], None if layer.residual is None else (c.inputs[i + 1], with_bias(layer.residual)))
             for i, layer in enumerate(model.layers)]
-        self.step = FusedStep(model, cache) if FusedStep.applies(model) else self._step
+        self.step = FusedStep(model, cache, model.cond_hop) if FusedStep.applies(model) else self._step
 
     def capturable(self, piece: Piece) -> bool:
         return not isinstance(piece, FusedStep)  # already one call per step
@@ -372,7 +495,7 @@ class WaveNetSampler(Sampler):
         c.inputs[0].mul_(c.position.gt(0))  # the input at position 0 is silence
         torch.index_select(c.ring, 0, c.slots[:n_past], out=c.taps)
         if self.mel:
-            torch.div(c.position, self.model.hop_length, rounding_mode="floor", out=c.frame[0])
+            torch.div(c.position, self.model.cond_hop, rounding_mode="floor", out=c.frame[0])
             torch.index_select(c.mel_frames, 0, c.frame, out=c.frame_features)
             torch.addmm(c.gate_bias, c.frame_features[0], self.w_mel, out=c.step_bias)
         # [L, B, (k-1) R]: a view when k = 2, one copy otherwise
