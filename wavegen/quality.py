@@ -150,8 +150,14 @@ class VocoderQuality(pl.Callback):
     def _clips(self, trainer: pl.Trainer, pl_module: WaveNet, split: str) -> tuple[list[torch.Tensor], list[int]]:
         """The first held-out files of ``split`` (codes, cut to ``seconds``) and their speakers, read once."""
         if split not in self._held_out:
-            longest = max(1, round(self.seconds * pl_module.sample_rate))
-            files = trainer.datamodule.splits()[split][: self.clips]
+            splits = getattr(trainer.datamodule, "splits", None)
+            if splits is None:
+                raise UsageError("VocoderQuality reads the held-out files of wavegen's audio data module: "
+                                 "run it with an AudioDataModule")
+            shortest = 2 * pl_module.hop_length + 1  # one mel frame
+            longest = max(shortest, round(self.seconds * pl_module.sample_rate))
+            usable = [f for f in splits()[split] if len(f.codes) >= shortest]
+            files = usable[: self.clips]
             self._held_out[split] = ([f.codes[:longest].long() for f in files], [f.speaker for f in files])
         return self._held_out[split]
 
