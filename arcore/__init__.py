@@ -1,1 +1,37 @@
-"""Shared core: the sampling engine, caches, decoding, base LightningModule, callbacks."""
+"""Shared core: the sampling engine, caches, decoding, base LightningModule, callbacks.
+
+The public names below load on first use (a module ``__getattr__``), so ``import arcore`` loads nothing heavy,
+``from arcore import sample`` loads the engine and torch alone, and only :class:`AutoregressiveModule` brings in
+PyTorch Lightning (never its command-line part, nor wandb).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from arcore.cache import Sampler, StepCache
+    from arcore.decoding import Decoding
+    from arcore.engine import BeamResult, beam_search, sample
+    from arcore.errors import UsageError
+    from arcore.module import AutoregressiveModule
+
+_HOMES = {"AutoregressiveModule": "arcore.module", "sample": "arcore.engine", "beam_search": "arcore.engine",
+          "BeamResult": "arcore.engine", "StepCache": "arcore.cache", "Sampler": "arcore.cache",
+          "Decoding": "arcore.decoding", "UsageError": "arcore.errors"}
+
+__all__ = ["AutoregressiveModule", "sample", "beam_search", "BeamResult", "StepCache", "Sampler", "Decoding",
+           "UsageError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'arcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

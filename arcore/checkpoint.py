@@ -6,7 +6,9 @@ someone else is a program. Every checkpoint this project reads (``sample``, ``te
 the archive's CRC-32 of every member (torch's reader does not, so flipped bytes in a weight tensor would load),
 then unpickles with ``torch.load(weights_only=True)``, which builds only tensors and plain values (numbers,
 strings, lists, tuples, dicts, sets), plus the short allow-list :data:`SAFE_GLOBALS`. A file that asks for
-anything else is refused before any of it runs. Every checkpoint ``fit`` writes holds only these types.
+anything else is refused before any of it runs. Every checkpoint ``fit`` writes holds only these types. A
+``.safetensors`` weights file written by ``export`` (:mod:`arcore.weights`) goes through the same functions, checked
+against the SHA-256 it records and parsed as raw tensors and JSON, so it is accepted wherever a checkpoint is.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any
 
 import torch
 
-from arcore.errors import UsageError
+from arcore import weights
+from arcore.errors import UsageError, first_line
 
 SAFE_GLOBALS: list[type] = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 """Types beyond torch's weights-only defaults that a checkpoint of this project may hold: paths, which data settings
@@ -54,6 +57,9 @@ def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str 
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    if weights.is_weights_file(data, path):  # a .safetensors weights file (arcore.weights), checked likewise
+        weights.split(data, path, what)
+        return data
     try:
         damaged = _failed_crc(data)
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError):
@@ -72,7 +78,10 @@ def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str 
 def load_checkpoint_bytes(data: bytes, path: str | Path, what: str = "checkpoint",
                           map_location: Any = "cpu") -> dict[str, Any]:
     """Unpickle checked checkpoint bytes with ``weights_only=True`` and :data:`SAFE_GLOBALS`; anything else is
-    refused in one line, before it runs."""
+    refused in one line, before it runs. A weights file gives its contents in the shape of a checkpoint
+    (:func:`arcore.weights.checkpoint_from_weights`)."""
+    if weights.is_weights_file(data, path):
+        return weights.checkpoint_from_weights(data, path, what)
     try:
         with allow_listed():
             checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
@@ -80,10 +89,10 @@ def load_checkpoint_bytes(data: bytes, path: str | Path, what: str = "checkpoint
         wanted = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         if wanted:
             raise _unsafe(what, path, wanted[0]) from None
-        raise UsageError(f"{what} {path} is not a readable checkpoint ({_first_line(exc)})") from None
+        raise UsageError(f"{what} {path} is not a readable checkpoint ({first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - torch's reader raises many types for a malformed archive
         raise UsageError(f"{what} {path} is not a readable checkpoint ({type(exc).__name__}: "
-                         f"{_first_line(exc)})") from None
+                         f"{first_line(exc)})") from None
     if not isinstance(checkpoint, dict):
         raise UsageError(f"{what} {path} is not a checkpoint written by `fit` (it holds a {type(checkpoint).__name__})")
     return checkpoint
@@ -96,17 +105,19 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = "") 
 
 
 def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base: type,
-                command: str = "sample") -> type:
+                command: str | None = "sample") -> type:
     """The model class a checkpoint records, imported from ``package`` (``pixelgen`` or ``wavegen``) and checked to
-    be a ``base`` subclass; a checkpoint of the other tool is named as such (``use `wavegen COMMAND```), and a
-    missing or malformed class name is one line, never an import traceback."""
+    be a ``base`` subclass; a checkpoint of the other tool is named as such (``use `wavegen COMMAND```, or
+    ``wavegen.load`` for a Python caller, ``command=None``), and a missing or malformed class name is one line,
+    never an import traceback."""
     name = checkpoint.get("model_class") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not name:
         raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
     shown = repr(name)[:80]
     top = name.split(".")[0] if isinstance(name, str) else ""
     if top in ("pixelgen", "wavegen") and top != package:
-        raise UsageError(f"{path} holds a {top} model ({name.rsplit('.', 1)[-1]}); use `{top} {command}` for it")
+        use = f"`{top} {command}`" if command else f"{top}.load"
+        raise UsageError(f"{path} holds a {top} model ({name.rsplit('.', 1)[-1]}); use {use} for it")
     module_name, _, class_name = name.rpartition(".") if isinstance(name, str) else ("", "", "")
     if top != package or not module_name:
         raise UsageError(f"{path} records the model class {shown}, which is not a {package} model")
@@ -166,8 +177,3 @@ def _pickle_globals(data: bytes) -> list[str]:
     except Exception:  # noqa: BLE001 - not a pickle, or cut short: what was named so far
         pass
     return names
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(exc).__name__

@@ -1,11 +1,13 @@
 """Command-line plumbing shared by ``pixelgen`` and ``wavegen``: LightningCLI subcommands plus ``sample``.
 
 ``fit | validate | test | predict`` are LightningCLI's own (configs in ``lightning_configs/``); ``sample`` is the
-package's own parser. Bad input surfaces as one ``<tool>: error: ...`` line and exit status 2, never a traceback.
+package's own parser, ``export`` (:func:`export_main`) is shared by both tools. Bad input surfaces as one
+``<tool>: error: ...`` line and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import netrc
 import os
 import sys
@@ -21,11 +23,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from arcore import weights
 from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
 from arcore.decoding import Decoding
 from arcore.errors import UsageError
-from arcore.files import atomic_write, check_output, folder_lock
-from arcore.module import AutoregressiveModule
+from arcore.files import atomic_write, check_output, folder_lock, write_atomically
+from arcore.module import AutoregressiveModule, load_checkpoint, read_model
 
 
 def wandb_offline_unless_configured() -> None:
@@ -134,7 +137,10 @@ class ProjectCLI(LightningCLI):
       hooked into its ``_parse_ckpt_path``, pinned Lightning version);
     - ``fit`` holds a lock on its checkpoint folders: a second ``fit`` into the same folder refuses at start;
     - a ``LearningRateMonitor`` is dropped when the run has no logger (it would refuse to start);
-    - a W&B run resumed from a checkpoint continues the run recorded in that checkpoint instead of starting anew.
+    - a W&B run resumed from a checkpoint continues the run recorded in that checkpoint instead of starting anew;
+    - a ``.safetensors`` weights file (``export``) is a ``ckpt_path`` for ``validate``/``test``/``predict`` (its
+      model is built from the settings it records) but not for ``fit`` (it holds no training state);
+      ``test --record_metrics true`` writes the test metrics into that file's metadata.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -156,6 +162,11 @@ class ProjectCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--record_metrics", type=bool, default=False,
+                            help="test only: write the test metrics into the metadata of the .safetensors weights "
+                                 "file given as --ckpt_path")
+
     @property
     def package(self) -> str:
         """``pixelgen`` or ``wavegen``: the tool whose models this CLI builds."""
@@ -173,10 +184,24 @@ class ProjectCLI(LightningCLI):
                                  f"(a .ckpt written by `{self.package} fit`), or ckpt_path: last to take the run's "
                                  f"last checkpoint" + (" (best is known only inside the fit that saved it)"
                                                        if path == "best" else ""))
+            if config.get("record_metrics"):
+                check_recording(subcommand, path)
             if path and path not in ("last", "hpc") and "://" not in str(path):
-                self._check_checkpoint(path, read_checkpoint(path, "--ckpt_path"), config, subcommand)
+                checkpoint = read_checkpoint(path, "--ckpt_path")
+                self._check_checkpoint(path, checkpoint, config, subcommand)
+                if checkpoint.get("weights_only"):
+                    self._build_recorded_model(subcommand, checkpoint)
+                    return
         with allow_listed():
             super()._parse_ckpt_path()
+
+    def _build_recorded_model(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        """Have the config build the model a weights file records, as LightningCLI does from a checkpoint's
+        ``hyper_parameters`` (its ``_parse_ckpt_path``, pinned Lightning version, reads those with ``torch.load``,
+        which a safetensors file is not for)."""
+        hparams = dict(checkpoint["hyper_parameters"])
+        model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def _run_subcommand(self, subcommand: str) -> None:
         config = self.config[subcommand]
@@ -190,11 +215,38 @@ class ProjectCLI(LightningCLI):
                                  f"no checkpoint in {folders}: train first with `{self.package} fit` and the same "
                                  f"config, or pass --ckpt_path FILE")
         super()._run_subcommand(subcommand)
+        if config.get("record_metrics") and self.trainer.is_global_zero:
+            record_test_metrics(config.ckpt_path, self.trainer.callback_metrics, self.datamodule)
 
     def _check_checkpoint(self, path: str | Path, checkpoint: dict[str, Any], config: Any, subcommand: str) -> None:
         model_class(checkpoint, path, self.package, AutoregressiveModule, subcommand)
+        if subcommand == "fit" and checkpoint.get("weights_only"):
+            raise UsageError(f"{path} is a weights file: it holds no optimiser or training state, so `fit` cannot "
+                             f"resume it; resume a .ckpt written by `{self.package} fit`")
         if subcommand == "fit":
             check_resume_matches_config(config, path, checkpoint, self.datamodule_class)
+
+
+def check_recording(subcommand: str, path: Any) -> None:
+    """Refuse ``--record_metrics true``, before any work, unless ``test`` is to score a weights file it can
+    rewrite."""
+    if subcommand != "test":
+        raise UsageError(f"--record_metrics applies to `test` only, not to `{subcommand}`")
+    if not (path and str(path).endswith(weights.SUFFIX)):
+        raise UsageError(f"--record_metrics true writes the test metrics into the .safetensors weights file being "
+                         f"tested: pass one as --ckpt_path (`export` writes one), got {path}")
+    check_output(path, "--ckpt_path")
+
+
+def record_test_metrics(path: str | Path, metrics: dict[str, Any], datamodule: Any) -> None:
+    """Write the ``test/*`` values of ``metrics`` (a trainer's ``callback_metrics``) and the settings of the data
+    they were measured on into the metadata of the weights file ``path`` (:func:`arcore.weights.with_test_metrics`),
+    atomically."""
+    tested = {name: float(value) for name, value in metrics.items() if name.startswith("test/")}
+    data = read_checkpoint_bytes(path, "--ckpt_path")
+    write_atomically(path, weights.with_test_metrics(data, path, tested, getattr(datamodule, "hparams", {}),
+                                                     "--ckpt_path"))
+    print(f"recorded {', '.join(f'{k} {v:.4f}' for k, v in sorted(tested.items()))} in {path}")
 
 
 def checkpoint_folders(config: Any) -> list[Path]:
@@ -247,6 +299,9 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
     try:
         if args and args[0] == "sample":
             sample_main(args[1:])
+            return 0
+        if args and args[0] == "export":
+            export_main(tool, args[1:])
             return 0
         wandb_offline_unless_configured()
         ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
@@ -304,10 +359,31 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def load_for_sampling(ckpt: str, package: str, device: torch.device) -> AutoregressiveModule:
-    from arcore.module import load_checkpoint
-
     model = load_checkpoint(ckpt, package, map_location=device)
     return model.to(device).eval()
+
+
+def export_main(tool: str, argv: Sequence[str]) -> None:
+    """``<tool> export --ckpt run.ckpt --out model.safetensors``: the weights ``sample`` and ``test`` use (the EMA
+    average when the run kept one) and the settings to rebuild the model, in a safetensors file for sharing
+    (:mod:`arcore.weights`); no optimiser or training state. The output path is checked before any work and the
+    file written atomically."""
+    parser = argparse.ArgumentParser(prog=f"{tool} export", description="Write a checkpoint's model as a "
+                                     "safetensors weights file that sample, test and load accept.")
+    parser.add_argument("--ckpt", required=True, help=f"checkpoint written by `{tool} fit` (e.g. .../last.ckpt)")
+    parser.add_argument("--out", required=True, help="the .safetensors file to write")
+    args = parser.parse_args(list(argv))
+    out = output_path(args.out, weights.SUFFIX)
+    model, checkpoint = read_model(args.ckpt, tool, command="export", what="--ckpt")
+    if checkpoint.get("weights_only"):
+        raise UsageError(f"--ckpt {args.ckpt} is already a weights file; export reads a .ckpt written by "
+                         f"`{tool} fit`")
+    metadata = weights.metadata_of(checkpoint, model, args.ckpt)
+    data = weights.encode(model.state_dict(), metadata)
+    write_atomically(out, data)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}: {type(model).__name__}, {count:,} weights ({metadata['weights']}), "
+          f"{len(data) / 2 ** 20:.2f} MiB")
 
 
 def usage_error_in(exc: BaseException) -> UsageError | None:

@@ -9,6 +9,12 @@ class UsageError(ValueError):
     """Something the user gave (a shape, a file, an option) is wrong; the message says what and how to fix it."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (at most 200 characters), or its type's name."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def check_labels(cond: torch.Tensor | None, num_labels: int, batch_size: int) -> torch.Tensor | None:
     """Validate class/speaker labels ``[B]`` for a model with ``num_labels`` classes (0: unconditional)."""
     if num_labels == 0:

@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import WandbLogger
 from arcore import checkpoint as checkpoint_io
 from arcore import engine
 from arcore.cache import ForwardSampler, Sampler
-from arcore.errors import UsageError
+from arcore.errors import UsageError, first_line
 
 
 class AutoregressiveModule(pl.LightningModule):
@@ -204,20 +204,34 @@ class AutoregressiveModule(pl.LightningModule):
                 checkpoint["wandb_run_id"] = logger.version
 
 
-def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu"
-                    ) -> AutoregressiveModule:
-    """Load a model saved by ``fit`` and check it belongs to ``package`` (``pixelgen`` or ``wavegen``). The file is
-    read once, checked for damage and unpickled weights-only (:mod:`arcore.checkpoint`): nothing in it runs."""
-    hint = f" (pass the .ckpt written by `{package} fit`)"
-    data = checkpoint_io.read_checkpoint_bytes(path, hint=hint)
-    cls = checkpoint_io.model_class(checkpoint_io.load_checkpoint_bytes(data, path), path, package,
-                                    AutoregressiveModule)
+def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu",
+                    command: str | None = "sample") -> AutoregressiveModule:
+    """Load a model saved by ``fit`` (a ``.ckpt``) or ``export`` (a ``.safetensors`` weights file) and check it
+    belongs to ``package`` (``pixelgen`` or ``wavegen``); see :func:`read_model`."""
+    return read_model(path, package, map_location, command)[0]
+
+
+def read_model(path: str | Path, package: str, map_location: str | torch.device = "cpu",
+               command: str | None = "sample", what: str = "checkpoint"
+               ) -> tuple[AutoregressiveModule, dict[str, Any]]:
+    """The model in a checkpoint or weights file of ``package``, and the file's contents. The file is read once,
+    checked for damage and read without running anything in it (:mod:`arcore.checkpoint`, :mod:`arcore.weights`).
+    ``command`` names the other tool's command in the error for a file of the other package (None: a Python
+    caller, told to use ``<package>.load``); ``what`` names the file in errors (``--ckpt``)."""
+    hint = f" (pass a .ckpt written by `{package} fit` or a .safetensors written by `{package} export`)"
+    data = checkpoint_io.read_checkpoint_bytes(path, what, hint)
+    checkpoint = checkpoint_io.load_checkpoint_bytes(data, path, what)
+    cls = checkpoint_io.model_class(checkpoint, path, package, AutoregressiveModule, command)
     try:
+        if checkpoint.get("weights_only"):  # settings and weights, nothing else: build, then fill in
+            model = cls(**{k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")})
+            model.load_state_dict(checkpoint["state_dict"])
+            return model.to(map_location), checkpoint
         with checkpoint_io.allow_listed():
-            return cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, weights_only=True)
+            model = cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return model, checkpoint
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - settings or weights that do not fit the class, in any way
-        message = str(exc).strip().splitlines()
         raise UsageError(f"{path}: its stored settings and weights do not build a {cls.__name__} "
-                         f"({type(exc).__name__}: {message[0][:200] if message else ''})") from None
+                         f"({type(exc).__name__}: {first_line(exc)})") from None
