@@ -6,8 +6,10 @@ every command and the Python loader: refused before any of their code runs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
+import re
 import shutil
 import struct
 import zipfile
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
+import pixelgen
 from arcore.errors import UsageError
 from arcore.module import load_checkpoint
 from pixelgen.cli import main as pixelgen_main
@@ -195,6 +199,65 @@ ROWS += [("malicious, wavegen sample", "wavegen", "sample --ckpt {evil_zippt} --
          ("malicious last.ckpt, resume", "pixelgen", "fit --config {pixelcnn_evil}", EVIL),
          ("malicious last.ckpt, test", "pixelgen", "test --config {pixelcnn_evil}", EVIL)]
 
+# weights files (`export`): damaged, truncated, not safetensors, or naming a class outside the tool, through sample,
+# test and export; a weights file where a training checkpoint is needed
+ST_SHA = "do not match the SHA-256 recorded in it"
+ROWS += [
+    ("weights flipped bytes, sample", "pixelgen", "sample --ckpt {st_flipped} --out {keep_png}", ST_SHA),
+    ("weights flipped bytes, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {st_flipped}", ST_SHA),
+    ("weights truncated, sample", "pixelgen", "sample --ckpt {st_truncated} --out {keep_png}",
+     "is cut short: its tensors need"),
+    ("weights truncated, validate", "pixelgen", "validate --config {pixelcnn} --ckpt_path {st_truncated}",
+     "is cut short"),
+    ("weights header cut, wavegen sample", "wavegen", "sample --ckpt {st_header_cut} --out {keep_wav}",
+     "is cut short: its header alone needs"),
+    ("not safetensors, sample", "pixelgen", "sample --ckpt {st_garbage} --out {keep_png}",
+     "is not a readable safetensors file: it does not start with a safetensors header"),
+    ("not safetensors, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {st_garbage}",
+     "is not a readable safetensors file"),
+    ("empty safetensors, predict", "wavegen", "predict --config {wavenet} --ckpt_path {st_empty}",
+     "is not a readable safetensors file (the file is empty)"),
+    ("weights header not JSON, sample", "pixelgen", "sample --ckpt {st_bad_json} --out {keep_png}",
+     "its safetensors header is not valid JSON"),
+    ("weights tensor table, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {st_bad_dtype}",
+     "its tensor table does not hold together"),
+    ("weights without checksum, sample", "pixelgen", "sample --ckpt {st_no_checksum} --out {keep_png}",
+     "records no weights_sha256"),
+    ("weights class elsewhere, sample", "pixelgen", "sample --ckpt {st_class_elsewhere} --out {keep_png}",
+     "records the model class 'os.system', which is not a pixelgen model"),
+    ("weights class elsewhere, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {st_class_elsewhere}",
+     "records the model class 'os.system', which is not a pixelgen model"),
+    ("weights class of the other tool, sample", "pixelgen", "sample --ckpt {st_class_wavegen} --out {keep_png}",
+     "holds a wavegen model (WaveNet); use `wavegen sample`"),
+    ("pixelgen weights, wavegen test", "wavegen", "test --config {wavenet} --ckpt_path {pixelcnn_st}",
+     "holds a pixelgen model (PixelCNN); use `pixelgen test`"),
+    ("weights file resumed", "pixelgen", "fit --config {pixelcnn} --ckpt_path {pixelcnn_st}",
+     "is a weights file: it holds no optimiser or training state"),
+    ("malicious .safetensors, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {evil_picklesafetensors}",
+     EVIL),
+    ("record_metrics of a .ckpt", "pixelgen", ("test --config {pixelcnn} --ckpt_path {pixelcnn_ckpt} "
+                                               "--record_metrics true"), "pass one as --ckpt_path"),
+    ("record_metrics in fit", "pixelgen", "fit --config {pixelcnn} --record_metrics true",
+     "--record_metrics applies to `test` only"),
+    ("export, missing ckpt", "pixelgen", "export --ckpt {missing}/x.ckpt --out {out}.safetensors", "does not exist"),
+    ("export, out not .safetensors", "pixelgen", "export --ckpt {pixelcnn_ckpt} --out {out}.ckpt",
+     "--out must name a .safetensors file"),
+    ("export, out is a folder", "wavegen", "export --ckpt {wavenet_ckpt} --out {st_folder}", "is a folder"),
+    ("export, out under a file", "pixelgen", "export --ckpt {pixelcnn_ckpt} --out {keep_png}/x.safetensors",
+     "is a file, not a folder"),
+    ("export, malicious", "pixelgen", "export --ckpt {evil_zipckpt} --out {out}.safetensors", EVIL),
+    ("export, damaged", "pixelgen", "export --ckpt {flipped} --out {out}/a/x.safetensors", "fails its CRC check"),
+    ("export, a weights file", "pixelgen", "export --ckpt {pixelcnn_st} --out {out}.safetensors",
+     "is already a weights file"),
+    ("export, other tool", "wavegen", "export --ckpt {pixelcnn_ckpt} --out {out}.safetensors",
+     "holds a pixelgen model (PixelCNN); use `pixelgen export`"),
+]
+DAMAGED_WEIGHTS = {"st_flipped": ST_SHA, "st_truncated": "is cut short", "st_header_cut": "is cut short",
+                   "st_garbage": "is not a readable safetensors file", "st_bad_json": "is not valid JSON",
+                   "st_bad_dtype": "tensor table does not hold together", "st_no_checksum": "no weights_sha256",
+                   "st_class_elsewhere": "which is not a pixelgen model",
+                   "st_class_wavegen": "holds a wavegen model (WaveNet); use wavegen.load"}
+
 
 class Payload:
     """Pickles as a call of ``open(marker, "w")``: loading it unsafely creates the marker file."""
@@ -236,6 +299,44 @@ def with_model_class(source: Path, target: Path, name: object) -> Path:
     return target
 
 
+def weights_variants(source: Path, folder: Path) -> dict[str, Path]:
+    """Damaged and hostile copies of the weights file ``source`` (see :data:`DAMAGED_WEIGHTS`), and one whose
+    settings name an instantiator and a class path that must be ignored (``st_instantiator``)."""
+    from safetensors.torch import load as load_tensors, save as save_tensors
+
+    from arcore.weights import encode
+
+    data = source.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    with safe_open(source, "pt") as f:
+        metadata = f.metadata()
+    tensors = load_tensors(data)
+    flipped = bytearray(data)
+    for i in range(header, min(header + 64, len(data))):
+        flipped[i] ^= 0xFF
+    bad_json = bytearray(data)
+    bad_json[9] = ord("}")  # '{}...' : the JSON object ends at once, garbage follows
+    hparams = json.loads(metadata["hyper_parameters"])
+    contents = {
+        "st_flipped": bytes(flipped), "st_truncated": data[: header + (len(data) - header) // 2],
+        "st_header_cut": data[:40], "st_garbage": b"these bytes are not a safetensors file " * 8, "st_empty": b"",
+        "st_bad_json": bytes(bad_json),
+        "st_bad_dtype": data.replace(b'"dtype":"F32"', b'"dtype":"Q99"', 1),
+        "st_no_checksum": save_tensors(tensors, metadata={k: v for k, v in metadata.items()
+                                                          if k != "weights_sha256"}),
+        "st_class_elsewhere": encode(tensors, {**metadata, "model_class": "os.system"}),
+        "st_class_wavegen": encode(tensors, {**metadata, "model_class": "wavegen.wavenet.WaveNet"}),
+        "st_instantiator": encode(tensors, {**metadata, "hyper_parameters": json.dumps(
+            {**hparams, "_instantiator": "builtins.exec", "_class_path": "os.system"})}),
+    }
+    assert contents["st_bad_dtype"] != data
+    paths = {}
+    for key, content in contents.items():
+        paths[key] = folder / f"{key}.safetensors"
+        paths[key].write_bytes(content)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Data and real checkpoints, made once: a class-conditional PixelCNN, an ImageGPT with a 4-colour palette and
@@ -268,6 +369,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                       ("class_not_model", "pixelgen.data.ImageDataModule"), ("class_number", 42),
                       ("class_elsewhere", "os.system")):
         built[key] = with_model_class(pixelcnn, root / f"{key}.ckpt", name)
+    built["pixelcnn_st"] = root / "pixelcnn.safetensors"
+    assert pixelgen_main(["export", "--ckpt", str(pixelcnn), "--out", str(built["pixelcnn_st"])]) == 0
+    built.update(weights_variants(built["pixelcnn_st"], root))
+    built["st_folder"] = root / "folder.safetensors"
+    built["st_folder"].mkdir()
     return built
 
 
@@ -347,3 +453,19 @@ def test_the_python_loader_refuses_malicious_checkpoints_without_running_them(ki
             load_checkpoint(path, "pixelgen")
     assert not marker.exists()
     assert pickle.loads(pickle.dumps(Payload(marker))) and marker.exists()  # the payload is real: unsafe load runs it
+
+
+@pytest.mark.parametrize("key", sorted(DAMAGED_WEIGHTS))
+def test_the_python_load_refuses_damaged_or_hostile_weights_files_in_one_line(key, built):
+    with pytest.raises(UsageError, match=re.escape(DAMAGED_WEIGHTS[key])) as refused:
+        pixelgen.load(built[key])
+    assert "\n" not in str(refused.value)
+
+
+def test_settings_in_a_weights_file_cannot_name_what_to_run(built):
+    """An ``_instantiator`` or ``_class_path`` in the recorded settings is ignored: the model class is the one the
+    metadata names, checked, and its settings are plain JSON values."""
+    model = pixelgen.load(built["st_instantiator"])
+    assert type(model) is pixelgen.PixelCNN
+    expected = pixelgen.load(built["pixelcnn_st"]).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
