@@ -27,27 +27,32 @@ class SampleLogger(pl.Callback):
 
     Images are logged as one grid of samples and, for image models, one grid of completions: the first
     ``num_completions`` validation images completed from their top half, each beside its original (the real image
-    on the left). Audio is logged as clips plus a spectrogram image. Sampling uses the cached engine and a fixed
-    seed, so successive epochs show the same noise through a better model. Under DDP rank 0 samples and logs alone.
+    on the left). Audio is logged as clips plus a spectrogram image; for a vocoder (a model whose ``vocoder`` is
+    true, conditioned on log-mel frames) the first ``num_completions`` validation clips are resynthesised from their
+    own frames instead, and each is logged beside its resynthesis (clips captioned ``original_i`` and
+    ``resynthesis_i``, and both spectrograms, the original above). Sampling uses the cached engine and a fixed
+    seed, so successive epochs show the same noise through a better model; ``compile`` samples through captured
+    steps (see :func:`arcore.engine.sample`). Under DDP rank 0 samples and logs alone.
     Listed before :class:`EMA` it samples the averaged weights (EMA swaps the raw ones back at the same hook).
     """
 
     def __init__(self, num_samples: int = 16, every_n_epochs: int = 1, temperature: float = 1.0,
-                 audio_seconds: float = 1.0, seed: int = 0, num_completions: int = 8) -> None:
+                 audio_seconds: float = 1.0, seed: int = 0, num_completions: int = 8, compile: bool = False) -> None:
         self.num_samples = num_samples
+        self.compile = compile
         self.every_n_epochs = every_n_epochs
         self.temperature = temperature
         self.audio_seconds = audio_seconds
         self.seed = seed
         self.num_completions = num_completions
-        self._real: tuple[torch.Tensor, torch.Tensor] | None = None  # validation images and labels to complete
+        self._real: tuple[torch.Tensor, torch.Tensor] | None = None  # validation images or clips, and labels
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero and self.num_completions \
-                and hasattr(pl_module, "image_shape"):
-            images, labels = batch
-            self._real = images[: self.num_completions].clone(), labels[: self.num_completions].clone()
+                and (hasattr(pl_module, "image_shape") or _is_vocoder(pl_module)):
+            real, labels = batch
+            self._real = real[: self.num_completions].clone(), labels[: self.num_completions].clone()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -55,16 +60,21 @@ class SampleLogger(pl.Callback):
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # every rank: a collective in DDP
         if not trainer.is_global_zero:
             return
+        prefix = out_dir / f"step{trainer.global_step:07d}"
+        if _is_vocoder(pl_module):
+            if self._real is not None:
+                self._resynthesis(trainer, pl_module, *self._real, prefix)
+                self._real = None
+            return
         n = self.num_samples
         cond = None
         if getattr(pl_module, "num_labels", 0):
             cond = torch.arange(n, device=pl_module.device) % pl_module.num_labels
         rate = getattr(pl_module, "sample_rate", None)
         length = int(self.audio_seconds * rate) if rate else None
-        codes = pl_module.sample(n, cond=cond, length=length, temperature=self.temperature,
+        codes = pl_module.sample(n, cond=cond, length=length, temperature=self.temperature, compile=self.compile,
                                  generator=self._generator(pl_module))
         media = pl_module.render_samples(codes)
-        prefix = out_dir / f"step{trainer.global_step:07d}"
         pictures: dict[str, Path] = {}
         clips = None
         if "images" in media:
@@ -79,6 +89,24 @@ class SampleLogger(pl.Callback):
             self._real = None
         _publish(trainer, pictures, clips, rate)
 
+    def _resynthesis(self, trainer: pl.Trainer, pl_module: pl.LightningModule, codes: torch.Tensor,
+                     labels: torch.Tensor, prefix: Path) -> None:
+        """Resynthesise validation clips ``codes [N, T]`` from their own mel frames; save and log each original
+        beside its resynthesis, with the spectrograms of the first pair."""
+        made = pl_module.resynthesize(list(codes), labels if pl_module.num_labels else None,
+                                      temperature=self.temperature, compile=self.compile,
+                                      generator=self._generator(pl_module))
+        rate = pl_module.sample_rate
+        pairs = torch.stack([pl_module.render_samples(codes)["audio"],
+                             pl_module.render_samples(torch.stack(made))["audio"]], dim=1)  # [N, 2, T]
+        captions = []
+        for i, pair in enumerate(pairs):
+            for kind, clip in zip(("original", "resynthesis"), pair):
+                save_wav(clip, rate, f"{prefix}_{kind}_{i}.wav")
+                captions.append(f"{kind}_{i}")
+        picture = spectrogram_image(pairs[0], rate, f"{prefix}_resynthesis_spec.png")
+        _publish(trainer, {"samples/resynthesis_spectrogram": picture}, pairs.flatten(0, 1), rate, captions)
+
     def _generator(self, pl_module: pl.LightningModule) -> torch.Generator:
         return torch.Generator(device=pl_module.device).manual_seed(self.seed)
 
@@ -88,10 +116,15 @@ class SampleLogger(pl.Callback):
         height = images.shape[2]
         cond = labels if pl_module.num_labels else None
         done = pl_module.sample(len(images), cond=cond, prime=image_prime(pl_module, images, height // 2),
-                                temperature=self.temperature, generator=self._generator(pl_module))
+                                temperature=self.temperature, compile=self.compile,
+                                generator=self._generator(pl_module))
         real = pl_module.render_samples(image_prime(pl_module, images, height))["images"]
         pairs = torch.stack([real, pl_module.render_samples(done)["images"]], dim=1).flatten(0, 1)
         return save_image_grid(pairs, path, nrow=2 * math.ceil(math.sqrt(len(images) / 2)))
+
+
+def _is_vocoder(model: pl.LightningModule) -> bool:
+    return bool(getattr(model, "vocoder", False))
 
 
 def image_prime(model: pl.LightningModule, images: torch.Tensor, rows: int) -> torch.Tensor:
@@ -103,8 +136,10 @@ def image_prime(model: pl.LightningModule, images: torch.Tensor, rows: int) -> t
 
 
 def _publish(trainer: pl.Trainer, pictures: dict[str, Path], clips: torch.Tensor | None,
-             sample_rate: int | None) -> None:
-    """Log saved pictures (PNG files by key) and audio clips ``[N, T]`` to every W&B or TensorBoard logger."""
+             sample_rate: int | None, captions: list[str] | None = None) -> None:
+    """Log saved pictures (PNG files by key) and audio clips ``[N, T]`` (named by ``captions``, else numbered) to
+    every W&B or TensorBoard logger."""
+    names = captions or [str(i) for i in range(len(clips) if clips is not None else 0)]
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
     step = trainer.global_step
@@ -114,16 +149,16 @@ def _publish(trainer: pl.Trainer, pictures: dict[str, Path], clips: torch.Tensor
 
             logged: dict[str, Any] = {key: wandb.Image(str(path)) for key, path in pictures.items()}
             if clips is not None:
-                logged["samples/audio"] = [wandb.Audio(clip.float().cpu().numpy(), sample_rate=sample_rate)
-                                           for clip in clips]
+                logged["samples/audio"] = [wandb.Audio(clip.float().cpu().numpy(), sample_rate=sample_rate,
+                                                       caption=name) for clip, name in zip(clips, names)]
             logger.experiment.log({**logged, "trainer/global_step": step})
         elif isinstance(logger, TensorBoardLogger):
             for key, path in pictures.items():
                 with Image.open(path) as picture:
                     pixels = np.asarray(picture.convert("RGB"))
                 logger.experiment.add_image(key, pixels, step, dataformats="HWC")
-            for i, clip in enumerate(clips if clips is not None else []):
-                logger.experiment.add_audio(f"samples/audio/{i}", clip.float().cpu().clamp(-1, 1)[None], step,
+            for name, clip in zip(names, clips if clips is not None else []):
+                logger.experiment.add_audio(f"samples/audio/{name}", clip.float().cpu().clamp(-1, 1)[None], step,
                                             sample_rate=sample_rate)
 
 

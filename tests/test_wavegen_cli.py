@@ -20,17 +20,19 @@ from wavegen.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp_path: Path, data_root: Path, *, speakers: int = 0, n_mels: int = 0) -> Path:
-    """A 3-layer WaveNet on 8 kHz clips; without mel conditioning it logs samples during validation."""
+def tiny_config(tmp_path: Path, data_root: Path, *, speakers: int = 0, n_mels: int = 0, upsample: str = "repeat",
+                callbacks: str = "") -> Path:
+    """A 3-layer WaveNet on 8 kHz clips that logs samples during validation (resynthesised validation clips when
+    conditioned on mel frames); ``callbacks`` are more list items, as for :func:`trainer_yaml`."""
     config = tmp_path / "tiny.yaml"
-    sample_logger = "" if n_mels else """
+    sample_logger = """
     - class_path: arcore.callbacks.SampleLogger
-      init_args: {num_samples: 2, audio_seconds: 0.04}"""
-    config.write_text(trainer_yaml(tmp_path / "run", callbacks=sample_logger) + f"""
+      init_args: {num_samples: 2, audio_seconds: 0.04, num_completions: 2}"""
+    config.write_text(trainer_yaml(tmp_path / "run", callbacks=sample_logger + callbacks) + f"""
 model:
   class_path: wavegen.wavenet.WaveNet
   init_args: {{dilations: [1, 2, 4], residual_channels: 8, gate_channels: 8, skip_channels: 8, head_channels: 8,
-               num_labels: {speakers}, n_mels: {n_mels}, hop_length: 40, cond_channels: 4}}
+               num_labels: {speakers}, n_mels: {n_mels}, hop_length: 40, cond_channels: 4, upsample: {upsample}}}
 data:
   root: {data_root}
   target_length: 200

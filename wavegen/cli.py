@@ -3,6 +3,7 @@
     wavegen fit --config lightning_configs/wavenet_speech.yaml --data.root DIR
     wavegen test --config lightning_configs/wavenet_speech.yaml --data.root DIR --ckpt_path last
     wavegen sample --ckpt runs/wavenet_speech/checkpoints/last.ckpt --seconds 2 --out clip.wav
+    wavegen sample --ckpt runs/wavenet_vocoder/checkpoints/last.ckpt --mel-from DIR --out resynth/
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from arcore.cli import (
     seeded_generator,
 )
 from arcore.errors import UsageError
+from arcore.files import check_output
 from arcore.media import save_wav
-from wavegen.data import AudioDataModule, mu_law_encode, read_audio, why_unusable
-from wavegen.wavenet import AudioCond, WaveNet
+from wavegen.data import AUDIO_SUFFIXES, AudioDataModule, mu_law_encode, read_audio, why_unusable
+from wavegen.wavenet import WaveNet
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wavegen sample", description="Generate audio from a trained WaveNet.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `wavegen fit`")
-    p.add_argument("--out", required=True, help="output .wav (clip_0.wav, clip_1.wav, ... when --num-samples > 1)")
+    p.add_argument("--out", required=True,
+                   help="output .wav (clip_0.wav, clip_1.wav, ... when --num-samples > 1); a folder when --mel-from "
+                        "names several files or a folder (one WAV per input, named after it)")
     p.add_argument("--seconds", type=float, default=None,
                    help="length of each clip (default 2, or the length of --mel-from)")
     p.add_argument("--num-samples", type=int, default=1)
@@ -49,8 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prime", default=None, help="audio file whose start the clips continue")
     p.add_argument("--prime-seconds", type=float, default=0.5)
     p.add_argument("--speaker", type=int, default=None, help="speaker id of a speaker-conditioned model")
-    p.add_argument("--mel-from", default=None, help="audio file whose log-mel frames condition a vocoder model")
+    p.add_argument("--mel-from", nargs="+", default=None,
+                   help="audio files or folders (searched recursively) whose log-mel frames condition a vocoder "
+                        "model: each input is resynthesised, as long as it is (or --seconds)")
     p.add_argument("--no-cache", action="store_true", help="the cache-free reference path (slow)")
+    p.add_argument("--compile", action="store_true",
+                   help="capture the sampling step once and replay it (CUDA graphs on a GPU, torch.compile on "
+                        "the CPU; same samples, faster on a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads (default 1: a step's tiny products lose more to thread sync than they gain)")
@@ -70,6 +79,42 @@ def _codes_of(path: str, model: WaveNet, option: str) -> torch.Tensor:
     return mu_law_encode(clip, model.num_classes).to(model.device)
 
 
+def _mel_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """The audio files that ``--mel-from`` names (folders searched recursively), and each one's output name relative
+    to the output folder (a folder's files keep their place under it)."""
+    files, names = [], []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise UsageError(f"--mel-from {given} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+            files += found
+            names += [p.relative_to(given).with_suffix(".wav") for p in found]
+        elif not given.exists():
+            raise UsageError(f"--mel-from {given} does not exist")
+        else:
+            files.append(given)
+            names.append(Path(given.name).with_suffix(".wav"))
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise UsageError(f"--mel-from: two inputs would both be written as {twice}: resynthesise them separately")
+    return files, names
+
+
+def _mel_codes(path: Path, model: WaveNet, seconds: float | None) -> torch.Tensor:
+    """One ``--mel-from`` input as codes (its first ``seconds``), refused in one line when a vocoder could not use it:
+    not audio, silent, or too short for one mel frame."""
+    codes = _codes_of(str(path), model, "--mel-from")
+    if seconds is not None:
+        codes = codes[: max(1, round(seconds * model.sample_rate))]
+    if len(codes) <= 2 * model.hop_length:  # the mel transform's window needs more than half its width
+        raise UsageError(f"--mel-from {path} gives {len(codes)} samples at {model.sample_rate} Hz, too few for a mel "
+                         f"frame: it needs more than {2 * model.hop_length}")
+    if bool((codes == codes[0]).all()):
+        raise UsageError(f"--mel-from {path} is silent: there is nothing to resynthesise")
+    return codes
+
+
 def _clip_paths(out: Path, n: int) -> list[Path]:
     return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
@@ -84,40 +129,27 @@ def sample_main(argv: Sequence[str]) -> None:
     if not 1 <= args.threads <= (os.cpu_count() or 1):
         raise UsageError(f"--threads must be >= 1 and at most {os.cpu_count() or 1} (this machine's cores), "
                          f"got {args.threads}")
-    out = output_path(args.out, ".wav")
+    several = args.mel_from is not None and (len(args.mel_from) > 1 or Path(args.mel_from[0]).is_dir())
+    inputs = _mel_inputs(args.mel_from) if args.mel_from is not None else None
+    out = _output_folder(args.out, inputs[1]) if several else output_path(args.out, ".wav")
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     model = load_for_sampling(args.ckpt, "wavegen", device)
     if not isinstance(model, WaveNet):
         raise UsageError(f"{args.ckpt} holds a {type(model).__name__}, not a WaveNet")
+    if inputs is not None:
+        _resynthesize(args, model, *inputs, out, several)
+        return
+    if model.n_mels:
+        raise UsageError("this model is a vocoder (conditioned on log-mel frames): pass --mel-from clip.wav")
     n, rate = args.num_samples, model.sample_rate
     length = round((args.seconds or 2.0) * rate)
-    mel = None
-    if args.mel_from is not None:
-        codes = _codes_of(args.mel_from, model, "--mel-from")
-        length = len(codes) if args.seconds is None else min(length, len(codes))
-        if length <= 2 * model.hop_length:  # the mel transform's window needs more than half its width
-            raise UsageError(f"--mel-from {args.mel_from} gives {length} samples at {rate} Hz, too few for a mel "
-                             f"frame: it needs more than {2 * model.hop_length}")
-        mel = model.log_mel(codes[None, :length]).expand(n, -1, -1)
-    elif model.n_mels:
-        raise UsageError("this model is a vocoder (conditioned on log-mel frames): pass --mel-from clip.wav")
     if length < 1:
         raise UsageError(f"--seconds {args.seconds} is shorter than one sample at {rate} Hz")
     check_fits_in_memory(n, length)
-    folder = next((path for path in _clip_paths(out, n) if path.is_dir()), None)
-    if folder is not None:
-        raise UsageError(f"--out {out}: the clip file {folder} would replace a folder")
-    speaker = None
-    if args.speaker is not None:
-        if not 0 <= args.speaker < model.num_labels:
-            raise UsageError(f"--speaker {args.speaker} is out of range: " + (
-                f"this model has {model.num_labels} speakers, pass K in [0, {model.num_labels})" if model.num_labels
-                else "this model is not speaker-conditioned, drop --speaker"))
-        speaker = torch.full((n,), args.speaker, dtype=torch.long, device=device)
-    elif model.num_labels:
-        raise UsageError(f"this model is speaker-conditioned: pass --speaker K with K in [0, {model.num_labels})")
+    _refuse_folders(out, _clip_paths(out, n))
+    speaker = _speakers(args, model, n)
     prime = None
     if args.prime is not None:
         prime_codes = _codes_of(args.prime, model, "--prime")[: round(args.prime_seconds * rate)]
@@ -128,11 +160,10 @@ def sample_main(argv: Sequence[str]) -> None:
     generator = seeded_generator(args.seed, device)
 
     def draw(first: int, count: int) -> torch.Tensor:
-        part_speaker = rows(speaker, first, count)
-        cond = AudioCond(part_speaker, rows(mel, first, count)) if mel is not None else part_speaker
-        return model.sample(count, cond=cond, prime=rows(prime, first, count), length=length,
+        return model.sample(count, cond=rows(speaker, first, count), prime=rows(prime, first, count), length=length,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
-                            use_cache=not args.no_cache, generator=generator, progress=True)
+                            use_cache=not args.no_cache, compile=args.compile, generator=generator,
+                            progress=True)
 
     start = time.perf_counter()
     chunks = draw_in_chunks(draw, n, args.batch_size, tool="wavegen", generator=generator)
@@ -145,6 +176,80 @@ def sample_main(argv: Sequence[str]) -> None:
     if chunks.interrupted:
         raise interrupted_exit("wavegen", chunks, paths)
     print(f"{n * length / elapsed:,.0f} samples/s ({n * length / rate / elapsed:.2f}x real time at {rate} Hz)")
+
+
+def _speakers(args: argparse.Namespace, model: WaveNet, n: int) -> torch.Tensor | None:
+    """``--speaker`` as ids ``[n]`` on the model's device, checked against the model (None: not conditioned)."""
+    if args.speaker is not None:
+        if not 0 <= args.speaker < model.num_labels:
+            raise UsageError(f"--speaker {args.speaker} is out of range: " + (
+                f"this model has {model.num_labels} speakers, pass K in [0, {model.num_labels})" if model.num_labels
+                else "this model is not speaker-conditioned, drop --speaker"))
+        return torch.full((n,), args.speaker, dtype=torch.long, device=model.device)
+    if model.num_labels:
+        raise UsageError(f"this model is speaker-conditioned: pass --speaker K with K in [0, {model.num_labels})")
+    return None
+
+
+def _output_folder(path: str, names: list[Path]) -> Path:
+    """``--out`` as the folder of several resynthesised clips, checked before any work; creates nothing."""
+    out = Path(path)
+    if out.suffix.lower() == ".wav" or out.is_file():
+        raise UsageError(f"--out {path}: name a folder (one WAV per input) when --mel-from names several files or "
+                         f"a folder")
+    check_output(out / names[0])
+    return out
+
+
+def _refuse_folders(out: Path, paths: Sequence[Path]) -> None:
+    folder = next((path for path in paths if path.is_dir()), None)
+    if folder is not None:
+        raise UsageError(f"--out {out}: the clip file {folder} would replace a folder")
+
+
+def _resynthesize(args: argparse.Namespace, model: WaveNet, files: list[Path], names: list[Path], out: Path,
+                  several: bool) -> None:
+    """``wavegen sample --mel-from``: every input resynthesised from its own log-mel frames (``--num-samples``
+    times for one file), drawn ``--batch-size`` at a time, longest first so that a batch's clips are of similar
+    lengths; each WAV is as long as its input and written as soon as its batch is done."""
+    if args.prime is not None:
+        raise UsageError("--prime does not combine with --mel-from: a vocoder draws the whole clip from the frames")
+    if several and args.num_samples > 1:
+        raise UsageError("--num-samples applies to one --mel-from file; several inputs are resynthesised once each")
+    clips = [_mel_codes(path, model, args.seconds) for path in files]  # every input checked before any work
+    if not model.n_mels:
+        raise UsageError("this model has no mel conditioning (not a vocoder): drop --mel-from")
+    if several:
+        paths = [out / name for name in names]
+    else:
+        paths, clips = _clip_paths(out, args.num_samples), clips * args.num_samples
+    _refuse_folders(out, paths)
+    check_fits_in_memory(min(len(clips), args.batch_size), max(map(len, clips)))
+    speakers = _speakers(args, model, len(clips))
+    order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
+    generator = seeded_generator(args.seed, model.device)
+    written: list[Path] = []
+
+    def draw(first: int, count: int) -> torch.Tensor:
+        batch = order[first: first + count]
+        made = model.resynthesize([clips[i] for i in batch], None if speakers is None else speakers[batch],
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  greedy=args.greedy, use_cache=not args.no_cache, compile=args.compile,
+                                  generator=generator, progress=True)
+        for i, codes in zip(batch, made):
+            save_wav(model.render_samples(codes[None])["audio"][0], model.sample_rate, paths[i])
+            written.append(paths[i])
+            print(f"wrote {paths[i]}")
+        return torch.zeros(count, 0)  # the clips are written as their batch finishes
+
+    start = time.perf_counter()
+    chunks = draw_in_chunks(draw, len(clips), args.batch_size, tool="wavegen", generator=generator)
+    elapsed = time.perf_counter() - start
+    if chunks.interrupted:
+        raise interrupted_exit("wavegen", chunks, written)
+    total, rate = sum(map(len, clips)), model.sample_rate
+    print(f"{len(clips)} clips, {total:,} samples: {total / elapsed:,.0f} samples/s "
+          f"({total / rate / elapsed:.2f}x real time at {rate} Hz)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
