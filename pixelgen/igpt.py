@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
-from arcore.errors import UsageError, check_labels
+from arcore.errors import UsageError, options, check_labels
 from arcore.module import AutoregressiveModule
 from pixelgen import palette as pal
 from pixelgen.fused import FusedStep
@@ -112,14 +112,16 @@ class Block(nn.Module):
 
     def step(self, x: torch.Tensor, kv: torch.Tensor, index: torch.Tensor, visible: torch.Tensor,
              dense: Sequence[Affine]) -> torch.Tensor:
-        """One position ``x [B, width]``: write its key and value into ``kv [B, 2, heads, S, head_dim]`` at
-        ``index [1]`` and attend over the ``S`` cached positions, the additive ``visible [1, 1, 1, S]`` masking
-        those not yet written; ``dense`` are the block's four products (see :meth:`dense`) in sampling form."""
+        """One position ``x [B, width]``: write its key and value into ``kv [B, 2, heads, N, head_dim]`` at
+        ``index [1]`` and attend over the first ``S`` cached positions, the additive ``visible [1, 1, 1, S]``
+        masking those not yet written; ``dense`` are the block's four products (see :meth:`dense`) in sampling form.
+        (The write goes to the whole buffer, not to a view of its first ``S`` positions: a compiled step would copy
+        the whole cache to write through such a view.)"""
         qkv, proj, fc, out = dense
-        b = x.shape[0]
+        b, span = x.shape[0], visible.shape[-1]
         qkv = qkv(self.ln1(x)).view(b, 3, self.heads, 1, -1)
         kv.index_copy_(3, index, qkv[:, 1:])
-        att = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0], kv[:, 1], attn_mask=visible)
+        att = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0, :, :span], kv[:, 1, :, :span], attn_mask=visible)
         x = x + proj(att.view(b, -1))
         return x + self.mlp(x, fc, out)
 
@@ -225,8 +227,8 @@ class ImageGPT(AutoregressiveModule):
             return
         check_image_data(self, datamodule)
         if getattr(datamodule, "levels", 256) != 256:
-            raise UsageError("ImageGPT fits its palette on 8-bit pixels: set --data.bits 8 and --data.binarize "
-                             "null")
+            raise UsageError("ImageGPT fits its palette on 8-bit pixels: set the data's bits=8 and binarize=None",
+                             {"the data's ": "", **options("data", "bits", "binarize"), "None": "null"})
         if stage == "fit" and not self.palette_fitted:
             self.fit_palette(datamodule.train_pixels().to(self.device))
 
@@ -335,7 +337,7 @@ class ImageGPTSampler(Sampler):
                         F.embedding(previous_code(seq, cache.position), model.token_embedding.weight)
                         + model.position_embedding.index_select(0, index))
         for block, kv, dense in zip(model.blocks, self.layer_kv, self.dense):
-            x = block.step(x, kv[..., :span, :], index, visible, dense)
+            x = block.step(x, kv, index, visible, dense)
         return self.head(model.ln_f(x))
 
     @torch.no_grad()
