@@ -57,7 +57,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The first line of an error as the command line reads it (a library error's Python arguments as flags)."""
+    text = (exc.for_command_line() if isinstance(exc, UsageError) else str(exc)).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from arcore.errors import UsageError
+from arcore.errors import UsageError, options
+
+OPTIONS = {**options("", "temperature", "top_k", "top_p"), "greedy=True": "--greedy"}
+"""The ``sample`` commands' spelling of these settings, for errors (:class:`arcore.errors.UsageError`)."""
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,14 @@ class Decoding:
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:  # also catches NaN
-            raise UsageError(f"temperature must be > 0, got {self.temperature} (use --greedy for the most likely "
-                             f"code at each step)")
+            raise UsageError(f"temperature must be > 0, got {self.temperature} (use greedy=True for the most likely "
+                             f"code at each step)", OPTIONS)
         if not math.isfinite(self.temperature):
-            raise UsageError(f"temperature must be finite, got {self.temperature}")
+            raise UsageError(f"temperature must be finite, got {self.temperature}", OPTIONS)
         if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"top_k must be >= 1, got {self.top_k}")
+            raise UsageError(f"top_k must be >= 1, got {self.top_k}", OPTIONS)
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}", OPTIONS)
 
     @property
     def argmax(self) -> bool:

@@ -1,12 +1,58 @@
-"""The one exception type for bad user input; the command-line tools print it as a single line."""
+"""The one exception type for bad user input; the command-line tools print it as a single line.
+
+A library error speaks of the Python arguments to change (``temperature must be > 0 (use greedy=True ...)``,
+``bits must be between 1 and 8``). The same check reaches a command-line user with the tool's flags instead
+(``--temperature``, ``--greedy``, ``--data.bits``): the error carries, in ``options``, how the command line spells
+each argument its message names, and the tools print :meth:`UsageError.for_command_line`. So every check is
+written once, wherever it runs (a constructor, a model's ``setup`` inside Lightning, the engine).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
+
+GROUPS = {"": "--", "data": "--data.", "model": "--model.init_args."}
+"""Where the command line puts a Python argument: a ``sample`` option, a data-module or a model setting."""
 
 
 class UsageError(ValueError):
-    """Something the user gave (a shape, a file, an option) is wrong; the message says what and how to fix it."""
+    """Something the user gave (a shape, a file, an option) is wrong; the message says what and how to fix it, in
+    Python terms. ``options`` maps phrases of the message (argument names, ``name=``, ``greedy=True``) to their
+    command-line wording (see :func:`options`)."""
+
+    def __init__(self, message: str, options: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.options = dict(options or {})
+
+    def for_command_line(self) -> str:
+        """The message with every phrase of :attr:`options` in its command-line wording (a name only where it
+        stands as a word of its own, not inside a path)."""
+        text = str(self)
+        if not self.options:
+            return text
+        pattern = "|".join((r"(?<![\w./-])" if _wordy(p[:1]) else "") + re.escape(p)
+                           + (r"(?![\w/])" if _wordy(p[-1:]) else "")
+                           for p in sorted(self.options, key=len, reverse=True))  # the longest phrase first
+        return re.sub(pattern, lambda m: self.options[m.group()], text)
+
+
+def _wordy(character: str) -> bool:
+    return character.isalnum() or character == "_"
+
+
+def options(group: str, *names: str) -> dict[str, str]:
+    """How the command line spells the Python arguments ``names`` of ``group`` (``""``: a ``sample`` option,
+    ``"data"``: a data-module setting, ``"model"``: a model setting): ``top_k`` as ``--top-k``, ``bits`` as
+    ``--data.bits``, and ``name=value`` as ``--flag value``."""
+    spelled = {}
+    for name in names:
+        flag = GROUPS[group] + (name.replace("_", "-") if not group else name)
+        spelled[name] = flag
+        spelled[f"{name}="] = f"{flag} "
+    return spelled
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,12 +17,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from arcore.data import CodesDataModule, EpochShuffle, ResumableLoader, Split, scan, warn
-from arcore.errors import UsageError
+from arcore.errors import UsageError, options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 BINARIZATIONS = ("threshold", "bernoulli")
+OPTIONS = {**options("data", "dataset", "root", "bits", "binarize", "channels", "batch_size", "val_size",
+                     "image_size", "num_workers"), "None": "null"}
+"""How the command line spells :class:`ImageDataModule`'s arguments, for its errors (``--data.bits``)."""
 
 
 def quantise(pixels: torch.Tensor, bits: int = 8, binarize: str | None = None, seed: int = 0) -> torch.Tensor:
@@ -46,8 +49,8 @@ def dequantise(codes: torch.Tensor, levels: int) -> torch.Tensor:
 def _offline_error(dataset: str, root: Path, exc: BaseException) -> UsageError:
     return UsageError(
         f"could not load {dataset} from {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        f"; without network access, put the files there or point --data.root at a copy "
-        f"(on this project's machines: --data.root ../shared/data)")
+        f"; without network access, put the files there or point root at a copy "
+        f"(on this project's machines: root=../shared/data)", OPTIONS)
 
 
 def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +98,7 @@ def _folder_split(folder: Path, classes: list[str], channels: int, size: int | N
                          f"({found}): put PNG or JPEG images there in ImageFolder layout")
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) > 1:
-        raise UsageError(f"images under {folder} differ in size ({sorted(shapes)[:3]}...): set --data.image_size")
+        raise UsageError(f"images under {folder} differ in size ({sorted(shapes)[:3]}...): set image_size", OPTIONS)
     stacked = torch.stack(images)
     stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
     return stacked.contiguous(), torch.tensor(labels, dtype=torch.long)
@@ -117,16 +120,16 @@ class ImageDataModule(CodesDataModule):
                  image_size: int | None = None) -> None:
         super().__init__()
         if dataset not in ("mnist", "cifar10", "folder"):
-            raise UsageError(f"--data.dataset must be mnist, cifar10 or folder, got {dataset!r}")
+            raise UsageError(f"dataset must be mnist, cifar10 or folder, got {dataset!r}", OPTIONS)
         if not 1 <= bits <= 8:
-            raise UsageError(f"--data.bits must be between 1 and 8, got {bits}")
+            raise UsageError(f"bits must be between 1 and 8, got {bits}", OPTIONS)
         if binarize not in (None, *BINARIZATIONS):
-            raise UsageError(f"--data.binarize must be threshold, bernoulli or null, got {binarize!r}")
+            raise UsageError(f"binarize must be threshold, bernoulli or None, got {binarize!r}", OPTIONS)
         if channels not in (1, 3):
-            raise UsageError(f"--data.channels must be 1 or 3, got {channels}")
+            raise UsageError(f"channels must be 1 or 3, got {channels}", OPTIONS)
         if batch_size < 1 or val_size < 1 or num_workers < 0 or (image_size is not None and image_size < 1):
-            raise UsageError(f"--data.batch_size, --data.val_size and --data.image_size must be >= 1 and "
-                             f"--data.num_workers >= 0, got {batch_size}, {val_size}, {image_size} and {num_workers}")
+            raise UsageError(f"batch_size, val_size and image_size must be >= 1 and num_workers >= 0, got "
+                             f"{batch_size}, {val_size}, {image_size} and {num_workers}", OPTIONS)
         self.save_hyperparameters()
         self.dataset, self.root, self.bits, self.binarize = dataset, Path(root), bits, binarize
         self.batch_size, self.val_size, self.num_workers, self.download = batch_size, val_size, num_workers, download
@@ -153,7 +156,7 @@ class ImageDataModule(CodesDataModule):
         train = self.root / "train"
         if not train.is_dir():
             raise UsageError(f"folder dataset needs {train}/<class>/<images> (ImageFolder layout); "
-                             f"set --data.root to the folder that holds train/ (and test/)")
+                             f"set root to the folder that holds train/ (and test/)", options("data", "root"))
         return sorted(p.name for p in train.iterdir() if p.is_dir())
 
     def _raw(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +167,7 @@ class ImageDataModule(CodesDataModule):
                 folder = self.root / key
                 if not folder.is_dir():
                     raise UsageError(f"{folder} does not exist: the folder dataset needs train/ and test/ "
-                                     f"under --data.root")
+                                     f"under root", options("data", "root"))
                 self._splits[key] = _folder_split(folder, self._classes(), self.channels, self.image_size)
             else:
                 self._splits[key] = _torchvision_split(self.dataset, self.root, train, self.download)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache
-from arcore.errors import UsageError, check_labels
+from arcore.errors import UsageError, options, check_labels
 from arcore.module import AutoregressiveModule
 from pixelgen import mixture
 
@@ -446,13 +446,13 @@ def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:
     data_shape = tuple(datamodule.image_shape)
     if data_shape != tuple(model.hparams.image_shape):
         raise UsageError(f"the data gives images of shape {data_shape} but the model was built for "
-                         f"{tuple(model.hparams.image_shape)}: set --model.init_args.image_shape "
-                         f"[{', '.join(map(str, data_shape))}]")
+                         f"{tuple(model.hparams.image_shape)}: set image_shape=[{', '.join(map(str, data_shape))}]",
+                         options("model", "image_shape"))
     if getattr(datamodule, "levels", None) is not None and "levels" in model.hparams \
             and datamodule.levels != model.hparams.levels:
         raise UsageError(f"the data has {datamodule.levels} levels per sub-pixel but the model "
-                         f"{model.hparams.levels}: set --model.init_args.levels {datamodule.levels}")
+                         f"{model.hparams.levels}: set levels={datamodule.levels}", options("model", "levels"))
     if model.num_labels and model.num_labels < datamodule.num_labels:
         raise UsageError(f"the data has {datamodule.num_labels} classes but the model only "
-                         f"{model.num_labels}: set --model.init_args.num_labels {datamodule.num_labels}")
+                         f"{model.num_labels}: set num_labels={datamodule.num_labels}", options("model", "num_labels"))
 

@@ -197,3 +197,24 @@ def test_the_readme_python_code_runs_as_written(fitted, tmp_path, monkeypatch):
     assert scope["samples"].shape == (16, 1, 28, 28)
     assert torch.equal(scope["completed"][:, :, :14], scope["samples"][:4, :, :14])
     assert scope["bits_per_dim"].shape == (4,) and bool((scope["bits_per_dim"] > 0).all())
+
+
+def test_library_errors_name_python_arguments_and_the_tools_their_flags():
+    """One check, two spellings: the message names the Python argument; the command-line tools print it with
+    their flag (``arcore.cli`` prints :meth:`UsageError.for_command_line`)."""
+    with pytest.raises(UsageError, match=r"temperature must be > 0, got 0 \(use greedy=True") as refused:
+        arcore.Decoding(temperature=0)
+    assert refused.value.for_command_line().startswith("--temperature must be > 0, got 0 (use --greedy for")
+    with pytest.raises(UsageError, match=r"^top_p must be in \(0, 1\]") as refused:
+        tiny_models()["pixelcnn"].sample(1, cond=torch.tensor([0]), top_p=1.5)
+    assert refused.value.for_command_line().startswith("--top-p must be")
+    with pytest.raises(UsageError, match="^bits must be between 1 and 8, got 9$") as refused:
+        pixelgen.ImageDataModule(bits=9)
+    assert refused.value.for_command_line() == "--data.bits must be between 1 and 8, got 9"
+    vocoder = tiny_models()["wavenet"]
+    with pytest.raises(UsageError, match=r"as cond=AudioCond\(mel=model.log_mel\(codes\)\)$") as refused:
+        vocoder.sample(1, cond=torch.tensor([0]), length=8)
+    assert refused.value.for_command_line().endswith("pass its log-mel frames with --mel-from clip.wav")
+    with pytest.raises(UsageError, match=r"^root=/tmp/pytest-of-root/x is not a folder") as refused:
+        wavegen.AudioDataModule(root="/tmp/pytest-of-root/x").splits()
+    assert refused.value.for_command_line().startswith("--data.root /tmp/pytest-of-root/x is not")  # paths kept

@@ -105,7 +105,7 @@ def test_bad_files_are_skipped_with_one_line_each(tmp_path, capsys):
 
 def test_nothing_usable_is_one_clear_error(tmp_path):
     (tmp_path / "bad.wav").write_text("nope")
-    with pytest.raises(UsageError, match="no usable audio .* under .*: point --data.root"):
+    with pytest.raises(UsageError, match="no usable audio .* under .*: point root at"):
         AudioDataModule(str(tmp_path)).splits()
     with pytest.raises(UsageError, match="not a folder"):
         AudioDataModule(str(tmp_path / "missing")).splits()
@@ -136,9 +136,10 @@ def test_short_clips_are_padded_or_skipped_and_said_once(tmp_path, capsys, polic
 
 
 def test_torchaudio_dataset_offline_names_the_root_option(tmp_path):
-    with pytest.raises(UsageError, match="could not load yesno .*--data.root"):
+    with pytest.raises(UsageError, match="could not load yesno .*point root at") as refused:
         AudioDataModule(str(tmp_path), dataset="yesno", download=False).splits()
-    with pytest.raises(UsageError, match="--data.dataset"):
+    assert "point --data.root at a folder of audio files with --data.dataset folder" in refused.value.for_command_line()
+    with pytest.raises(UsageError, match="dataset must be folder or one of"):
         AudioDataModule(str(tmp_path), dataset="timit")
 
 

@@ -77,17 +77,18 @@ ROWS = [
     ("prime longer than clip", "wavegen", ("sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --prime {clip} "
                                           "--prime-seconds 0.2 --seconds 0.01"), "must be shorter than the clip"),
     # decoding options
-    ("top-p 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-p 0", "top_p must be in (0, 1]"),
-    ("top-p nan", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-p nan", "top_p must be in (0, 1]"),
+    ("top-p 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-p 0", "--top-p must be in (0, 1]"),
+    ("top-p nan", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-p nan",
+     "--top-p must be in (0, 1]"),
     ("top-p above 1", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --top-p 1.5",
-     "top_p must be in (0, 1]"),
+     "--top-p must be in (0, 1]"),
     ("temperature 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --temperature 0",
-     "temperature must be > 0, got 0.0 (use --greedy"),
+     "--temperature must be > 0, got 0.0 (use --greedy for"),
     ("temperature inf", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --temperature inf",
      "temperature must be finite, got inf"),
     ("temperature negative", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --temperature -1",
      "temperature must be > 0, got -1.0"),
-    ("top-k 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-k 0", "top_k must be >= 1"),
+    ("top-k 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-k 0", "--top-k must be >= 1"),
     # non-finite, absurd or out-of-range numbers
     ("batch size 0", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --batch-size 0",
      "--batch-size must be >= 1"),

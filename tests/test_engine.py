@@ -142,7 +142,7 @@ def test_step_cache_reorders_every_batched_buffer():
 def test_bad_decoding_and_prime_arguments_are_clear_errors():
     model = tiny((1, 3, 3), levels=4)
     for temperature in (0.0, -1.0, float("nan")):
-        with pytest.raises(UsageError, match=r"temperature must be > 0, got .* \(use --greedy"):
+        with pytest.raises(UsageError, match=r"temperature must be > 0, got .* \(use greedy=True"):
             model.sample(1, temperature=temperature)
     with pytest.raises(UsageError, match="temperature must be finite"):
         model.sample(1, temperature=float("inf"))

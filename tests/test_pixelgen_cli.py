@@ -115,8 +115,10 @@ def test_mismatched_data_and_model_is_one_line(tmp_path, capsys):
 
 
 def test_missing_data_offline_names_the_root_option(tmp_path, monkeypatch):
-    with pytest.raises(UsageError, match="--data.root"):
+    with pytest.raises(UsageError, match="point root at a copy") as refused:
         ImageDataModule("mnist", root=str(tmp_path), download=False).prepare_data()
+    assert "--data.root at a copy (on this project's machines: --data.root ../shared/data)" in \
+        refused.value.for_command_line()
 
     import torchvision
 
@@ -124,9 +126,9 @@ def test_missing_data_offline_names_the_root_option(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
-    with pytest.raises(UsageError, match=r"URLError.*--data.root"):
+    with pytest.raises(UsageError, match=r"URLError.*point root at"):
         ImageDataModule("cifar10", root=str(tmp_path)).prepare_data()
-    with pytest.raises(UsageError, match="threshold, bernoulli or null"):
+    with pytest.raises(UsageError, match="threshold, bernoulli or None"):
         ImageDataModule("mnist", binarize="yes")
     with pytest.raises(UsageError, match="train/<class>"):
         _ = ImageDataModule("folder", root=str(tmp_path)).num_labels

@@ -24,12 +24,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from arcore.data import CodesDataModule, EpochDraws, ResumableLoader, Split, run_seed, scan, warn
-from arcore.errors import UsageError
+from arcore.errors import UsageError, options
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 DIGITS_PATTERN = r"^\d+_(?P<speaker>[^_]+)_\d+$"  # DIGIT_SPEAKER_TAKE, the spoken-digits naming
 TORCHAUDIO_DATASETS = {"yesno": "YESNO", "ljspeech": "LJSPEECH", "vctk": "VCTK_092"}
 MIN_RATE, MAX_RATE = 1_000, 768_000  # sample rates (Hz) a file may have
+OPTIONS = options("data", "root", "dataset", "sample_rate", "target_length", "speaker_pattern", "short_clips",
+                  "val_fraction", "test_fraction", "batch_size", "crops_per_epoch", "num_workers")
+"""How the command line spells :class:`AudioDataModule`'s arguments, for its errors (``--data.root``)."""
 MAX_RESAMPLE_TAPS = 1 << 24  # largest resampling filter bank accepted (64 MB of float32)
 
 
@@ -163,16 +166,16 @@ class AudioDataModule(CodesDataModule):
                  num_workers: int = 0, download: bool = True, quantization: int = 256, split_seed: int = 0) -> None:
         super().__init__()
         if dataset != "folder" and dataset not in TORCHAUDIO_DATASETS:
-            raise UsageError(f"--data.dataset must be folder or one of {', '.join(TORCHAUDIO_DATASETS)}, "
-                             f"got {dataset!r}")
+            raise UsageError(f"dataset must be folder or one of {', '.join(TORCHAUDIO_DATASETS)}, "
+                             f"got {dataset!r}", OPTIONS)
         if short_clips not in ("pad", "skip"):
-            raise UsageError(f"--data.short_clips must be pad or skip, got {short_clips!r}")
+            raise UsageError(f"short_clips must be pad or skip, got {short_clips!r}", OPTIONS)
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise UsageError("--data.val_fraction and --data.test_fraction must be in [0, 1) and sum below 1")
+            raise UsageError("val_fraction and test_fraction must be in [0, 1) and sum below 1", OPTIONS)
         if sample_rate < 1 or target_length < 1 or batch_size < 1 or crops_per_epoch < 1 or num_workers < 0:
-            raise UsageError(f"--data.sample_rate, --data.target_length, --data.batch_size and "
-                             f"--data.crops_per_epoch must be >= 1 and --data.num_workers >= 0, got {sample_rate}, "
-                             f"{target_length}, {batch_size}, {crops_per_epoch} and {num_workers}")
+            raise UsageError(f"sample_rate, target_length, batch_size and crops_per_epoch must be >= 1 and "
+                             f"num_workers >= 0, got {sample_rate}, {target_length}, {batch_size}, {crops_per_epoch} "
+                             f"and {num_workers}", OPTIONS)
         self.save_hyperparameters()
         self.root, self.dataset, self.sample_rate = Path(root), dataset, sample_rate
         self.target_length, self.receptive_field = target_length, receptive_field
@@ -180,7 +183,7 @@ class AudioDataModule(CodesDataModule):
         try:
             self.speaker_pattern = re.compile(pattern) if pattern else None
         except re.error as exc:
-            raise UsageError(f"--data.speaker_pattern is not a valid regex: {exc}") from None
+            raise UsageError(f"speaker_pattern is not a valid regex: {exc}", OPTIONS) from None
         self.short_clips, self.val_fraction, self.test_fraction = short_clips, val_fraction, test_fraction
         self.batch_size, self.crops_per_epoch, self.num_workers = batch_size, crops_per_epoch, num_workers
         self.download, self.quantization, self.split_seed = download, quantization, split_seed
@@ -198,7 +201,7 @@ class AudioDataModule(CodesDataModule):
     def _folder_clips(self) -> list[tuple[str, str, torch.Tensor]]:
         """(name, speaker, clip) of every readable audio file under ``root``; the rest is skipped with a warning."""
         if not self.root.is_dir():
-            raise UsageError(f"--data.root {self.root} is not a folder of audio files")
+            raise UsageError(f"root={self.root} is not a folder of audio files", OPTIONS)
         paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         clips = []
         for path in scan(paths, "reading audio"):
@@ -227,8 +230,8 @@ class AudioDataModule(CodesDataModule):
             return cls(str(self.root), download=self.download)
         except Exception as exc:  # noqa: BLE001 - downloads fail in many ways offline
             raise UsageError(f"could not load {self.dataset} from {self.root} ({type(exc).__name__}); without "
-                             f"network access put a copy there or point --data.root at a folder of audio files "
-                             f"with --data.dataset folder") from None
+                             f"network access put a copy there or point root at a folder of audio files "
+                             f"with dataset=folder", OPTIONS) from None
 
     def _torchaudio_clips(self) -> list[tuple[str, str, torch.Tensor]]:
         """(name, speaker, clip) of every item; VCTK's speaker ids are used when ``speaker_pattern`` is set."""
@@ -256,7 +259,7 @@ class AudioDataModule(CodesDataModule):
         raw = self._folder_clips() if self.dataset == "folder" else self._torchaudio_clips()
         if not raw:
             raise UsageError(f"no usable audio ({', '.join(sorted(AUDIO_SUFFIXES))}) under {self.root}: "
-                             f"point --data.root at a folder of WAV/FLAC files")
+                             f"point root at a folder of WAV/FLAC files", OPTIONS)
         self.speakers = sorted({speaker for _, speaker, _ in raw}) if self.speaker_pattern else []
         index = {name: i for i, name in enumerate(self.speakers)}
         clips = [Clip(name, mu_law_encode(clip, self.quantization).to(torch.uint8), index.get(speaker, 0))
@@ -294,7 +297,7 @@ class AudioDataModule(CodesDataModule):
         fitted = {name: [f for f in map(fit, clips) if f is not None] for name, clips in splits.items()}
         if not fitted["train"]:
             raise UsageError(f"no training file is as long as one crop ({length} samples): use "
-                             f"--data.short_clips pad or a smaller --data.target_length")
+                             f"short_clips=pad or a smaller target_length", OPTIONS)
         self._cropped = (length, fitted)
         return fitted
 

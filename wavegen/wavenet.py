@@ -46,7 +46,7 @@ from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
 from arcore.engine import Capture
-from arcore.errors import UsageError, check_labels
+from arcore.errors import UsageError, check_labels, options
 from arcore.module import AutoregressiveModule
 from wavegen.fused import FusedStep
 
@@ -248,11 +248,12 @@ class WaveNet(AutoregressiveModule):
     def log_mel(self, codes: torch.Tensor) -> torch.Tensor:
         """Log-mel frames ``[B, n_mels, T // hop_length + 1]`` of the audio that mu-law codes ``[B, T]`` decode to."""
         if not self.n_mels:
-            raise UsageError("this model has no local conditioning (train with --model.init_args.n_mels > 0)")
+            raise UsageError("this model has no local conditioning (train with n_mels > 0)", options("model", "n_mels"))
         window = self.mel_transform.n_fft
         if codes.shape[-1] <= window // 2:  # the transform pads each end by half a window, reflecting the clip
             raise UsageError(f"{codes.shape[-1]} samples are too few for a mel frame: it needs more than "
-                             f"{window // 2} (for training crops, raise --data.target_length)")
+                             f"{window // 2} (for training crops, raise the data's target_length)",
+                             {"the data's target_length": "--data.target_length"})
         audio = decode_mu_law(codes, self.num_classes).to(self.dtype)
         return self.mel_transform(audio).clamp(min=1e-5).log10()
 
@@ -279,8 +280,10 @@ class WaveNet(AutoregressiveModule):
                 raise UsageError("this model was trained without mel conditioning: do not pass mel frames")
             return speaker, None, None
         if mel is None:
-            raise UsageError(f"this model is a vocoder: pass log-mel frames [B, {self.n_mels}, F] "
-                             f"(e.g. wavegen sample --mel-from clip.wav)")
+            raise UsageError(f"this model is a vocoder: pass log-mel frames [B, {self.n_mels}, F] as "
+                             f"cond=AudioCond(mel=model.log_mel(codes))",
+                             {f"log-mel frames [B, {self.n_mels}, F] as cond=AudioCond(mel=model.log_mel(codes))":
+                              "its log-mel frames with --mel-from clip.wav"})
         frames = -(-length // self.hop_length)
         if mel.dim() != 3 or mel.shape[0] != batch or mel.shape[1] != self.n_mels or mel.shape[2] < frames:
             raise UsageError(f"mel frames must have shape [{batch}, {self.n_mels}, >= {frames}] for {length} "
@@ -358,16 +361,18 @@ class WaveNet(AutoregressiveModule):
         rate = getattr(datamodule, "sample_rate", None)
         if rate is not None and rate != self.sample_rate:
             raise UsageError(f"the data is resampled to {rate} Hz but the model is built for {self.sample_rate} Hz: "
-                             f"set --data.sample_rate {self.sample_rate} or --model.init_args.sample_rate {rate}")
+                             f"set the data's sample_rate={self.sample_rate} or the model's sample_rate={rate}",
+                             {"the data's sample_rate=": "--data.sample_rate ",
+                              "the model's sample_rate=": "--model.init_args.sample_rate "})
         if not hasattr(datamodule, "num_speakers"):
             return
         speakers = datamodule.num_speakers
         if self.num_labels and self.num_labels < speakers:
             raise UsageError(f"the data has {speakers} speakers but the model only {self.num_labels}: "
-                             f"set --model.init_args.num_labels {speakers}")
+                             f"set num_labels={speakers}", options("model", "num_labels"))
         if self.num_labels and not speakers:
             raise UsageError("the model is speaker-conditioned but the data has no speaker labels: "
-                             "set --data.speaker_pattern")
+                             "set the data's speaker_pattern", {"the data's speaker_pattern": "--data.speaker_pattern"})
 
     # ----- cached sampling --------------------------------------------------------------------------------------
     def sampler(self, batch_size: int, cond: AudioCond | torch.Tensor | None, event_shape: tuple[int, ...]
