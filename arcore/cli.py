@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import netrc
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -308,8 +309,12 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
         ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
                    args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
                    save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
-                   auto_configure_optimizers=False)
+                   auto_configure_optimizers=False, parser_kwargs={"exit_on_error": False})
         return 0
+    except argparse.ArgumentError as exc:  # jsonargparse's parse errors: a usage text and a tree of causes
+        print(f"{tool}: error: {parse_error_line(str(exc))} (see `{tool} {args[0] if args else 'fit'} --help`)",
+              file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -325,6 +330,25 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
         print(f"{tool}: error: the checkpoint does not match this model's configuration "
               f"({_one_line(exc)}); resume with the config it was trained with", file=sys.stderr)
         return 2
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's nested parse error as one line: the option it is about and the innermost cause, e.g.
+    ``--model.init_args.lr: expected a float, got nan``."""
+    keys: list[str] = []
+    for line in message.splitlines():
+        text = line.strip().lstrip("-").strip()
+        key = re.fullmatch(r'Parser key "([^"]+)":', text)
+        if key:
+            keys.append(key.group(1))
+        elif text.startswith("Problem with given class_path"):
+            keys.append("init_args")
+        elif text and not text.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
+            detail = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", text)
+            detail = re.sub(r"^Expected a (\w+)\. Got value: (.*)$",
+                            lambda m: f"expected {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]}, got {m[2]}", detail)
+            return f"--{'.'.join(keys)}: {detail}" if keys else detail
+    return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
 
 
 def output_path(path: str | Path, suffix: str) -> Path:

@@ -317,7 +317,8 @@ class PixelCNNSampler(Sampler):
         self.row_codes = torch.arange(width * self.colours, device=model.device)  # offsets of one row's codes
         self.row = self._row
         if model.output == "softmax":
-            self.head2_w = self.head2_w.view(-1, self.colours, model.num_classes)
+            # [head, C, levels], contiguous: inductor miscompiles the colour's gather from the strided view
+            self.head2_w = self.head2_w.reshape(-1, self.colours, model.num_classes).contiguous()
             self.head2_b = self.head2_b.view(self.colours, model.num_classes)
             self.step = self._step
         else:
