@@ -51,6 +51,9 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     parser.add_argument("--beams", type=int, default=0, help="beam search for the most likely completion instead")
     parser.add_argument("--no-cache", action="store_true", help="cache-free reference sampler (slow)")
+    parser.add_argument("--compile", action="store_true",
+                        help="capture the sampling step once and replay it (CUDA graphs on a GPU, torch.compile on "
+                             "the CPU; same samples, faster on a GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return parser
 
@@ -107,12 +110,12 @@ def sample_main(argv: Sequence[str]) -> None:
         part_cond, part_prime = rows(cond, first, count), rows(prime, first, count)
         if args.beams:
             result = model.beam_search(count, beams=args.beams, cond=part_cond, prime=part_prime,
-                                       use_cache=not args.no_cache)
+                                       use_cache=not args.no_cache, compile=args.compile)
             best_log_probs.append(result.log_prob[:, 0])
             return result.codes[:, 0]
         return model.sample(count, cond=part_cond, prime=part_prime, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, use_cache=not args.no_cache,
-                            generator=generator, progress=True)
+                            compile=args.compile, generator=generator, progress=True)
 
     start = time.perf_counter()
     chunks = draw_in_chunks(draw, n, args.batch_size, tool="pixelgen", generator=generator)
