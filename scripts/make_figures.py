@@ -5,8 +5,8 @@
 Everything is drawn through the package command lines (``pixelgen sample``, ``wavegen sample``) with seed 0, so a
 figure changes only when its checkpoint does. Image runs give a grid of samples and completions of real test images
 from their top half (with the originals in ``*_completions_real.png``); the WaveNet run gives a 2-second clip and its
-spectrogram; the vocoder run resynthesises the first 3 seconds of the first held-out file of speech-en (the data
-module's own test split) and gives the original, the resynthesis and their spectrograms, one above the other. A run
+spectrogram; the vocoder run resynthesises the first 3 seconds of the first held-out file of speech-en that long
+(the data module's own test split) and gives the original, the resynthesis and their spectrograms, one above the other. A run
 whose checkpoint is missing is skipped with a note. ``--data-root`` is where MNIST, the CIFAR-10 subset and the
 speech are found (the completions and the resynthesis need the real test data).
 """
@@ -79,10 +79,11 @@ def vocoder_figures(run: str, ckpt: Path, data_root: Path, out: Path) -> list[Pa
 
     folder, seconds = VOCODER_RUNS[run]
     hparams = read_checkpoint(ckpt)["datamodule_hyper_parameters"]
-    held_out = AudioDataModule(str(data_root / folder), sample_rate=hparams["sample_rate"],
-                               val_fraction=hparams["val_fraction"], test_fraction=hparams["test_fraction"],
-                               split_seed=hparams["split_seed"]).splits()["test"][0]
+    test = AudioDataModule(str(data_root / folder), sample_rate=hparams["sample_rate"],
+                           val_fraction=hparams["val_fraction"], test_fraction=hparams["test_fraction"],
+                           split_seed=hparams["split_seed"]).splits()["test"]
     rate = hparams["sample_rate"]
+    held_out = next((clip for clip in test if len(clip.codes) >= seconds * rate), test[0])
     original, resynthesis = out / f"{run}_original.wav", out / f"{run}_resynthesis.wav"
     save_wav(decode_mu_law(held_out.codes[: round(seconds * rate)].long()), rate, original)
     command(wavegen, run, ["--ckpt", str(ckpt), "--mel-from", str(original), "--seed", SEED, "--out",
