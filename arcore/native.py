@@ -52,8 +52,8 @@ def enabled(switch: str) -> bool:
 
 
 def load(name: str, source: Path, *, what: str) -> ModuleType | None:
-    """The compiled module of ``source``, built on first use; None (after one warning naming ``what`` falls back
-    to the PyTorch step) when it cannot be built here."""
+    """The compiled module of ``source``, built on first use; None when it cannot be built here (with one warning:
+    ``what`` uses the PyTorch step)."""
     build = build_name(name, source)
     if build not in _loaded:
         try:
@@ -97,6 +97,7 @@ def cpu_tag() -> str:
 
 
 def _load(build: str, source: Path) -> ModuleType:
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note is noise here
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
     final = root / build  # only ever a complete build: it appears by one rename
@@ -142,7 +143,6 @@ def _build(build: str, source: Path, root: Path, final: Path) -> ModuleType:
     for stale in root.glob(f"{build}.build-*"):
         shutil.rmtree(stale, ignore_errors=True)
     private = Path(tempfile.mkdtemp(prefix=f"{build}.build-", dir=root))
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note is noise here
     print(f"compiling the fused CPU sampling step {source.name} (once per kind of CPU and version; under a "
           f"minute)", file=sys.stderr, flush=True)
     try:

@@ -1,70 +1,173 @@
-"""WaveNet benchmark: cached vs cache-free sampling, cost per sample as the clip grows, training samples/s.
+"""WaveNet benchmark: the fused C++ step, the PyTorch step, cache-free sampling and r9y9/wavenet_vocoder, side by side.
 
     python -m benchmarks.bench_wavenet [--quick] [--results benchmarks/RESULTS.md]
 
-The reference configuration of the engine issue: 20 layers in 2 cycles, kernel 2, 64 residual / 128 gate /
-64 skip channels, 256 mu-law classes, random weights (speed does not depend on training). Sampling goes through
-``model.sample`` (the shared engine: decoding, noise and the code buffer included). The cache-free sampler reruns
-the network over the whole clip buffer for every sample, so its cost per sample is set by the clip length: it is
-timed over a few positions. ``--results`` replaces the WaveNet section of a Markdown results file.
+Models, random weights (speed does not depend on training): the reference WaveNet of the engine issue (20 layers in
+2 cycles, kernel 2, 64 residual / 128 gate / 64 skip / 64 head channels, 256 mu-law classes), which is also the
+model of ``lightning_configs/wavenet_speech.yaml``; ``wavenet_digits.yaml`` (the same with 6 speakers); and
+``wavenet_vocoder.yaml`` (16 layers, 128 head channels, conditioned on 80-band log-mel frames every 80 samples
+through a learned x4 x4 x5 upsampling). Each is sampled through ``model.sample`` (the shared engine: decoding,
+noise and the code buffer included; the vocoder's conditioning network included) with the fused step and with the
+PyTorch step (``WAVEGEN_FUSED=0``), at 1 and 2 threads, in one run. The cache-free sampler reruns the network over
+the whole clip for every sample, so it is timed over a few positions of a 1 s clip.
+
+r9y9/wavenet_vocoder 0.1.1 (``pip install -e '.[bench]'``) is built at the same sizes (speakers through its global
+conditioning, the vocoder through its local conditioning with its upsampling network) and timed in the same run
+with its ``incremental_forward``: at batch 1 its own sampling loop; at batch 16, which its sampler cannot draw,
+the same loop fed the codes (``test_inputs``), which runs the same network per step without the draw.
+``--results`` replaces the WaveNet section of a Markdown results file.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
-from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds
-from wavegen.wavenet import WaveNet
+from arcore.engine import stepper
+from benchmarks.common import (
+    best_time,
+    machine,
+    matmul_flops,
+    table,
+    top_ops,
+    training_step_seconds,
+    write_section,
+)
+from wavegen.fused import FusedStep
+from wavegen.wavenet import AudioCond, WaveNet, upsample_factors
 
-REFERENCE = {"layers": 20, "cycles": 2, "kernel_size": 2, "residual_channels": 64, "gate_channels": 128,
-             "skip_channels": 64, "head_channels": 64}
+CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
+RATE = 8000
+REFERENCE = "reference = wavenet_speech.yaml"
+Cond = Callable[[int, int], "AudioCond | torch.Tensor | None"]
 
 
-def cached_samples_per_second(model: WaveNet, batch: int, length: int) -> float:
+def shipped(name: str, **changes: object) -> WaveNet:
+    """The model of a shipped config, with ``changes``, random weights, in eval mode."""
+    args = yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
+    return WaveNet(**{**args, **changes}).eval()
+
+
+def models() -> dict[str, tuple[WaveNet, Cond]]:
+    """Name -> (model, cond(batch, length))."""
+    torch.manual_seed(0)
+    speech, digits, vocoder = (shipped(f"wavenet_{name}.yaml") for name in ("speech", "digits", "vocoder"))
+    mels, hop = vocoder.hparams.n_mels, vocoder.hop_length
+    return {
+        REFERENCE: (speech, lambda b, n: None),
+        "wavenet_digits.yaml (6 speakers)": (digits, lambda b, n: torch.arange(b) % 6),
+        "wavenet_vocoder.yaml": (vocoder, lambda b, n: AudioCond(mel=torch.randn(b, mels, -(-n // hop)))),
+    }
+
+
+def with_step(fused: bool) -> None:
+    os.environ["WAVEGEN_FUSED"] = "1" if fused else "0"
+
+
+def cached_rate(model: WaveNet, cond: Cond, batch: int, length: int, fused: bool) -> float:
+    """Samples/s of ``model.sample`` with the fused or the PyTorch step (best of 3 after a warm-up)."""
+    with_step(fused)
+    assert isinstance(model.sampler(batch, cond(batch, length), (length,)).step, FusedStep) == fused
     generator = torch.Generator().manual_seed(0)
-    seconds = best_time(lambda: model.sample(batch, length=length, generator=generator), repeats=2)
+    condition = cond(batch, length)
+    seconds = best_time(lambda: model.sample(batch, cond=condition, length=length, generator=generator), repeats=7)
     return batch * length / seconds
 
 
-def naive_samples_per_second(model: WaveNet, batch: int, length: int, positions: int) -> float:
-    """Cache-free samples/s for a clip of ``length`` samples, from its first ``positions`` steps."""
+def naive_rate(model: WaveNet, cond: Cond, batch: int, length: int, positions: int) -> float:
+    """Cache-free samples/s in a clip of ``length`` samples: the whole network once per generated sample (1 thread
+    only: it is the reference, not a contender)."""
     seq = torch.zeros(batch, length, dtype=torch.long)
+    condition = cond(batch, length)
     with torch.no_grad():
         def run() -> None:
             for t in range(positions):
-                model(seq)[:, t]
-        return batch * positions / best_time(run, repeats=2)
+                model(seq, condition)[:, t]
+        return batch * positions / best_time(run, repeats=3)
 
 
-def cached_cost_by_position(model: WaveNet, batch: int, length: int, windows: int) -> list[float]:
-    """Microseconds per sample of the cached step in ``windows`` equal stretches of one clip (after a warm-up)."""
-    model.sample(batch, length=500)
-    cache = model.init_cache(batch, None, (length,))
-    seq = torch.randint(0, model.num_classes, (batch, length))
-    per_window = length // windows
-    costs = []
+def r9y9(model: WaveNet) -> torch.nn.Module:
+    """r9y9/wavenet_vocoder's WaveNet at ``model``'s sizes and conditioning, random weights, ready to generate."""
+    from wavenet_vocoder import WaveNet as R9y9WaveNet
+
+    hp = model.hparams
+    vocoder = {"cin_channels": hp.n_mels, "upsample_conditional_features": True,
+               "upsample_scales": hp.upsample_scales or upsample_factors(hp.hop_length)} if hp.n_mels else {}
+    speakers = {"gin_channels": 16, "n_speakers": hp.num_labels} if hp.num_labels else {}
+    net = R9y9WaveNet(out_channels=hp.quantization, layers=len(model.dilations), stacks=hp.cycles,
+                      residual_channels=hp.residual_channels, gate_channels=hp.gate_channels,
+                      skip_out_channels=hp.skip_channels, kernel_size=hp.kernel_size, **vocoder, **speakers)
+    net.eval()
+    net.make_generation_fast_()
+    return net
+
+
+def r9y9_rate(model: WaveNet, batch: int, length: int) -> float:
+    """Samples/s of r9y9's ``incremental_forward`` at ``model``'s settings (see the module docstring)."""
+    net, hp = r9y9(model), model.hparams
+    c = torch.randn(batch, hp.n_mels, length // hp.hop_length) if hp.n_mels else None
+    g = (torch.arange(batch) % hp.num_labels).view(batch, 1) if hp.num_labels else None
+    inputs = None
+    if batch > 1:
+        codes = torch.randint(0, hp.quantization, (batch, length))
+        inputs = torch.nn.functional.one_hot(codes, hp.quantization).float().transpose(1, 2)
     with torch.no_grad():
-        for w in range(windows):
-            start = time.perf_counter()
-            for t in range(w * per_window, (w + 1) * per_window):
-                model.step(cache, t, seq)
-                cache.position.add_(1)
-            costs.append((time.perf_counter() - start) / (per_window * batch) * 1e6)
-    return costs
+        seconds = best_time(lambda: net.incremental_forward(c=c, g=g, T=length, test_inputs=inputs,
+                                                            quantize=batch == 1), repeats=5)
+    return batch * length / seconds
 
 
-def training_samples_per_second(batch: int, length: int, steps: int) -> float:
-    codes = torch.randint(0, 256, (batch, length))
-    return batch * length / training_step_seconds(WaveNet(**REFERENCE), codes, steps)
+def sampling_rows(quick: bool, threads_list: list[int]) -> list[list[object]]:
+    """One row per (model, threads, batch)."""
+    try:
+        import wavenet_vocoder  # noqa: F401
+        have_r9y9 = True
+    except ImportError:
+        have_r9y9 = False
+    length = 1000 if quick else 2000  # short clips, many repeats: the best run is the least disturbed one
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for name, (model, cond) in models().items():
+            for batch in (1, 16):
+                fused = cached_rate(model, cond, batch, length // (1 if batch == 1 else 2), fused=True)
+                plain = cached_rate(model, cond, batch, length // (4 if batch == 1 else 8), fused=False)
+                naive = naive_rate(model, cond, batch, RATE, positions=1 if quick or batch > 1 else 2) \
+                    if threads == 1 else None
+                other = r9y9_rate(model, batch, 240 if batch == 1 else 160) if have_r9y9 else None
+                rows.append([name, threads, batch, f"**{fused:,.0f}**", f"{plain:,.0f}",
+                             "-" if naive is None else f"{naive:,.1f}", "-" if other is None else f"{other:,.0f}",
+                             f"{fused / plain:.1f}x", "-" if other is None else f"{fused / other:,.0f}x",
+                             f"{fused / RATE:.2f}x"])
+                print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    with_step(True)
+    torch.set_num_threads(1)
+    return rows
+
+
+def step_seconds(model: WaveNet, batch: int, steps: int, fused: bool) -> float:
+    """Seconds per step of the sampler's step alone (no decoding), over ``steps`` positions."""
+    with_step(fused)
+    run, sampler = stepper(model, batch, None, (steps,))
+    seq = torch.randint(0, model.num_classes, (batch, steps))
+
+    def go() -> None:
+        sampler.cache.position.zero_()
+        for t in range(steps):
+            run(t, seq)
+
+    return best_time(go, repeats=7) / steps
 
 
 def flops_per_sample(model: WaveNet) -> float:
-    """2 x multiply-adds of one cached step: every layer's gate, residual and skip products, and the head."""
+    """2 x multiply-adds of one step: every layer's gate, residual and skip products, and the head."""
     hp = model.hparams
     half = hp.gate_channels // 2
     macs = 0
@@ -75,79 +178,118 @@ def flops_per_sample(model: WaveNet) -> float:
     return 2.0 * macs
 
 
-def report(quick: bool) -> str:
-    torch.manual_seed(0)
-    model = WaveNet(**REFERENCE).eval()
-    out = [(f"Machine: {machine()}. Reference WaveNet: 20 layers in 2 cycles, kernel 2, 64 residual / 128 gate / "
-            f"64 skip channels, receptive field {model.receptive_field} samples, random weights.\n")]
+def weight_bytes(model: WaveNet) -> int:
+    """Bytes of weights one step reads: every layer's gate, residual and skip weights and the head (float32)."""
+    return 4 * sum(p.numel() for name, p in model.named_parameters()
+                   if name.startswith(("layers.", "head")) and p.dim() > 1)
 
-    length = 2000 if quick else 8000
+
+def read_bandwidth(megabytes: int) -> float:
+    """Bytes/s of one thread summing a float32 buffer of ``megabytes`` (in cache when small, from memory when big)."""
+    x = torch.ones(megabytes * 2 ** 20 // 4)
+    return x.numel() * 4 / best_time(lambda: x.sum(), repeats=20 if megabytes < 64 else 3)
+
+
+def roofline(quick: bool) -> str:
+    torch.set_num_threads(1)
+    model = models()[REFERENCE][0]
+    flops, weights = flops_per_sample(model), weight_bytes(model)
+    # the best of several tries: on a shared machine a single try may catch another process's burst
+    peak, cached_bw, memory_bw = max(matmul_flops() for _ in range(4)), read_bandwidth(4), read_bandwidth(512)
     rows = []
+    steps = 500 if quick else 1000
     for batch in (1, 16):
-        cached = cached_samples_per_second(model, batch, length if batch == 1 else length // 4)
-        naive = naive_samples_per_second(model, batch, length, positions=3 if quick else 10)
-        rows.append([batch, f"{cached:,.0f}", f"{naive:,.1f}", f"{cached / naive:,.0f}x",
-                     f"{cached / model.sample_rate:.2f}x"])
-    out.append(f"Sampling (`model.sample`, {length} samples = {length / 8000:g} s at 8 kHz for the cache-free "
-               f"path)\n")
-    out.append(table(["batch", "cached samples/s", "cache-free samples/s", "speed-up",
-                      "cached real-time factor at 8 kHz"], rows) + "\n")
+        for fused in (True, False):
+            step = step_seconds(model, batch, steps if fused else steps // 4, fused)
+            rows.append([batch, "fused" if fused else "PyTorch", f"{step * 1e6:.1f}",
+                         f"{batch * flops / peak * 1e6:.1f}", f"{weights / cached_bw * 1e6:.1f}",
+                         f"{weights / memory_bw * 1e6:.1f}", f"{batch * flops / peak / step:.0%}",
+                         f"{batch / step:,.0f}"])
+    with_step(True)
+    head = (f"One step of the reference model against this CPU, one thread: {flops / 1e6:.2f} MFLOP per sample "
+            f"(2 x multiply-adds) and {weights / 2 ** 20:.2f} MiB of float32 weights read per step (once for all "
+            f"rows). Measured in this run: {peak / 1e9:.0f} GFLOP/s float32 matmul (1024^3), {cached_bw / 1e9:.0f} "
+            f"GB/s reading a 4 MiB buffer (cache) and {memory_bw / 1e9:.0f} GB/s reading 512 MiB (memory). The step "
+            f"alone (the sampler's step in a loop, no decoding):\n")
+    return head + "\n" + table(["batch", "step", "us/step", "FLOP floor us", "cache floor us", "memory floor us",
+                                "of matmul peak", "samples/s (step alone)"], rows) + "\n"
 
-    windows = 4
-    growth = 4000 if quick else 16000
-    cached_costs = cached_cost_by_position(model, 16, growth, windows)
-    rows = []
-    for w, cost in enumerate(cached_costs):
-        clip = (w + 1) * growth // windows
-        naive = naive_samples_per_second(model, 16, clip, positions=2)
-        rows.append([f"{w * growth // windows}-{clip}", f"{cost:.1f}", clip, f"{1e6 / naive:,.0f}"])
-    out.append("Cost per sample as the clip grows (batch 16): flat with the cache, linear in the clip length "
-               "without\n")
-    out.append(table(["cached: positions", "cached us/sample", "cache-free: clip length",
-                      "cache-free us/sample"], rows) + "\n")
 
-    train = training_samples_per_second(8, 4047, 1 if quick else 3)
-    out.append("Training (forward + backward + AdamW, batch 8 crops of 4,047 samples = receptive field + 2,000)\n")
-    out.append(table(["samples/s", "seconds of 8 kHz audio per second"], [[f"{train:,.0f}", f"{train / 8000:.2f}"]])
+def cost_by_position(batch: int, length: int, windows: int) -> list[float]:
+    """Microseconds per sample of the fused step in ``windows`` equal stretches of one clip."""
+    model = models()[REFERENCE][0]
+    run, sampler = stepper(model, batch, None, (length,))
+    seq = torch.randint(0, model.num_classes, (batch, length))
+    per_window, costs = length // windows, []
+    for w in range(windows):
+        start = time.perf_counter()
+        for t in range(w * per_window, (w + 1) * per_window):
+            run(t, seq)
+        costs.append((time.perf_counter() - start) / (per_window * batch) * 1e6)
+    return costs
+
+
+def training_samples_per_second(batch: int, length: int, steps: int) -> float:
+    codes = torch.randint(0, 256, (batch, length))
+    return batch * length / training_step_seconds(models()[REFERENCE][0], codes, steps)
+
+
+def report(quick: bool, threads: list[int], sampling_only: bool) -> str:
+    load = os.getloadavg()
+    started = time.perf_counter()
+    out = [f"Machine: {machine().replace(f'{torch.get_num_threads()} threads, ', '')}. Random weights, float32.\n"]
+    rows = sampling_rows(quick, threads)
+    out.append("Sampling (`model.sample`, fused and PyTorch steps as `wavegen sample` runs them; samples/s, the best "
+               "of 7 short clips; the cache-free sampler in a 1 s clip; r9y9 the best of 5 clips of 240 samples at "
+               "batch 1, 160 at 16):\n")
+    out.append(table(["model", "threads", "batch", "fused step", "PyTorch step", "cache-free", "r9y9 "
+                      "incremental_forward", "fused / PyTorch", "fused / r9y9", "fused, real time at 8 kHz"], rows)
                + "\n")
-
-    peak = matmul_flops()
-    flops = flops_per_sample(model)
-    rows = []
-    for batch in (1, 16):
-        step = batch / cached_samples_per_second(model, batch, 1000 if quick else 4000)
-        rows.append([batch, f"{flops / 1e6:.2f} M", f"{peak / 1e9:.1f} G", f"{batch * flops / peak * 1e6:.1f} us",
-                     f"{step * 1e6:.0f} us", f"{batch * flops / peak / step:.1%}"])
-    out.append("Cached step against the arithmetic limit\n")
-    out.append(table(["batch", "FLOPs / sample", "matmul FLOP/s (1024^2 fp32)", "step time at peak",
-                      "measured step", "efficiency"], rows) + "\n")
-    generator = torch.Generator().manual_seed(0)
-    out.append("Where a batch-1 cached clip of 1,000 samples goes (torch.profiler, self CPU time):\n")
-    out.append("```\n" + top_ops(lambda: model.sample(1, length=1000, generator=generator), rows=10) + "\n```\n")
+    if not sampling_only:
+        out += others(quick)
+    out.append(f"Load average (1, 5, 15 min) of this shared machine: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} at "
+               f"the start, {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end "
+               f"({time.perf_counter() - started:.0f} s later).\n")
     return "\n".join(out)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) the ``## WaveNet`` section of a Markdown file."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"## WaveNet (`python -m benchmarks.bench_wavenet`)\n\n{body}\n"
-    pattern = re.compile(r"^## WaveNet.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+def others(quick: bool) -> list[str]:
+    """The roofline, the cost along a clip, training throughput and the PyTorch step's profile."""
+    out = [roofline(quick)]
+
+    windows, growth = 4, 4000 if quick else 16000
+    rows = [[f"{w * growth // windows}-{(w + 1) * growth // windows}", f"{cost:.1f}"]
+            for w, cost in enumerate(cost_by_position(16, growth, windows))]
+    out.append("Cost per sample along one clip (fused step, batch 16): flat with the cache\n")
+    out.append(table(["positions", "us/sample"], rows) + "\n")
+
+    train = training_samples_per_second(8, 4047, 1 if quick else 3)
+    out.append("Training (forward + backward + AdamW, batch 8 crops of 4,047 samples = receptive field + 2,000, "
+               "1 thread)\n")
+    out.append(table(["samples/s", "seconds of 8 kHz audio per second"], [[f"{train:,.0f}", f"{train / RATE:.2f}"]])
+               + "\n")
+
+    with_step(False)
+    model = models()[REFERENCE][0]
+    generator = torch.Generator().manual_seed(0)
+    out.append("Where the PyTorch step's time goes (batch 1, 1,000 samples, torch.profiler, self CPU time; the fused "
+               "step is one call):\n")
+    out.append("```\n" + top_ops(lambda: model.sample(1, length=1000, generator=generator), rows=8) + "\n```\n")
+    with_step(True)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter clips and fewer repeats (a smoke run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts of the sampling table")
+    parser.add_argument("--sampling-only", action="store_true", help="only the sampling table")
     parser.add_argument("--results", type=Path, default=None, help="Markdown file whose WaveNet section to rewrite")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    body = report(args.quick)
+    body = report(args.quick, args.threads, args.sampling_only)
     print(body)
     if args.results:
-        write_section(args.results, body)
+        write_section(args.results, "WaveNet (`python -m benchmarks.bench_wavenet`)", body)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ KINDS = {  # conditioning: (model settings, speaker, mel)
     "speaker": ({"dilations": [1, 2, 4], "kernel_size": 3, "num_labels": 3}, True, False),
     "speaker and mel": ({"dilations": [1, 2, 4, 8], "num_labels": 3, "n_mels": 4, "hop_length": 5,
                          "cond_channels": 3}, True, True),
+    "learned upsampling of mel": ({"dilations": [1, 2, 4], "n_mels": 4, "hop_length": 5, "cond_channels": 3,
+                                   "upsample": "transposed"}, False, True),  # one table row per sample
 }
 
 

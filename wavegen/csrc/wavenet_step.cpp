@@ -195,13 +195,18 @@ void chunk(const Op& op, int64_t rows, int64_t panel0, int64_t width) {
   }
 }
 
+// Below this many multiply-adds (a couple of microseconds on one core) a product runs on the calling thread: waking
+// the other intra-op threads would cost about as much as it saves.
+constexpr int64_t kParallelWork = 1 << 17;
+
 template <typename Op>
 void run(const Op& op, int64_t rows, int64_t panels, int64_t width, int64_t unit) {
   // chunks: panels / width of `width` panels, then one of each power of two (>= unit) that the rest holds
   const int64_t full = panels / width, rest = panels - full * width;
   int64_t count = full;
   for (int64_t w = width / 2; w >= unit; w /= 2) count += (rest & w) ? 1 : 0;
-  at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
+  const int64_t grain = rows * op.fan_in * panels * P >= kParallelWork ? 1 : count;
+  at::parallel_for(0, count, grain, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       if (c < full) {
         chunk(op, rows, c * width, width);
