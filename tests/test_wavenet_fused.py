@@ -112,3 +112,17 @@ def test_a_compiled_run_keeps_the_fused_step_as_it_is_and_samples_as_eager():
     captured = model.sample(2, cond=cond, prime=prime, length=30, generator=torch.Generator().manual_seed(11),
                             compile="aot_eager")
     assert torch.equal(captured, eager)
+
+
+def test_wavegen_sample_says_which_step_ran(tmp_path, capsys, monkeypatch):
+    from tests.tiny_configs import untrained_checkpoint
+    from wavegen.cli import main
+
+    model, _ = model_and_cond("none", 1, 10)
+    ckpt = untrained_checkpoint(model, tmp_path / "tiny.ckpt")
+    for extra, env, step in (([], "1", "fused CPU step"), ([], "0", "PyTorch step"),
+                             (["--no-cache"], "1", "cache-free step")):
+        monkeypatch.setenv("WAVEGEN_FUSED", env)
+        assert main(["sample", "--ckpt", str(ckpt), "--seconds", "0.002", "--out", str(tmp_path / "a.wav"),
+                     *extra]) == 0
+        assert f"x real time at 8000 Hz, {step})" in capsys.readouterr().out

@@ -31,6 +31,7 @@ from arcore.errors import UsageError
 from arcore.files import check_output
 from arcore.media import save_wav
 from wavegen.data import AUDIO_SUFFIXES, AudioDataModule, mu_law_encode, read_audio, why_unusable
+from wavegen.fused import FusedStep
 from wavegen.wavenet import WaveNet
 
 
@@ -175,7 +176,17 @@ def sample_main(argv: Sequence[str]) -> None:
             print(f"wrote {path}")
     if chunks.interrupted:
         raise interrupted_exit("wavegen", chunks, paths)
-    print(f"{n * length / elapsed:,.0f} samples/s ({n * length / rate / elapsed:.2f}x real time at {rate} Hz)")
+    print(f"{n * length / elapsed:,.0f} samples/s ({n * length / rate / elapsed:.2f}x real time at {rate} Hz, "
+          f"{_step_name(args, model)})")
+
+
+def _step_name(args: argparse.Namespace, model: WaveNet) -> str:
+    """Which sampling step ran, for the samples/s line."""
+    if args.no_cache:
+        return "cache-free step"
+    if FusedStep.applies(model):
+        return "fused CPU step"
+    return "PyTorch step, captured" if args.compile else "PyTorch step"
 
 
 def _speakers(args: argparse.Namespace, model: WaveNet, n: int) -> torch.Tensor | None:
@@ -249,7 +260,7 @@ def _resynthesize(args: argparse.Namespace, model: WaveNet, files: list[Path], n
         raise interrupted_exit("wavegen", chunks, written)
     total, rate = sum(map(len, clips)), model.sample_rate
     print(f"{len(clips)} clips, {total:,} samples: {total / elapsed:,.0f} samples/s "
-          f"({total / rate / elapsed:.2f}x real time at {rate} Hz)")
+          f"({total / rate / elapsed:.2f}x real time at {rate} Hz, {_step_name(args, model)})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
