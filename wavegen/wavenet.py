@@ -19,15 +19,15 @@ Cached sampling (fast-wavenet, Paine et al. 2016): one flat ring buffer holds, p
 1. the slots of every layer's past taps are computed on the device from ``cache.position`` (3 tiny ops);
 2. all layers' past taps are read with one ``index_select`` and multiplied by their weights with one ``baddbmm``
    (the past does not depend on the current step, so this is off the sequential path);
-3. per layer, in order: add the current input's tap (``addmm_``), ``tanh_``, the gate as one ``addcmul`` and the
-   residual as one ``addmm`` into preallocated buffers (4 ops); ``sigmoid(b) = (1 + tanh(b / 2)) / 2``, so one
-   ``tanh`` over the pre-activation with the sigmoid half scaled by 1/2 serves both halves, and the factor 1/2 of
-   the gate and the residual/skip biases (through a constant-one column) are folded into the weights;
+3. per layer, in order: add the current input's tap (``addmm``), ``tanh``, the gate as one ``addcmul`` and the
+   residual as one ``addmm`` (4 ops); ``sigmoid(b) = (1 + tanh(b / 2)) / 2``, so one ``tanh`` over the
+   pre-activation with the sigmoid half scaled by 1/2 serves both halves, and the gate's factor 1/2 is folded into
+   the residual and skip weights;
 4. every layer's new input goes into the ring with one ``index_copy_``; all skips are one matrix product.
 
 The step is one piece (:mod:`arcore.cache`): it reads its position from ``cache.position`` and the previous code
-from the engine's buffer by device index, writes only preallocated buffers, and never reads a tensor back to the
-host, so it can be captured once and replayed at every position. A primed prefix fills the rings from one
+from the engine's buffer by device index, writes only the ring, and never reads a tensor back to the host, so it
+can be captured once and replayed at every position. A primed prefix fills the rings from one
 teacher-forced pass (:meth:`WaveNetSampler.prefill`). On the CPU in float32 the step is the fused C++ one
 (:mod:`wavegen.fused`, one call per sample for the whole batch), which keeps the same state.
 """
@@ -408,10 +408,8 @@ class WaveNetSampler(Sampler):
     State (B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]`` (layer l's input at time t in row
     ``offset_l + t % size_l``), ``gate_bias [B, L gate]`` and, with mel conditioning, ``mel_frames
     [rows, B, cond_channels]``, the conditioning table computed once here (row = t // ``model.cond_hop``:
-    frames for ``repeat``, samples for a learned upsampling). Scratch: ``inputs [L, B, R]`` (each layer's input
-    at the current step), ``taps [L (k-1), B, R]``, ``pre [L, B, gate]``, ``gated [B, L, gate/2 + 1]`` (last
-    column ones), ``skip [B, S]``, ``hidden [B, H]``, ``slots``, and with mel ``frame``, ``frame_features
-    [1, B, cond_channels]``, ``step_bias``.
+    frames for ``repeat``, samples for a learned upsampling). Nothing else: a step's intermediate values are
+    its own temporaries.
     """
 
     @torch.no_grad()
@@ -440,81 +438,67 @@ class WaveNetSampler(Sampler):
         slot_offsets += self.offsets
         as_long = (lambda v: torch.tensor(v, dtype=torch.long, device=device))
         self.lags, self.slot_sizes, self.slot_offsets = as_long(lags), as_long(slot_sizes), as_long(slot_offsets)
-        cache.alloc("slots", (len(lags),), batch_dim=None, dtype=torch.long, scratch=True)
+        self.n_past = n_layers * (k - 1)
         cache.alloc("ring", (sum(self.sizes), batch_size, res), batch_dim=1)
-        cache.alloc("inputs", (n_layers, batch_size, res), batch_dim=1, scratch=True)
-        cache.alloc("taps", (n_layers * (k - 1), batch_size, res), batch_dim=1, scratch=True)
-        cache.alloc("pre", (n_layers, batch_size, gate), batch_dim=1, scratch=True)
-        cache.alloc("gated", (batch_size, n_layers, half + 1), scratch=True).select(2, half).fill_(1.0)
-        cache.alloc("skip", (batch_size, hp.skip_channels), scratch=True)
-        cache.alloc("hidden", (batch_size, hp.head_channels), scratch=True)
 
         # sigmoid(b) = (1 + tanh(b/2)) / 2: every contribution to the sigmoid half is scaled by 1/2
         scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(device, dtype)
         weights = torch.stack([layer.conv.weight for layer in model.layers]) * scale[:, None, None]  # [L, G, R, k]
         # tap j of the kernel reads x[t - (k - 1 - j) d]: past taps m = 1..k-1 are j = k-1-m
-        self.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate)
+        self.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate) \
+            .contiguous()  # [L, (k-1) R, G]: a strided view for k = 2, which bmm would copy at every step
         self.w_cur = weights[..., k - 1].transpose(1, 2).contiguous()  # [L, R, G]
         gate_bias = (torch.stack([layer.conv.bias for layer in model.layers]) * scale).flatten()
         gate_bias = gate_bias.expand(batch_size, -1).clone()
         if speaker is not None:
             gate_bias += (model.speaker_embed(speaker).view(batch_size, n_layers, gate) * scale).flatten(1)
         cache.register("gate_bias", gate_bias)
-        bias = gate_bias
         self.mel = mel is not None
         if self.mel:
             features = model.cond_features(mel, mel_lengths).permute(2, 0, 1).contiguous()  # [rows, B, C]
             cache.register("mel_frames", features, batch_dim=1)
-            cache.alloc("frame", (1,), batch_dim=None, dtype=torch.long, scratch=True)
-            cache.alloc("frame_features", (1, batch_size, features.shape[2]), batch_dim=1, scratch=True)
-            bias = cache.alloc("step_bias", (batch_size, n_layers * gate), scratch=True)
             self.w_mel = (model.mel_proj.weight[:, :, 0].view(n_layers, gate, -1) * scale[:, None]).flatten(0, 1).t()
-        self.bias_view = bias.view(batch_size, n_layers, gate).transpose(0, 1)  # [L, B, G]
-        self.taps_by_layer = cache.taps.view(n_layers, k - 1, batch_size, res).transpose(1, 2)  # [L, B, k-1, R]
-
-        # residual and skip 1x1s take [z, 1]: half of the gate's factor 1/2 and the bias are in the weights
-        def with_bias(conv: nn.Conv1d) -> torch.Tensor:
-            return torch.cat([0.5 * conv.weight[:, :, 0].t(), conv.bias[None]])  # [half + 1, out]
-
-        self.w_skip = torch.cat([with_bias(layer.skip) for layer in model.layers])  # [L (half + 1), S]
+        # the gate gives z = 2 tanh(a) sigmoid(b): the residual and skip 1x1s take half of it
+        self.w_res = [0.5 * layer.residual.weight[:, :, 0].t() for layer in model.layers[:-1]]
+        self.b_res = [layer.residual.bias for layer in model.layers[:-1]]
+        self.w_skip = torch.cat([0.5 * layer.skip.weight[:, :, 0].t() for layer in model.layers])  # [L half, S]
+        self.b_skip = torch.stack([layer.skip.bias for layer in model.layers]).sum(0)
         self.w_head1, self.b_head1 = model.head1.weight[:, :, 0].t(), model.head1.bias
         self.w_head2, self.b_head2 = model.head2.weight[:, :, 0].t(), model.head2.bias
         self.embed = model.embed.weight
-        c = cache
-        self.layer_plan = [
-            (c.pre[i], c.pre[i, :, :half], c.pre[i, :, half:], c.inputs[i], self.w_cur[i], c.gated[:, i, :half],
-             c.gated[:, i], None if layer.residual is None else (c.inputs[i + 1], with_bias(layer.residual)))
-            for i, layer in enumerate(model.layers)]
         self.step = FusedStep(model, cache, model.cond_hop) if FusedStep.applies(model) else self._step
 
     def capturable(self, piece: Piece) -> bool:
         return not isinstance(piece, FusedStep)  # already one call per step
 
     def _step(self, seq: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, quantization]`` at ``cache.position`` from the ring buffers and the previous code."""
-        c = self.cache
-        n_past = c.taps.shape[0]
-        torch.sub(c.position, self.lags, out=c.slots)
-        c.slots.remainder_(self.slot_sizes).add_(self.slot_offsets)
-        torch.index_select(self.embed, 0, previous_code(seq, c.position), out=c.inputs[0])
-        c.inputs[0].mul_(c.position.gt(0))  # the input at position 0 is silence
-        torch.index_select(c.ring, 0, c.slots[:n_past], out=c.taps)
+        """Logits ``[B, quantization]`` at ``cache.position`` from the ring buffers and the previous code.
+
+        Written without ``out=`` or writes into views: the only write is the ring's, so a compiled step
+        (torch.compile functionalises every in-place op on a view into copies of its base) stays as lean as the
+        eager one, and a CUDA graph replays the eager kernels."""
+        c, half = self.cache, self.w_cur.shape[2] // 2
+        batch, n_layers = c.batch_size, self.w_cur.shape[0]
+        slots = (c.position - self.lags).remainder(self.slot_sizes) + self.slot_offsets
+        x = F.embedding(previous_code(seq, c.position), self.embed) * c.position.gt(0)  # silence at position 0
+        taps = c.ring.index_select(0, slots[: self.n_past])  # [L (k-1), B, R]
+        bias = c.gate_bias
         if self.mel:
-            torch.div(c.position, self.model.cond_hop, rounding_mode="floor", out=c.frame[0])
-            torch.index_select(c.mel_frames, 0, c.frame, out=c.frame_features)
-            torch.addmm(c.gate_bias, c.frame_features[0], self.w_mel, out=c.step_bias)
-        # [L, B, (k-1) R]: a view when k = 2, one copy otherwise
-        torch.baddbmm(self.bias_view, self.taps_by_layer.flatten(2), self.w_past, out=c.pre)
-        for pre, tanh_half, sigmoid_half, x, w_cur, z, z_one, residual in self.layer_plan:
-            pre.addmm_(x, w_cur)
-            pre.tanh_()
-            z.copy_(tanh_half.addcmul(tanh_half, sigmoid_half))  # 2 tanh(a) sigmoid(b); z is a strided view
-            if residual is not None:
-                torch.addmm(x, z_one, residual[1], out=residual[0])
-        c.ring.index_copy_(0, c.slots[n_past:], c.inputs)
-        torch.mm(c.gated.view(c.batch_size, -1), self.w_skip, out=c.skip)
-        torch.addmm(self.b_head1, c.skip.relu_(), self.w_head1, out=c.hidden)
-        return torch.addmm(self.b_head2, c.hidden.relu_(), self.w_head2)
+            row = torch.div(c.position, self.model.cond_hop, rounding_mode="floor").view(1)
+            bias = torch.addmm(bias, c.mel_frames.index_select(0, row)[0], self.w_mel)
+        taps = taps.view(n_layers, -1, batch, taps.shape[2]).transpose(1, 2).flatten(2)  # [L, B, (k-1) R]
+        pre = torch.bmm(taps, self.w_past) + bias.view(batch, n_layers, -1).transpose(0, 1)  # [L, B, G]
+        inputs, gates = [], []
+        for i in range(n_layers):
+            inputs.append(x)
+            act = torch.addmm(pre[i], x, self.w_cur[i]).tanh_()
+            gates.append(torch.addcmul(act[:, :half], act[:, :half], act[:, half:]))  # 2 tanh(a) sigmoid(b)
+            if i + 1 < n_layers:
+                x = torch.addmm(x + self.b_res[i], gates[-1], self.w_res[i])
+        c.ring.index_copy_(0, slots[self.n_past:], torch.stack(inputs))
+        skip = torch.addmm(self.b_skip, torch.cat(gates, 1), self.w_skip).relu_()
+        hidden = torch.addmm(self.b_head1, skip, self.w_head1).relu_()
+        return torch.addmm(self.b_head2, hidden, self.w_head2)
 
     @torch.no_grad()
     def prefill(self, seq: torch.Tensor, length: int) -> None:
