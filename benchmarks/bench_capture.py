@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import best_time, machine, table, training_step_seconds, write_section
+from benchmarks.common import machine, table, training_step_seconds, write_section
 
 CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
 SAMPLED = {  # the config each model of the sampling table is built from; WaveNet draws clips of SAMPLES samples
@@ -42,35 +42,37 @@ def model_from_config(name: str, device: str) -> torch.nn.Module:
 
 
 def codes_per_second(model: torch.nn.Module, batch: int, capture: object, device: str) -> tuple[float, float]:
-    """(codes/s of the best run, seconds of the first run, which compiles or captures)."""
+    """(codes/s of the better of two runs, seconds of the first run, which compiles or captures)."""
     length = SAMPLES if hasattr(model, "sample_rate") else None
 
-    def run() -> None:
+    def run() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         model.sample(batch, length=length, compile=capture, generator=torch.Generator(device).manual_seed(0))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    start = time.perf_counter()
-    run()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    first = time.perf_counter() - start
-    codes = batch * (length or model.num_codes)
-    return codes / best_time(run, repeats=2, device=device), first
+    first = run()
+    return batch * (length or model.num_codes) / min(run(), run()), first
 
 
-def sampling_table(device: str, batches: list[int]) -> str:
+def sampling_table(device: str, batches: list[int], models: list[str]) -> str:
     """Codes/s per model and batch, eager and captured; on a GPU also torch.compile's reduce-overhead mode at batch
     1 (where launch overhead matters most; it compiles each batch size anew, minutes per model)."""
     captures = [("eager", False), ("compiled", True)] if device == "cpu" else \
         [("eager", False), ("CUDA graphs", True), ("reduce-overhead", "reduce-overhead")]
     rows = []
-    for name, config in SAMPLED.items():
-        model = model_from_config(config, device)
+    for name in models:
+        model = model_from_config(SAMPLED[name], device)
         for batch in batches:
             figures = [codes_per_second(model, batch, capture, device) if i < 2 or batch == 1 else None
                        for i, (_, capture) in enumerate(captures)]
             rates = [f"{f[0]:,.0f}" if f else "-" for f in figures]
             ratios = [f"{f[0] / figures[0][0]:.2f}x" if f else "-" for f in figures[1:]]
             rows.append([name, batch, *rates, *ratios, f"{figures[1][1]:.1f} s"])
+            print(" | ".join(map(str, rows[-1])), flush=True)  # progress: the table comes at the end
     header = ["model", "batch"] + [f"{n} codes/s" for n, _ in captures] \
         + [f"{n} / eager" for n, _ in captures[1:]] + [f"first {captures[1][0]} run"]
     return table(header, rows)
@@ -98,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--models", nargs="+", choices=list(SAMPLED), default=list(SAMPLED))
     parser.add_argument("--train", action="store_true", help="also bf16 training throughput of every config")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--results", type=Path, default=None, help="Markdown file whose section to rewrite")
@@ -107,7 +110,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     body = [f"Machine: {machine()}. Random weights, float32, sizes of the shipped configs "
             f"({', '.join(f'{k}: `{v}`' for k, v in SAMPLED.items())}); WaveNet clips of {SAMPLES} samples.\n",
-            sampling_table(args.device, args.batches) + "\n"]
+            sampling_table(args.device, args.batches, args.models) + "\n"]
     if args.train:
         body += ["Training step (forward, backward, AdamW) under `bf16-mixed` autocast:\n",
                  training_table(args.device) + "\n"]
