@@ -306,10 +306,13 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
             export_main(tool, args[1:])
             return 0
         wandb_offline_unless_configured()
-        ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
-                   args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
-                   save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
-                   auto_configure_optimizers=False, parser_kwargs={"exit_on_error": False})
+        try:
+            ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
+                       args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
+                       save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
+                       auto_configure_optimizers=False, parser_kwargs={"exit_on_error": False})
+        finally:
+            _finish_wandb_run()
         return 0
     except argparse.ArgumentError as exc:  # jsonargparse's parse errors: a usage text and a tree of causes
         print(f"{tool}: error: {parse_error_line(str(exc))} (see `{tool} {args[0] if args else 'fit'} --help`)",
@@ -330,6 +333,14 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
         print(f"{tool}: error: the checkpoint does not match this model's configuration "
               f"({_one_line(exc)}); resume with the config it was trained with", file=sys.stderr)
         return 2
+
+
+def _finish_wandb_run() -> None:
+    """End the W&B run this command started, if any: called from Python (a notebook, the tests), a run left open
+    would be reused by the next command's logger, which would then log into the wrong run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def parse_error_line(message: str) -> str:
