@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import wandb
 
 from tests.test_audio_data import make_audio_folder
 from wavegen.cli import main
@@ -57,7 +56,6 @@ def test_every_wavenet_command_of_the_readme_runs_as_written(tmp_path, monkeypat
             argv += TRAINING
         capsys.readouterr()
         status = main(argv)
-        wandb.finish()  # the run a config's WandbLogger started would otherwise stay the process's current one
         assert status == 0, f"{command}: {capsys.readouterr().err[-2000:]}"
         if argv[0] == "test" and "vocoder" in command:
             printed = capsys.readouterr().out
