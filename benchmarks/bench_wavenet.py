@@ -272,9 +272,9 @@ def others(quick: bool) -> list[str]:
     with_step(False)
     model = models()[REFERENCE][0]
     generator = torch.Generator().manual_seed(0)
-    out.append("Where the PyTorch step's time goes (batch 1, 1,000 samples, torch.profiler, self CPU time; the fused "
+    out.append("Where the PyTorch step's time goes (batch 1, 200 samples, torch.profiler, self CPU time; the fused "
                "step is one call):\n")
-    out.append("```\n" + top_ops(lambda: model.sample(1, length=1000, generator=generator), rows=8) + "\n```\n")
+    out.append("```\n" + top_ops(lambda: model.sample(1, length=200, generator=generator), rows=8) + "\n```\n")
     with_step(True)
     return out
 
