@@ -21,8 +21,16 @@ _HOMES = {"AutoregressiveModule": "arcore.module", "sample": "arcore.engine", "b
           "BeamResult": "arcore.engine", "StepCache": "arcore.cache", "Sampler": "arcore.cache",
           "Decoding": "arcore.decoding", "UsageError": "arcore.errors"}
 
-__all__ = ["AutoregressiveModule", "sample", "beam_search", "BeamResult", "StepCache", "Sampler", "Decoding",
-           "UsageError"]
+__all__ = [
+    "AutoregressiveModule",
+    "BeamResult",
+    "Decoding",
+    "Sampler",
+    "StepCache",
+    "UsageError",
+    "beam_search",
+    "sample",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -174,6 +174,6 @@ def _pickle_globals(data: bytes) -> list[str]:
                 names.append(".".join(strings[-2:]) if len(strings) > 1 else "a global")
             elif isinstance(arg, str):
                 strings.append(arg)
-    except Exception:  # noqa: BLE001 - not a pickle, or cut short: what was named so far
+    except Exception:  # noqa: BLE001, S110 - not a pickle, or cut short: what was named so far
         pass
     return names

@@ -125,6 +125,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 EVALUATING = ("validate", "test", "predict")
+RUN_COMMANDS = ("fit", *EVALUATING)
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "base.yaml"
+"""What every run shares (trainer defaults, the W&B logger, checkpoints, the NaN guard), composed by LightningCLI
+under the run's config for every command of :data:`RUN_COMMANDS` (in a source checkout or an editable install)."""
 
 
 class ProjectCLI(LightningCLI):
@@ -165,6 +169,8 @@ class ProjectCLI(LightningCLI):
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--name", type=str | None, default=None,
+                            help="the run's name: its folder runs/NAME (checkpoints, logs) and its W&B run name")
         parser.add_argument("--record_metrics", type=bool, default=False,
                             help="test only: write the test metrics into the metadata of the .safetensors weights "
                                  "file given as --ckpt_path")
@@ -178,6 +184,7 @@ class ProjectCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             config = self.config[subcommand]
+            apply_run_name(config, self.package)
             if subcommand == "fit" and first_process():  # before anything is printed, read or built
                 self._held.enter_context(folder_lock(checkpoint_folders(config), f"{self.package} fit"))
             path = config.get("ckpt_path")
@@ -251,6 +258,27 @@ def record_test_metrics(path: str | Path, metrics: dict[str, Any], datamodule: A
     print(f"recorded {', '.join(f'{k} {v:.4f}' for k, v in sorted(tested.items()))} in {path}")
 
 
+def apply_run_name(config: Any, tool: str) -> None:
+    """Fill in what a run's name decides and its config leaves unset: ``default_root_dir`` ``runs/NAME``, the W&B
+    logger's ``save_dir``, ``name`` and ``project`` (the tool), and each ``ModelCheckpoint``'s ``dirpath``
+    (``<default_root_dir>/checkpoints``, also without a name, which is where ``ckpt_path: last`` looks)."""
+    trainer, name = config.trainer, config.get("name")
+    if name and not trainer.get("default_root_dir"):
+        trainer.default_root_dir = f"runs/{name}"
+    root = trainer.get("default_root_dir")
+    logger = trainer.get("logger")
+    if name and root and str(getattr(logger, "class_path", "")).endswith("WandbLogger"):
+        args = logger.init_args
+        if args.get("save_dir") in (None, "."):
+            args.save_dir = root
+        args.name = args.get("name") or name
+        args.project = args.get("project") or tool
+    for callback in trainer.get("callbacks") or []:
+        if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and not callback.init_args.get(
+                "dirpath"):
+            callback.init_args.dirpath = f"{root or '.'}/checkpoints"
+
+
 def checkpoint_folders(config: Any) -> list[Path]:
     """The folders a run's checkpoints go to, from its parsed config: each ``ModelCheckpoint``'s ``dirpath``, or
     ``<default_root_dir>/checkpoints`` for one that names none or when the config lists none."""
@@ -306,11 +334,13 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
             export_main(tool, args[1:])
             return 0
         wandb_offline_unless_configured()
+        base = {"default_config_files": [str(BASE_CONFIG)]} if BASE_CONFIG.is_file() else {}
         try:
             ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
                        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
                        save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
-                       auto_configure_optimizers=False, parser_kwargs={"exit_on_error": False})
+                       auto_configure_optimizers=False,
+                       parser_kwargs={"exit_on_error": False, **{command: base for command in RUN_COMMANDS}})
         finally:
             _finish_wandb_run()
         return 0

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 
@@ -34,7 +34,7 @@ from arcore.cache import ForwardSampler, Piece, Sampler, StepCache
 from arcore.decoding import Decoding
 from arcore.errors import UsageError
 
-Capture = Union[bool, str, Callable[..., Any]]  # False: eager; True: the device's default; else a compile backend
+Capture = bool | str | Callable[..., Any]  # False: eager; True: the device's default; else a compile backend
 
 
 class Autoregressive(Protocol):

@@ -15,7 +15,7 @@ from pixelgen.data import ImageDataModule
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
 
-__all__ = ["PixelCNN", "ImageGPT", "ImageDataModule", "load"]
+__all__ = ["ImageDataModule", "ImageGPT", "PixelCNN", "load"]
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:

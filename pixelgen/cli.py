@@ -10,52 +10,29 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections.abc import Sequence
 
 import torch
 
 from arcore.callbacks import image_prime
-from arcore.chunks import draw_in_chunks, interrupted_exit, rows
 from arcore.checkpoint import read_checkpoint
-from arcore.cli import (
-    check_fits_in_memory,
-    check_sampling_options,
-    load_for_sampling,
-    output_path,
-    pick_device,
-    run,
-    seeded_generator,
-)
+from arcore.chunks import rows
+from arcore.cli import check_fits_in_memory, output_path, run
 from arcore.errors import UsageError
 from arcore.media import save_image_grid
+from arcore.sample_cli import SampleRun, parse_sample_args, sample_parser
 from pixelgen.data import ImageDataModule
 
 
-def sample_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelgen sample",
-                                     description="Draw a PNG grid of samples or completions from a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `pixelgen fit` (e.g. .../last.ckpt)")
-    parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="images drawn at once; more are drawn in chunks (halved on out-of-memory)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; below 1 sharpens, above 1 flattens")
-    parser.add_argument("--greedy", action="store_true", help="the most likely code at every step instead of a draw")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    parser.add_argument("--class-label", type=int, default=None, help="label for every sample (conditional models)")
-    parser.add_argument("--prime-rows", type=int, default=0, help="keep the top R rows of real images, complete the rest")
-    parser.add_argument("--prime-from", choices=("train", "val", "test"), default="test")
-    parser.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
-    parser.add_argument("--beams", type=int, default=0, help="beam search for the most likely completion instead")
-    parser.add_argument("--no-cache", action="store_true", help="cache-free reference sampler (slow)")
-    parser.add_argument("--compile", action="store_true",
-                        help="capture the sampling step once and replay it (CUDA graphs on a GPU, torch.compile on "
-                             "the CPU; same samples, faster on a GPU)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    return parser
+def _parser() -> argparse.ArgumentParser:
+    p = sample_parser("pixelgen", "Draw a PNG grid of samples or completions from a checkpoint.",
+                      out_help="PNG file to write", num_samples=64, batch_size=64, threads=None)
+    p.add_argument("--class-label", type=int, default=None, help="label for every sample (conditional models)")
+    p.add_argument("--prime-rows", type=int, default=0, help="keep the top R rows of real images, complete the rest")
+    p.add_argument("--prime-from", choices=("train", "val", "test"), default="test")
+    p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
+    p.add_argument("--beams", type=int, default=0, help="beam search for the most likely completion instead")
+    return p
 
 
 def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,16 +51,14 @@ def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[t
 
 def sample_main(argv: Sequence[str]) -> None:
     """``pixelgen sample``: a PNG grid of samples, completions or beam-search completions from a checkpoint."""
-    args = sample_parser().parse_args(list(argv))
-    check_sampling_options(args)
+    args = parse_sample_args(_parser(), argv)
     if args.beams < 0 or args.prime_rows < 0:
         raise UsageError(f"--beams and --prime-rows must be >= 0, got {args.beams} and {args.prime_rows}")
     out = output_path(args.out, ".png")
     if args.prime_rows:
         output_path(out.with_name(f"{out.stem}_real.png"), ".png")
-    device = pick_device(args.device)
-    model = load_for_sampling(args.ckpt, "pixelgen", device)
-    n = args.num_samples
+    sampling = SampleRun("pixelgen", args)
+    model, device, n = sampling.model, sampling.device, args.num_samples
     check_fits_in_memory(n, model.num_codes)
     height = model.image_shape[1]
     if args.prime_rows and not args.prime_rows < height:
@@ -103,7 +78,6 @@ def sample_main(argv: Sequence[str]) -> None:
         prime = image_prime(model, images, args.prime_rows).to(device)
         if model.num_labels and args.class_label is None:
             cond = labels.to(device)
-    generator = seeded_generator(args.seed, device)
     best_log_probs: list[torch.Tensor] = []
 
     def draw(first: int, count: int) -> torch.Tensor:
@@ -113,13 +87,9 @@ def sample_main(argv: Sequence[str]) -> None:
                                        use_cache=not args.no_cache, compile=args.compile)
             best_log_probs.append(result.log_prob[:, 0])
             return result.codes[:, 0]
-        return model.sample(count, cond=part_cond, prime=part_prime, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, use_cache=not args.no_cache,
-                            compile=args.compile, generator=generator, progress=True)
+        return model.sample(count, cond=part_cond, prime=part_prime, **sampling.decoding())
 
-    start = time.perf_counter()
-    chunks = draw_in_chunks(draw, n, args.batch_size, tool="pixelgen", generator=generator)
-    seconds = time.perf_counter() - start
+    chunks = sampling.draw(draw, n)
     if chunks.done:
         codes = chunks.samples
         save_image_grid(model.render_samples(codes)["images"], out)
@@ -129,10 +99,9 @@ def sample_main(argv: Sequence[str]) -> None:
         if args.beams:
             bits = -torch.cat(best_log_probs).mean().item() / codes[0].numel() / math.log(2)
             print(f"beam search ({args.beams} beams): the best completions average {bits:.4f} bits/dim")
-    if chunks.interrupted:
-        raise interrupted_exit("pixelgen", chunks, [out] if chunks.done else [])
-    print(f"wrote {n} {'completions' if prime is not None else 'samples'} to {out} in {seconds:.1f} s "
-          f"({codes[0].numel() * n / seconds:,.0f} codes/s on {device})")
+    sampling.end(chunks, [out] if chunks.done else [])
+    print(f"wrote {n} {'completions' if prime is not None else 'samples'} to {out} in {sampling.seconds:.1f} s "
+          f"({codes[0].numel() * n / sampling.seconds:,.0f} codes/s on {device})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
-from arcore.errors import UsageError, options, check_labels
+from arcore.errors import UsageError, check_labels, options
 from arcore.module import AutoregressiveModule
 from pixelgen import palette as pal
 from pixelgen.fused import FusedStep

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache
-from arcore.errors import UsageError, options, check_labels
+from arcore.errors import UsageError, check_labels, options
 from arcore.module import AutoregressiveModule
 from pixelgen import mixture
 

@@ -14,7 +14,7 @@ from arcore.module import AutoregressiveModule, load_checkpoint
 from wavegen.data import AudioDataModule
 from wavegen.wavenet import AudioCond, WaveNet
 
-__all__ = ["WaveNet", "AudioCond", "AudioDataModule", "load"]
+__all__ = ["AudioCond", "AudioDataModule", "WaveNet", "load"]
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:

@@ -10,60 +10,34 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from arcore.chunks import draw_in_chunks, interrupted_exit, rows
-from arcore.cli import (
-    check_fits_in_memory,
-    check_sampling_options,
-    load_for_sampling,
-    output_path,
-    pick_device,
-    run,
-    seeded_generator,
-)
+from arcore.chunks import rows
+from arcore.cli import check_fits_in_memory, output_path, run
 from arcore.errors import UsageError
 from arcore.files import check_output
 from arcore.media import save_wav
+from arcore.sample_cli import SampleRun, parse_sample_args, sample_parser
 from wavegen.data import AUDIO_SUFFIXES, AudioDataModule, mu_law_encode, read_audio, why_unusable
 from wavegen.fused import FusedStep
 from wavegen.wavenet import WaveNet
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wavegen sample", description="Generate audio from a trained WaveNet.")
-    p.add_argument("--ckpt", required=True, help="checkpoint written by `wavegen fit`")
-    p.add_argument("--out", required=True,
-                   help="output .wav (clip_0.wav, clip_1.wav, ... when --num-samples > 1); a folder when --mel-from "
-                        "names several files or a folder (one WAV per input, named after it)")
+    p = sample_parser("wavegen", "Generate audio from a trained WaveNet.", num_samples=1, batch_size=16, threads=1,
+                      out_help="output .wav (clip_0.wav, clip_1.wav, ... when --num-samples > 1); a folder when "
+                               "--mel-from names several files or a folder (one WAV per input, named after it)")
     p.add_argument("--seconds", type=float, default=None,
                    help="length of each clip (default 2, or the length of --mel-from)")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="clips drawn at once; more are drawn in chunks (halved on out-of-memory)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="> 0; below 1 sharpens, above 1 flattens")
-    p.add_argument("--greedy", action="store_true", help="the most likely code at every step instead of a draw")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     p.add_argument("--prime", default=None, help="audio file whose start the clips continue")
     p.add_argument("--prime-seconds", type=float, default=0.5)
     p.add_argument("--speaker", type=int, default=None, help="speaker id of a speaker-conditioned model")
     p.add_argument("--mel-from", nargs="+", default=None,
                    help="audio files or folders (searched recursively) whose log-mel frames condition a vocoder "
                         "model: each input is resynthesised, as long as it is (or --seconds)")
-    p.add_argument("--no-cache", action="store_true", help="the cache-free reference path (slow)")
-    p.add_argument("--compile", action="store_true",
-                   help="capture the sampling step once and replay it (CUDA graphs on a GPU, torch.compile on "
-                        "the CPU; same samples, faster on a GPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads (default 1: a step's tiny products lose more to thread sync than they gain)")
     return p
 
 
@@ -122,25 +96,17 @@ def _clip_paths(out: Path, n: int) -> list[Path]:
 
 def sample_main(argv: Sequence[str]) -> None:
     """``wavegen sample``: draw clips from a checkpoint with the cached engine and write 16-bit PCM WAVs."""
-    args = _parser().parse_args(list(argv))
-    check_sampling_options(args)
+    args = parse_sample_args(_parser(), argv)
     for option, seconds in (("--seconds", args.seconds), ("--prime-seconds", args.prime_seconds)):
         if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
             raise UsageError(f"{option} must be a finite number > 0, got {seconds}")
-    if not 1 <= args.threads <= (os.cpu_count() or 1):
-        raise UsageError(f"--threads must be >= 1 and at most {os.cpu_count() or 1} (this machine's cores), "
-                         f"got {args.threads}")
     several = args.mel_from is not None and (len(args.mel_from) > 1 or Path(args.mel_from[0]).is_dir())
     inputs = _mel_inputs(args.mel_from) if args.mel_from is not None else None
     out = _output_folder(args.out, inputs[1]) if several else output_path(args.out, ".wav")
-    device = pick_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    model = load_for_sampling(args.ckpt, "wavegen", device)
-    if not isinstance(model, WaveNet):
-        raise UsageError(f"{args.ckpt} holds a {type(model).__name__}, not a WaveNet")
+    sampling = SampleRun("wavegen", args, WaveNet)
+    model = sampling.model
     if inputs is not None:
-        _resynthesize(args, model, *inputs, out, several)
+        _resynthesize(sampling, *inputs, out, several)
         return
     if model.n_mels:
         raise UsageError("this model is a vocoder (conditioned on log-mel frames): pass --mel-from clip.wav")
@@ -158,26 +124,20 @@ def sample_main(argv: Sequence[str]) -> None:
             raise UsageError(f"the prime ({len(prime_codes)} samples) must be shorter than the clip ({length}): "
                              f"lower --prime-seconds or raise --seconds")
         prime = prime_codes.expand(n, -1)
-    generator = seeded_generator(args.seed, device)
 
     def draw(first: int, count: int) -> torch.Tensor:
         return model.sample(count, cond=rows(speaker, first, count), prime=rows(prime, first, count), length=length,
-                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
-                            use_cache=not args.no_cache, compile=args.compile, generator=generator,
-                            progress=True)
+                            **sampling.decoding())
 
-    start = time.perf_counter()
-    chunks = draw_in_chunks(draw, n, args.batch_size, tool="wavegen", generator=generator)
-    elapsed = time.perf_counter() - start
+    chunks = sampling.draw(draw, n)
     paths = _clip_paths(out, n)[: chunks.done]
     if chunks.done:
         for clip, path in zip(model.render_samples(chunks.samples)["audio"], paths):
             save_wav(clip, rate, path)
             print(f"wrote {path}")
-    if chunks.interrupted:
-        raise interrupted_exit("wavegen", chunks, paths)
-    print(f"{n * length / elapsed:,.0f} samples/s ({n * length / rate / elapsed:.2f}x real time at {rate} Hz, "
-          f"{_step_name(args, model)})")
+    sampling.end(chunks, paths)
+    print(f"{n * length / sampling.seconds:,.0f} samples/s ({n * length / rate / sampling.seconds:.2f}x real time at "
+          f"{rate} Hz, {_step_name(args, model)})")
 
 
 def _step_name(args: argparse.Namespace, model: WaveNet) -> str:
@@ -218,11 +178,11 @@ def _refuse_folders(out: Path, paths: Sequence[Path]) -> None:
         raise UsageError(f"--out {out}: the clip file {folder} would replace a folder")
 
 
-def _resynthesize(args: argparse.Namespace, model: WaveNet, files: list[Path], names: list[Path], out: Path,
-                  several: bool) -> None:
+def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out: Path, several: bool) -> None:
     """``wavegen sample --mel-from``: every input resynthesised from its own log-mel frames (``--num-samples``
     times for one file), drawn ``--batch-size`` at a time, longest first so that a batch's clips are of similar
     lengths; each WAV is as long as its input and written as soon as its batch is done."""
+    args, model = sampling.args, sampling.model
     if args.prime is not None:
         raise UsageError("--prime does not combine with --mel-from: a vocoder draws the whole clip from the frames")
     if several and args.num_samples > 1:
@@ -238,29 +198,23 @@ def _resynthesize(args: argparse.Namespace, model: WaveNet, files: list[Path], n
     check_fits_in_memory(min(len(clips), args.batch_size), max(map(len, clips)))
     speakers = _speakers(args, model, len(clips))
     order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
-    generator = seeded_generator(args.seed, model.device)
     written: list[Path] = []
 
     def draw(first: int, count: int) -> torch.Tensor:
         batch = order[first: first + count]
         made = model.resynthesize([clips[i] for i in batch], None if speakers is None else speakers[batch],
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  greedy=args.greedy, use_cache=not args.no_cache, compile=args.compile,
-                                  generator=generator, progress=True)
+                                  **sampling.decoding())
         for i, codes in zip(batch, made):
             save_wav(model.render_samples(codes[None])["audio"][0], model.sample_rate, paths[i])
             written.append(paths[i])
             print(f"wrote {paths[i]}")
         return torch.zeros(count, 0)  # the clips are written as their batch finishes
 
-    start = time.perf_counter()
-    chunks = draw_in_chunks(draw, len(clips), args.batch_size, tool="wavegen", generator=generator)
-    elapsed = time.perf_counter() - start
-    if chunks.interrupted:
-        raise interrupted_exit("wavegen", chunks, written)
+    chunks = sampling.draw(draw, len(clips))
+    sampling.end(chunks, written)
     total, rate = sum(map(len, clips)), model.sample_rate
-    print(f"{len(clips)} clips, {total:,} samples: {total / elapsed:,.0f} samples/s "
-          f"({total / rate / elapsed:.2f}x real time at {rate} Hz, {_step_name(args, model)})")
+    print(f"{len(clips)} clips, {total:,} samples: {total / sampling.seconds:,.0f} samples/s "
+          f"({total / rate / sampling.seconds:.2f}x real time at {rate} Hz, {_step_name(args, model)})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,7 @@ class FusedStep:
 
     def __init__(self, model: WaveNet, cache: StepCache, cond_hop: int) -> None:
         hp = model.hparams
-        n_layers, k, gate = len(model.layers), model.kernel_size, hp.gate_channels
+        k, gate = model.kernel_size, hp.gate_channels
         half = gate // 2
         # the sigmoid half pre-scaled by 1/2, as in the cache's gate_bias: sigmoid(b) = (1 + tanh(b / 2)) / 2
         scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(model.dtype)

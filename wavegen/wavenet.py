@@ -34,11 +34,10 @@ teacher-forced pass (:meth:`WaveNetSampler.prefill`). On the CPU in float32 the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
