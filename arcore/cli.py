@@ -224,6 +224,8 @@ class ProjectCLI(LightningCLI):
                                  f"no checkpoint in {folders}: train first with `{self.package} fit` and the same "
                                  f"config, or pass --ckpt_path FILE")
         super()._run_subcommand(subcommand)
+        if subcommand == "fit":
+            save_final_step(self.trainer)
         if config.get("record_metrics") and self.trainer.is_global_zero:
             record_test_metrics(config.ckpt_path, self.trainer.callback_metrics, self.datamodule)
 
@@ -286,6 +288,16 @@ def checkpoint_folders(config: Any) -> list[Path]:
     folders = [Path(c.init_args.get("dirpath") or default) for c in config.trainer.get("callbacks") or []
                if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
     return folders or [default]
+
+
+def save_final_step(trainer: pl.Trainer) -> None:
+    """After ``fit``, write ``last.ckpt`` at the final step when the run stopped between two saves (``max_steps``,
+    ``max_time`` or Ctrl-C mid-epoch): Lightning's ``ModelCheckpoint`` saves the last state only after a validation
+    or at an epoch's end, so the steps since then were lost (pinned Lightning version: its ``_save_last_checkpoint``)."""
+    for callback in trainer.checkpoint_callbacks:
+        if (isinstance(callback, ModelCheckpoint) and callback.save_last
+                and callback._last_global_step_saved < trainer.global_step):
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
 def last_checkpoint(trainer: pl.Trainer) -> Path | None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from arcore.checkpoint import read_checkpoint
 from arcore.errors import UsageError
 from pixelgen.cli import main
 from pixelgen.data import ImageDataModule, quantise
@@ -190,3 +191,13 @@ def test_shipped_mnist_config_learns_real_digits(tmp_path, monkeypatch, capsys):
     assert main(["test", "--config", config, *quick, "--trainer.limit_test_batches", "8"]) == 0
     bpd = float(next(line.split()[-1] for line in capsys.readouterr().out.splitlines() if "test/bpd" in line))
     assert bpd < 0.6  # a uniform model scores 1 bit/dim; 40 steps of the real model get well below
+
+
+def test_a_fit_that_stops_between_validations_keeps_its_final_step(tmp_path, capsys):
+    """max_steps 3 with a validation every 2 steps: last.ckpt holds step 3, not the save of the validation at 2."""
+    config = tiny_config(tmp_path, make_folder_dataset(tmp_path / "images"))
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "3"]) == 0, capsys.readouterr().err
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 3
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "5"]) == 0, capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 5  # resumed from 3
