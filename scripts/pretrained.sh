@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# How the files in pretrained/ are made: train each run of the README's shipped-models table with its shipped
+# config and a fixed step budget (the same steps on any machine; one thread each, two runs side by side on the
+# project's 2-core CPU), export its EMA weights, then measure each file on its test set and record the metrics in
+# its metadata (`test --record_metrics true`). tests/test_pretrained.py checks the files against the README, and
+# measures them again (`-m slow`).
+#   DATA_ROOT  the folder of MNIST, cifar10-subset/ and audio/speech-en/ (default ../shared/data)
+#   STAGE      train, ship or all (default all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_ROOT="${DATA_ROOT:-../shared/data}"
+STAGE="${STAGE:-all}"
+export OMP_NUM_THREADS=1
+P=.venv/bin/pixelgen
+W=.venv/bin/wavegen
+LONG=00:03:00:00  # a cap only: the budget is the step count
+CIFAR=(--data.dataset folder --data.root "$DATA_ROOT/cifar10-subset")
+SPEECH=(--data.root "$DATA_ROOT/audio/speech-en")
+IGPT=(--data.root "$DATA_ROOT" --model.init_args.resolution 14)
+
+if [ "$STAGE" != ship ]; then
+  (
+    $P fit --config lightning_configs/pixelcnn_cifar10.yaml "${CIFAR[@]}" --trainer.max_epochs 8 --trainer.max_time $LONG
+    $P fit --config lightning_configs/igpt_mnist.yaml "${IGPT[@]}" --trainer.max_steps 980 --trainer.max_time $LONG
+  ) &
+  $W fit --config lightning_configs/wavenet_vocoder.yaml "${SPEECH[@]}" --trainer.max_steps 1600
+  $W fit --config lightning_configs/wavenet_speech.yaml "${SPEECH[@]}" --trainer.max_steps 867 --trainer.max_time $LONG
+  $P fit --config lightning_configs/pixelcnn_mnist.yaml --data.root "$DATA_ROOT" --trainer.max_steps 429 \
+    --trainer.max_time $LONG
+  wait
+fi
+
+if [ "$STAGE" != train ]; then
+  mkdir -p pretrained
+  ship() {  # tool, run, data options...
+    local tool=$1 run=$2; shift 2
+    .venv/bin/$tool export --ckpt "runs/$run/checkpoints/last.ckpt" --out "pretrained/$run.safetensors"
+    .venv/bin/$tool test --config "lightning_configs/$run.yaml" "$@" --ckpt_path "pretrained/$run.safetensors" \
+      --record_metrics true --trainer.logger false
+  }
+  ship pixelgen pixelcnn_mnist --data.root "$DATA_ROOT"
+  ship pixelgen pixelcnn_cifar10 "${CIFAR[@]}"
+  ship pixelgen igpt_mnist "${IGPT[@]}"
+  ship wavegen wavenet_speech "${SPEECH[@]}"
+  ship wavegen wavenet_vocoder "${SPEECH[@]}"
+fi
