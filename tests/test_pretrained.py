@@ -121,9 +121,15 @@ def test_a_shipped_models_test_metric_measured_again_is_the_readmes(name, tmp_pa
                    "--trainer.default_root_dir", str(tmp_path)])
     assert status == 0, capsys.readouterr().err
     measured = json.loads(split(copy.read_bytes(), copy, "weights file")[1]["metrics"])["test"]
-    assert printed(name, measured) == printed(name, json.loads(metadata(name)["metrics"])["test"])
+    recorded = json.loads(metadata(name)["metrics"])["test"]
     row = readme_row(name)
-    assert all(text in row for text in printed(name, measured)), row
+    for key, shape in SHIPPED[name][3]:
+        assert shape.format(recorded[key]) in row
+        # likelihoods to the README's last digit; the vocoder's scores of drawn audio within a draw's spread (a
+        # CPU with other vector units rounds the logits differently, which can change a few drawn samples)
+        digits = int(re.search(r"\.(\d)f", shape).group(1))
+        tolerance = {"test/pesq": 0.05, "test/stoi": 0.01}.get(key, 0.6 * 10 ** -digits)
+        assert abs(measured[key] - recorded[key]) <= tolerance, (key, measured[key], recorded[key])
 
 
 def test_the_readme_shows_the_fresh_clone_command():
