@@ -128,7 +128,8 @@ EVALUATING = ("validate", "test", "predict")
 RUN_COMMANDS = ("fit", *EVALUATING)
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "base.yaml"
 """What every run shares (trainer defaults, the W&B logger, checkpoints, the NaN guard), composed by LightningCLI
-under the run's config for every command of :data:`RUN_COMMANDS` (in a source checkout or an editable install)."""
+under the run's config for every command of :data:`RUN_COMMANDS`; a run command refuses to start without it (an
+install that is not a source checkout or an editable one)."""
 
 
 class ProjectCLI(LightningCLI):
@@ -321,9 +322,8 @@ def _continue_wandb_run(config: Any) -> None:
         return
     path = config.ckpt_path
     if path == "last":
-        dirs = [c.init_args.get("dirpath") for c in config.trainer.callbacks or []
-                if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
-        path = next((f"{d}/last.ckpt" for d in dirs if d and Path(d, "last.ckpt").is_file()), None)
+        path = next((folder / "last.ckpt" for folder in checkpoint_folders(config)
+                     if (folder / "last.ckpt").is_file()), None)
     if not path or not Path(path).is_file():
         return
     try:
@@ -346,7 +346,10 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
             export_main(tool, args[1:])
             return 0
         wandb_offline_unless_configured()
-        base = {"default_config_files": [str(BASE_CONFIG)]} if BASE_CONFIG.is_file() else {}
+        if not BASE_CONFIG.is_file():
+            raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the "
+                             f"project from a source checkout (pip install -e .)")
+        base = {"default_config_files": [str(BASE_CONFIG)]}
         try:
             ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
                        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself

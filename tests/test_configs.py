@@ -73,3 +73,10 @@ def test_the_name_is_given_once_for_a_new_run_and_explicit_settings_win(capsys):
     assert (resolved.trainer.logger.init_args.name, resolved.trainer.logger.init_args.project) == ("mine",
                                                                                                    "elsewhere")
     assert checkpoint_folders(resolved) == [Path("runs/mine/checkpoints")]
+
+
+def test_a_run_command_without_the_base_config_refuses_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("arcore.cli.BASE_CONFIG", tmp_path / "base.yaml")
+    assert pixelgen(["fit", "--config", str(CONFIGS[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "base.yaml is missing" in err and "pip install -e ." in err
