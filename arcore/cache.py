@@ -16,6 +16,9 @@ event_shape)``). The sampler owns
   ``cache.position``;
 - :meth:`Sampler.prefill`: a primed prefix consumed in one parallel pass, leaving the state that stepping through
   it would leave;
+- optionally, :meth:`Sampler.drawer`: a native call that runs a whole position (the step, the choice of the code,
+  its write into ``seq`` and the advance of ``cache.position``), which the engine's sampling loop then calls
+  instead of the pieces and its own decoding;
 - its prepared weights (masked, transposed, folded), made once per run.
 """
 
@@ -27,9 +30,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from arcore.decoding import Decoding
     from arcore.module import AutoregressiveModule
 
 Piece = Callable[[torch.Tensor], "torch.Tensor | None"]
+Drawer = Callable[[torch.Tensor, "torch.Tensor | None"], None]
+"""``draw(seq, gumbel)``: one whole sampling position (:meth:`Sampler.drawer`); ``gumbel`` [B, num_classes] is the
+position's Gumbel noise (None when the decoding takes the argmax)."""
 
 
 class StepCache:
@@ -107,6 +114,11 @@ class Sampler:
     def capturable(self, piece: Piece) -> bool:
         """Whether the engine may capture ``piece`` (False for a native fused step: already one call per step)."""
         return True
+
+    def drawer(self, decoding: Decoding) -> Drawer | None:
+        """A call that runs a whole position, choosing its code as ``decoding.pick`` would, or None (the default:
+        the engine runs the schedule's pieces and decodes their logits itself)."""
+        return None
 
     def prefill(self, seq: torch.Tensor, length: int) -> None:
         """Consume the codes ``seq[:, :length]``; afterwards ``cache.position == length``."""

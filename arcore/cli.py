@@ -453,6 +453,9 @@ def export_main(tool: str, argv: Sequence[str]) -> None:
                                      "safetensors weights file that sample, test and load accept.")
     parser.add_argument("--ckpt", required=True, help=f"checkpoint written by `{tool} fit` (e.g. .../last.ckpt)")
     parser.add_argument("--out", required=True, help="the .safetensors file to write")
+    parser.add_argument("--half-weights", action="store_true",
+                        help="round the sampling step's weights to float16 values (WaveNet: its fused CPU step "
+                             "then holds them as float16, about 2x faster; test the file to measure the change)")
     args = parser.parse_args(list(argv))
     out = output_path(args.out, weights.SUFFIX)
     model, checkpoint = read_model(args.ckpt, tool, command="export", what="--ckpt")
@@ -460,6 +463,11 @@ def export_main(tool: str, argv: Sequence[str]) -> None:
         raise UsageError(f"--ckpt {args.ckpt} is already a weights file; export reads a .ckpt written by "
                          f"`{tool} fit`")
     metadata = weights.metadata_of(checkpoint, model, args.ckpt)
+    if args.half_weights:
+        if not hasattr(model, "round_weights_to_half"):
+            raise UsageError(f"--half-weights: a {type(model).__name__} has no float16 sampling step (WaveNet has)")
+        print(f"weights rounded to float16 values (largest change {model.round_weights_to_half():.2g})")
+        metadata["weight_values"] = "float16"
     data = weights.encode(model.state_dict(), metadata)
     write_atomically(out, data)
     count = sum(p.numel() for p in model.parameters())

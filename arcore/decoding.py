@@ -57,11 +57,21 @@ class Decoding:
 
     def choose(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Codes [..] from logits [.., K] and uniform noise of the same shape (ignored for :attr:`argmax`)."""
+        return self.pick(logits, None if self.argmax else gumbel(noise))
+
+    def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """Codes [..] from logits [.., K] and Gumbel noise of the same shape (:func:`gumbel`; None for
+        :attr:`argmax`): the argmax of the filtered logits plus the noise, a draw from their softmax."""
         if self.argmax:
             return logits.argmax(dim=-1)
         filtered = self.filter(logits)
-        gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20, max=1.0 - 1e-7)))
-        return (filtered + gumbel.to(filtered.dtype)).argmax(dim=-1)
+        return (filtered + noise.to(filtered.dtype)).argmax(dim=-1)
+
+
+def gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniform noise, elementwise (a block of positions at once gives each position the
+    values it would get alone)."""
+    return -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:

@@ -5,7 +5,9 @@ and token sequences). The engine owns the loop, the decoding and the schedule of
 codes before ``t`` into logits for ``t``, through a :class:`arcore.cache.Sampler`: its own incremental one
 (``model.sampler``), or the cache-free reference (:class:`arcore.cache.ForwardSampler`, the teacher-forced pass at
 every position). Codes live in a preallocated ``[n, N]`` tensor in generation order; a primed prefix is consumed by
-the sampler's parallel prefill; nothing in the loop reads a tensor back to the host.
+the sampler's parallel prefill; nothing in the loop reads a tensor back to the host. A sampler with a drawer
+(:meth:`arcore.cache.Sampler.drawer`: a native call that runs a whole position, choice of the code included) runs
+that instead of its pieces and the engine's decoding, on the same noise.
 
 With ``compile=True`` every piece of the sampler is captured once and replayed at every position: as a CUDA graph
 on a GPU (warmed up on a side stream with the state restored afterwards, so capture changes nothing), with
@@ -31,7 +33,7 @@ from typing import Any, Protocol
 import torch
 
 from arcore.cache import ForwardSampler, Piece, Sampler, StepCache
-from arcore.decoding import Decoding
+from arcore.decoding import Decoding, gumbel
 from arcore.errors import UsageError
 
 Capture = bool | str | Callable[..., Any]  # False: eager; True: the device's default; else a compile backend
@@ -158,6 +160,35 @@ def _cuda_graph(unit: Piece, seq: torch.Tensor, cache: StepCache) -> Piece:
     return replay
 
 
+NOISE_BLOCK = 1 << 18
+"""Floats of uniform noise drawn per generator call on the CPU (1 MiB): a block of positions at once."""
+
+
+class Noise:
+    """The Gumbel noise ``[n, classes]`` of each position in turn, ``positions`` of them. On the CPU it is drawn in
+    blocks of positions: the CPU generator fills a tensor one element after another, so one call over a block gives
+    every position the uniform values a call per position would, and a block never reaches past the last position,
+    so the generator ends where per-position draws leave it (a second run with the same generator continues its
+    stream). Elsewhere it is drawn a position at a time."""
+
+    def __init__(self, n: int, classes: int, positions: int, device: torch.device,
+                 generator: torch.Generator | None) -> None:
+        per_block = max(1, NOISE_BLOCK // (n * classes)) if device.type == "cpu" else 1
+        self.uniform = torch.empty(max(1, min(per_block, positions)), n, classes, device=device)
+        self.generator, self.left = generator, positions
+        self.rows: tuple[torch.Tensor, ...] = ()
+        self.index = 0
+
+    def next(self) -> torch.Tensor:
+        """The next position's noise."""
+        if self.index == len(self.rows):
+            block = self.uniform[: min(self.uniform.shape[0], self.left)].uniform_(generator=self.generator)
+            self.left -= block.shape[0]
+            self.rows, self.index = gumbel(block).unbind(0), 0
+        self.index += 1
+        return self.rows[self.index - 1]
+
+
 def stepper(model: Autoregressive, n: int, cond: Any, event_shape: tuple[int, ...], use_cache: bool = True,
             capture: Capture = False) -> tuple[Runner, Sampler]:
     """The model's sampler for ``n`` sequences (or the cache-free one) and a runner ``(t, seq) -> logits``."""
@@ -197,12 +228,14 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
         if start:
             sampler.prefill(seq, start)
         run.prepare(seq, start)
-        noise = torch.empty(n, model.num_classes, device=device)
+        draw = sampler.drawer(decoding)
+        noise = None if decoding.argmax else Noise(n, model.num_classes, seq.shape[1] - start, device, generator)
         for t in _positions(start, seq.shape[1], progress, "sampling"):
-            logits = run(t, seq)
-            if not decoding.argmax:
-                noise.uniform_(generator=generator)
-            seq[:, t] = decoding.choose(logits, noise)
+            gumbel_t = None if noise is None else noise.next()
+            if draw is not None:
+                draw(seq, gumbel_t)
+            else:
+                seq[:, t] = decoding.pick(run(t, seq), gumbel_t)
         return model.from_order(seq, event_shape)
     finally:
         model.train(was_training)

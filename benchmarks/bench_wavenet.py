@@ -25,11 +25,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 
 import torch
 import yaml
 
+from arcore.decoding import Decoding
 from arcore.engine import stepper
 from benchmarks.common import (
     best_time,
@@ -40,7 +42,7 @@ from benchmarks.common import (
     training_step_seconds,
     write_section,
 )
-from wavegen.fused import FusedStep
+from wavegen.fused import FusedStep, weight_dtype
 from wavegen.wavenet import AudioCond, WaveNet, upsample_factors
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
@@ -65,6 +67,14 @@ def models() -> dict[str, tuple[WaveNet, Cond]]:
         "wavenet_digits.yaml (6 speakers)": (digits, lambda b, n: torch.arange(b) % 6),
         "wavenet_vocoder.yaml": (vocoder, lambda b, n: AudioCond(mel=torch.randn(b, mels, -(-n // hop)))),
     }
+
+
+def halved(model: WaveNet) -> WaveNet:
+    """A copy of ``model`` with its weights rounded to float16 values (the fused step then holds float16)."""
+    rounded = deepcopy(model)
+    rounded.round_weights_to_half()
+    assert weight_dtype(rounded) == torch.float16
+    return rounded
 
 
 def with_step(fused: bool) -> None:
@@ -136,16 +146,18 @@ def sampling_rows(quick: bool, threads_list: list[int]) -> list[list[object]]:
     for threads in threads_list:
         torch.set_num_threads(threads)
         for name, (model, cond) in models().items():
+            half = halved(model)
             for batch in (1, 16):
+                fast = cached_rate(half, cond, batch, length // (1 if batch == 1 else 2), fused=True)
                 fused = cached_rate(model, cond, batch, length // (1 if batch == 1 else 2), fused=True)
                 plain = cached_rate(model, cond, batch, length // (4 if batch == 1 else 8), fused=False)
                 naive = naive_rate(model, cond, batch, RATE, positions=1 if quick or batch > 1 else 2) \
                     if threads == 1 else None
                 other = r9y9_rate(model, batch, 240 if batch == 1 else 160) if have_r9y9 else None
-                rows.append([name, threads, batch, f"**{fused:,.0f}**", f"{plain:,.0f}",
+                rows.append([name, threads, batch, f"**{fast:,.0f}**", f"{fused:,.0f}", f"{plain:,.0f}",
                              "-" if naive is None else f"{naive:,.1f}", "-" if other is None else f"{other:,.0f}",
-                             f"{fused / plain:.1f}x", "-" if other is None else f"{fused / other:,.0f}x",
-                             f"{fused / RATE:.2f}x"])
+                             f"{fast / plain:.1f}x", f"{fused / plain:.1f}x",
+                             "-" if other is None else f"{fast / other:,.0f}x", f"{fast / RATE:.2f}x"])
                 print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
     with_step(True)
     torch.set_num_threads(1)
@@ -153,15 +165,22 @@ def sampling_rows(quick: bool, threads_list: list[int]) -> list[list[object]]:
 
 
 def step_seconds(model: WaveNet, batch: int, steps: int, fused: bool) -> float:
-    """Seconds per step of the sampler's step alone (no decoding), over ``steps`` positions."""
+    """Seconds per position of the step without noise, over ``steps`` positions: the fused step as the sampling
+    loop calls it (one call per position, the argmax choice and the code write included), the PyTorch step
+    through the engine's runner (logits only)."""
     with_step(fused)
     run, sampler = stepper(model, batch, None, (steps,))
+    draw = sampler.drawer(Decoding(greedy=True))
+    assert (draw is not None) == fused
     seq = torch.randint(0, model.num_classes, (batch, steps))
 
     def go() -> None:
         sampler.cache.position.zero_()
         for t in range(steps):
-            run(t, seq)
+            if draw is None:
+                run(t, seq)
+            else:
+                draw(seq, None)
 
     return best_time(go, repeats=7) / steps
 
@@ -195,30 +214,37 @@ def roofline(quick: bool) -> str:
     model = models()[REFERENCE][0]
     flops, weights = flops_per_sample(model), weight_bytes(model)
     # the best of several tries: on a shared machine a single try may catch another process's burst
-    peak, cached_bw, memory_bw = max(matmul_flops() for _ in range(4)), read_bandwidth(4), read_bandwidth(512)
+    peak, memory_bw = max(matmul_flops() for _ in range(4)), read_bandwidth(512)
+    l2_bw, l3_bw = read_bandwidth(1), read_bandwidth(4)  # within one core's 2 MiB L2 here, and beyond it
     rows = []
     steps = 500 if quick else 1000
+    steps_of = {"fused, float16 weights": (halved(model), True, 2), "fused": (model, True, 4),
+                "PyTorch": (model, False, 4)}  # (model, fused, bytes per weight)
     for batch in (1, 16):
-        for fused in (True, False):
-            step = step_seconds(model, batch, steps if fused else steps // 4, fused)
-            rows.append([batch, "fused" if fused else "PyTorch", f"{step * 1e6:.1f}",
-                         f"{batch * flops / peak * 1e6:.1f}", f"{weights / cached_bw * 1e6:.1f}",
-                         f"{weights / memory_bw * 1e6:.1f}", f"{batch * flops / peak / step:.0%}",
-                         f"{batch / step:,.0f}"])
+        for name, (net, fused, size) in steps_of.items():
+            step = step_seconds(net, batch, steps if fused else steps // 4, fused)
+            read = weights * size // 4
+            rows.append([batch, name, f"{step * 1e6:.1f}", f"{batch * flops / peak * 1e6:.1f}",
+                         f"{read / 2 ** 20:.2f}", f"{read / l2_bw * 1e6:.1f}", f"{read / l3_bw * 1e6:.1f}",
+                         f"{read / memory_bw * 1e6:.1f}",
+                         f"{batch * flops / peak / step:.0%}", f"{batch / step:,.0f}"])
     with_step(True)
     head = (f"One step of the reference model against this CPU, one thread: {flops / 1e6:.2f} MFLOP per sample "
             f"(2 x multiply-adds) and {weights / 2 ** 20:.2f} MiB of float32 weights read per step (once for all "
-            f"rows). Measured in this run: {peak / 1e9:.0f} GFLOP/s float32 matmul (1024^3), {cached_bw / 1e9:.0f} "
-            f"GB/s reading a 4 MiB buffer (cache) and {memory_bw / 1e9:.0f} GB/s reading 512 MiB (memory). The step "
-            f"alone (the sampler's step in a loop, no decoding):\n")
-    return head + "\n" + table(["batch", "step", "us/step", "FLOP floor us", "cache floor us", "memory floor us",
-                                "of matmul peak", "samples/s (step alone)"], rows) + "\n"
+            f"rows). Measured in this run: {peak / 1e9:.0f} GFLOP/s float32 matmul (1024^3), {l2_bw / 1e9:.0f} "
+            f"GB/s reading a 1 MiB buffer (L2), {l3_bw / 1e9:.0f} GB/s reading 4 MiB (more than one core's L2) and "
+            f"{memory_bw / 1e9:.0f} GB/s reading 512 MiB (memory); a floor is the weights read once at that rate. "
+            f"The step alone, without noise (the fused step as the sampling loop calls it, one call per position "
+            f"with the greedy choice; the PyTorch step's logits through the engine's runner):\n")
+    columns = ["batch", "step", "us/step", "FLOP floor us", "weights MiB", "L2 floor us", "L3 floor us",
+               "memory floor us", "of matmul peak", "samples/s (step alone)"]
+    return head + "\n" + table(columns, rows) + "\n"
 
 
 def cost_by_position(batch: int, length: int, windows: int) -> list[float]:
     """Microseconds per sample of the fused step in ``windows`` equal stretches of one clip."""
     model = models()[REFERENCE][0]
-    run, sampler = stepper(model, batch, None, (length,))
+    run, _ = stepper(model, batch, None, (length,))
     seq = torch.randint(0, model.num_classes, (batch, length))
     per_window, costs = length // windows, []
     for w in range(windows):
@@ -237,14 +263,18 @@ def training_samples_per_second(batch: int, length: int, steps: int) -> float:
 def report(quick: bool, threads: list[int], sampling_only: bool) -> str:
     load = os.getloadavg()
     started = time.perf_counter()
-    out = [f"Machine: {machine().replace(f'{torch.get_num_threads()} threads, ', '')}. Random weights, float32.\n"]
+    cpu = machine().replace(f"{torch.get_num_threads()} threads, ", "")
+    machine_line = (f"Machine: {cpu}. Random weights, float32 (and the same weights rounded to float16 values, "
+                    f"where marked).\n")
+    out = [machine_line]
     rows = sampling_rows(quick, threads)
     out.append("Sampling (`model.sample`, fused and PyTorch steps as `wavegen sample` runs them; samples/s, the best "
                "of 7 short clips; the cache-free sampler in a 1 s clip; r9y9 the best of 5 clips of 240 samples at "
-               "batch 1, 160 at 16):\n")
-    out.append(table(["model", "threads", "batch", "fused step", "PyTorch step", "cache-free", "r9y9 "
-                      "incremental_forward", "fused / PyTorch", "fused / r9y9", "fused, real time at 8 kHz"], rows)
-               + "\n")
+               "batch 1, 160 at 16). \"fp16 w\": the fused step of the model with its weights rounded to float16 "
+               "values (`wavegen sample --half-weights`), held as float16:\n")
+    out.append(table(["model", "threads", "batch", "fused step, fp16 w", "fused step", "PyTorch step", "cache-free",
+                      "r9y9 incremental_forward", "fp16 w / PyTorch", "fused / PyTorch", "fp16 w / r9y9",
+                      "fp16 w, real time at 8 kHz"], rows) + "\n")
     if not sampling_only:
         out += others(quick)
     out.append(f"Load average (1, 5, 15 min) of this shared machine: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} at "

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # How the files in pretrained/ are made: train each run of the README's shipped-models table with its shipped
 # config and a fixed step budget (the same steps on any machine; one thread each, two runs side by side on the
-# project's 2-core CPU), export its EMA weights, then measure each file on its test set and record the metrics in
-# its metadata (`test --record_metrics true`). tests/test_pretrained.py checks the files against the README, and
-# measures them again (`-m slow`).
+# project's 2-core CPU), export its EMA weights (the WaveNets' rounded to float16 values), then measure each file
+# on its test set and record the metrics in its metadata (`test --record_metrics true`). tests/test_pretrained.py
+# checks the files against the README, and measures them again (`-m slow`).
 #   DATA_ROOT  the folder of MNIST, cifar10-subset/ and audio/speech-en/ (default ../shared/data)
 #   STAGE      train, ship or all (default all)
 set -euo pipefail
@@ -32,9 +32,10 @@ fi
 
 if [ "$STAGE" != train ]; then
   mkdir -p pretrained
-  ship() {  # tool, run, data options...
+  ship() {  # tool, run, data options...; WaveNets ship float16-valued weights (their fused CPU step's fast path)
     local tool=$1 run=$2; shift 2
-    .venv/bin/$tool export --ckpt "runs/$run/checkpoints/last.ckpt" --out "pretrained/$run.safetensors"
+    local half=(); if [ "$tool" = wavegen ]; then half=(--half-weights); fi
+    .venv/bin/$tool export --ckpt "runs/$run/checkpoints/last.ckpt" --out "pretrained/$run.safetensors" "${half[@]}"
     .venv/bin/$tool test --config "lightning_configs/$run.yaml" "$@" --ckpt_path "pretrained/$run.safetensors" \
       --record_metrics true --trainer.logger false
   }

@@ -115,6 +115,26 @@ def test_load_round_trips_every_model_kind_through_ckpt_and_export(kind, tmp_pat
     assert json.loads(metadata["metrics"])["test"] is None and metadata["weights"] == "trained"
 
 
+def test_export_with_half_weights_ships_a_wavenet_whose_fused_step_holds_float16(tmp_path, capsys):
+    from wavegen.fused import weight_dtype
+
+    model = tiny_models()["wavenet"]
+    ckpt = untrained_checkpoint(model, tmp_path / "wavenet.ckpt")
+    shared = tmp_path / "half.safetensors"
+    assert wavegen_main(["export", "--ckpt", str(ckpt), "--out", str(shared), "--half-weights"]) == 0
+    assert "weights rounded to float16 values" in capsys.readouterr().out
+    loaded = wavegen.load(shared)
+    assert weight_dtype(loaded) == torch.float16 and weight_dtype(model) == torch.float32
+    model.round_weights_to_half()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with safe_open(shared, "pt") as f:
+        assert f.metadata()["weight_values"] == "float16"
+    pixel = untrained_checkpoint(tiny_models()["pixelcnn"], tmp_path / "pixelcnn.ckpt")
+    assert pixelgen_main(["export", "--ckpt", str(pixel), "--out", str(tmp_path / "p.safetensors"),
+                          "--half-weights"]) == 2
+    assert "--half-weights: a PixelCNN has no float16 sampling step" in capsys.readouterr().err
+
+
 def test_load_refuses_the_other_package_and_names_the_python_call(tmp_path):
     ckpt = untrained_checkpoint(tiny_models()["wavenet"], tmp_path / "wavenet.ckpt")
     with pytest.raises(UsageError, match=r"holds a wavegen model \(WaveNet\); use wavegen.load for it"):

@@ -71,6 +71,27 @@ def test_same_seed_same_samples_other_seed_other_samples():
     assert not torch.equal(draw(7), draw(8))
 
 
+def test_noise_drawn_in_blocks_is_the_noise_drawn_per_position(monkeypatch):
+    """The CPU engine draws a block of positions' noise per generator call: the codes, and where the generator's
+    stream ends, are those of one call per position."""
+    import arcore.engine
+
+    model = tiny((1, 5, 5), levels=4)
+    blocked_gen = torch.Generator().manual_seed(5)
+    blocked = model.sample(3, generator=blocked_gen)
+    monkeypatch.setattr(arcore.engine, "NOISE_BLOCK", 1)  # one position per call
+    single_gen = torch.Generator().manual_seed(5)
+    single = model.sample(3, generator=single_gen)
+    assert torch.equal(blocked, single) and len(blocked.unique()) == 4
+    stream = torch.Generator().manual_seed(5)
+    for _ in range(25):  # the 25 positions' [3, 4] draws, one at a time
+        torch.empty(3, 4).uniform_(generator=stream)
+    assert torch.equal(blocked_gen.get_state(), stream.get_state())
+    assert torch.equal(single_gen.get_state(), stream.get_state())
+    monkeypatch.setattr(arcore.engine, "NOISE_BLOCK", 3 * 4 * 7)  # blocks of 7 positions: 25 = 3 x 7 + 4
+    assert torch.equal(model.sample(3, generator=torch.Generator().manual_seed(5)), blocked)
+
+
 def test_beam_of_width_one_is_greedy():
     model = tiny((3, 3, 4), levels=4)
     result = model.beam_search(2, beams=1)

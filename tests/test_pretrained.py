@@ -97,6 +97,7 @@ def test_the_shipped_wavenet_and_vocoder_generate_audio(tmp_path, capsys):
                            "--out", str(clip)])
     assert status == 0, capsys.readouterr().err
     assert len(soundfile.read(clip)[0]) == 400
+    assert "fused CPU step, float16 weights)" in capsys.readouterr().out  # shipped with float16-valued weights
     speech = tmp_path / "speech.wav"
     t = np.arange(2400) / 8000
     soundfile.write(speech, 0.3 * np.sin(2 * math.pi * 220 * t) * (1 + np.sin(2 * math.pi * 3 * t)), 8000)
@@ -105,7 +106,9 @@ def test_the_shipped_wavenet_and_vocoder_generate_audio(tmp_path, capsys):
                            str(speech), "--out", str(out)])
     assert status == 0, capsys.readouterr().err
     assert len(soundfile.read(out)[0]) == 2400
+    assert "fused CPU step, float16 weights)" in capsys.readouterr().out
     assert wavegen.load(PRETRAINED / "wavenet_vocoder.safetensors").n_mels == 80
+    assert metadata("wavenet_speech")["weight_values"] == metadata("wavenet_vocoder")["weight_values"] == "float16"
 
 
 @pytest.mark.slow

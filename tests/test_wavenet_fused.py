@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arcore.decoding import Decoding
 from arcore.engine import stepper
+from arcore.errors import UsageError
 from tests.contract import randomise, sample_both_ways
 from tests.test_native import no_compiler
-from wavegen.fused import FusedStep, kernel
+from wavegen.fused import FusedStep, kernel, weight_dtype
 from wavegen.wavenet import AudioCond, WaveNet
 
 # widths that are not multiples of the kernel's 16-column panels, so the padding is exercised too
@@ -36,17 +38,29 @@ def codes(model: WaveNet, batch: int, length: int, seed: int = 1) -> torch.Tenso
     return torch.randint(0, model.num_classes, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def half_model(kind: str, batch: int, length: int, seed: int = 0) -> tuple[WaveNet, AudioCond | None]:
+    """:func:`model_and_cond` with its weights rounded to float16 values (the fused step then holds float16)."""
+    model, cond = model_and_cond(kind, batch, length, seed)
+    model.round_weights_to_half()
+    return model, cond
+
+
+MODELS = {"float32": model_and_cond, "float16": half_model}  # weights as the fused step holds them
+
+
+@pytest.mark.parametrize("weights", list(MODELS))
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("batch", [1, 3, 16])
-def test_fused_step_writes_the_same_ring_and_logits_as_the_pytorch_step(batch, kind, monkeypatch):
+def test_fused_step_writes_the_same_ring_and_logits_as_the_pytorch_step(batch, kind, weights, monkeypatch):
     assert kernel() is not None, "the fused step did not build (is a C++ compiler installed?)"
     length = 40
-    model, cond = model_and_cond(kind, batch, length)
+    model, cond = MODELS[weights](kind, batch, length)
     seq = codes(model, batch, length)
     fused_run, fused = stepper(model, batch, cond, (length,))
     monkeypatch.setenv("WAVEGEN_FUSED", "0")
     plain_run, plain = stepper(model, batch, cond, (length,))
     assert isinstance(fused.step, FusedStep) and not isinstance(plain.step, FusedStep)
+    assert fused.step.weight_dtype == getattr(torch, weights)
     for t in range(length):
         logits, expected = fused_run(t, seq), plain_run(t, seq)
         assert (logits - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1), f"logits at {t}"
@@ -67,6 +81,60 @@ def test_fused_sampling_equals_cache_free_sampling(kind, batch, prime_length):
     assert len(cached.unique()) > 5  # real draws, not a constant
     other = model.sample(batch, cond=cond, prime=prime, length=length, generator=torch.Generator().manual_seed(5))
     assert not torch.equal(cached, other)
+
+
+DECODINGS = {"default": {}, "temperature": {"temperature": 0.7}, "greedy": {"greedy": True}, "top-k 1": {"top_k": 1}}
+
+
+@pytest.mark.parametrize("weights", list(MODELS))
+@pytest.mark.parametrize("decoding", list(DECODINGS))
+def test_a_whole_position_in_one_call_samples_as_the_cache_free_sampler(decoding, weights):
+    """The fused draw (the step, the Gumbel-max choice, the code write and the advance in one C++ call) gives the
+    cache-free sampler's codes, with the same noise blocks, at every decoding it serves."""
+    length, batch = 60, 3
+    model, cond = MODELS[weights]("speaker and mel", batch, length, seed=12)
+    prime = codes(model, batch, 7, seed=13)
+    assert model.sampler(batch, cond, (length,)).drawer(Decoding(**DECODINGS[decoding])) is not None
+    cached, naive = sample_both_ways(model, batch, seed=14, length=length, cond=cond, prime=prime,
+                                     **DECODINGS[decoding])
+    assert torch.equal(cached, naive)
+    assert torch.equal(cached[:, :7], prime) and len(cached[:, 7:].unique()) > (1 if decoding in ("greedy", "top-k 1")
+                                                                                 else 5)
+
+
+def test_the_fused_draw_leaves_top_k_and_top_p_to_the_engine():
+    model, cond = model_and_cond("none", 1, 10)
+    sampler = model.sampler(1, cond, (10,))
+    assert sampler.drawer(Decoding(top_k=5)) is None and sampler.drawer(Decoding(top_p=0.9)) is None
+    cached, naive = sample_both_ways(model, 2, seed=15, length=30, top_k=5)
+    assert torch.equal(cached, naive)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_weights_rounded_to_half_are_float16_values_within_a_half_ulp(kind):
+    model, _ = model_and_cond(kind, 1, 10)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert weight_dtype(model) == torch.float32
+    change = model.round_weights_to_half()
+    assert weight_dtype(model) == torch.float16
+    largest = 0.0
+    for name, p in model.named_parameters():
+        moved = (p - before[name]).abs()
+        largest = max(largest, moved.max().item())
+        if name.endswith("bias") or "embed" in name or "mel_net" in name or "upsampler" in name:
+            assert torch.equal(p, before[name]), name  # only the step's weight matrices are rounded
+        else:
+            assert torch.equal(p.half().float(), p), name
+            assert (moved <= before[name].abs() * 2.0 ** -11 + 2.0 ** -25).all(), name  # half an ulp of float16
+    assert change == largest > 0
+
+
+def test_a_weight_beyond_float16_range_is_refused_in_one_line():
+    model, _ = model_and_cond("none", 1, 10)
+    with torch.no_grad():
+        model.head2.weight[0, 0, 0] = 1e5
+    with pytest.raises(UsageError, match="beyond float16's range"):
+        model.round_weights_to_half()
 
 
 def test_fused_beam_search_equals_beam_search_through_the_pytorch_step(monkeypatch):
@@ -121,7 +189,8 @@ def test_wavegen_sample_says_which_step_ran(tmp_path, capsys, monkeypatch):
     model, _ = model_and_cond("none", 1, 10)
     ckpt = untrained_checkpoint(model, tmp_path / "tiny.ckpt")
     for extra, env, step in (([], "1", "fused CPU step"), ([], "0", "PyTorch step"),
-                             (["--no-cache"], "1", "cache-free step")):
+                             (["--no-cache"], "1", "cache-free step"),
+                             (["--half-weights"], "1", "fused CPU step, float16 weights")):
         monkeypatch.setenv("WAVEGEN_FUSED", env)
         assert main(["sample", "--ckpt", str(ckpt), "--seconds", "0.002", "--out", str(tmp_path / "a.wav"),
                      *extra]) == 0

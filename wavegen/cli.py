@@ -22,7 +22,7 @@ from arcore.files import check_output
 from arcore.media import save_wav
 from arcore.sample_cli import SampleRun, parse_sample_args, sample_parser
 from wavegen.data import AUDIO_SUFFIXES, AudioDataModule, mu_law_encode, read_audio, why_unusable
-from wavegen.fused import FusedStep
+from wavegen.fused import FusedStep, weight_dtype
 from wavegen.wavenet import WaveNet
 
 
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mel-from", nargs="+", default=None,
                    help="audio files or folders (searched recursively) whose log-mel frames condition a vocoder "
                         "model: each input is resynthesised, as long as it is (or --seconds)")
+    p.add_argument("--half-weights", action="store_true",
+                   help="round the network's weights to float16 values first: the fused CPU step then holds them in "
+                        "half the bytes (about 2x faster where the float32 weights overflow the L2 cache; "
+                        "likelihoods move in the fourth decimal)")
     return p
 
 
@@ -105,6 +109,8 @@ def sample_main(argv: Sequence[str]) -> None:
     out = _output_folder(args.out, inputs[1]) if several else output_path(args.out, ".wav")
     sampling = SampleRun("wavegen", args, WaveNet)
     model = sampling.model
+    if args.half_weights:
+        print(f"weights rounded to float16 values (largest change {model.round_weights_to_half():.2g})")
     if inputs is not None:
         _resynthesize(sampling, *inputs, out, several)
         return
@@ -145,7 +151,7 @@ def _step_name(args: argparse.Namespace, model: WaveNet) -> str:
     if args.no_cache:
         return "cache-free step"
     if FusedStep.applies(model):
-        return "fused CPU step"
+        return "fused CPU step" + (", float16 weights" if weight_dtype(model) == torch.float16 else "")
     return "PyTorch step, captured" if args.compile else "PyTorch step"
 
 

@@ -6,6 +6,17 @@ one call: every weight streamed once per tile of up to 8 rows, the gate nonlinea
 the ring buffer written in place, nothing allocated. It keeps the PyTorch step's state exactly (the same ring rows,
 gate biases and mel features, read from the sampler's cache), so the two agree step by step, beam search reorders
 its state like the PyTorch step's, and a primed prefix filled by the sampler's prefill carries over.
+
+Two things take it past the per-call and cache limits of a CPU core:
+
+- :meth:`FusedStep.drawer`: a whole sampling position in one call (the step, the Gumbel-max choice from the noise
+  the engine drew for the position, the code written into ``seq``, the position advanced), so the engine's loop
+  runs no tensor operation between steps;
+- float16 weights: when every packed weight is exactly a float16 value (:meth:`WaveNet.round_weights_to_half`,
+  ``wavegen sample --half-weights``), the step holds them as float16, unchanged, and converts them to float32 in
+  registers: the reference model's 1.94 MiB become 0.97 MiB, which stay in a 2 MiB L2 cache from one step to the
+  next instead of streaming from the L3.
+
 It is built on first use by :mod:`arcore.native`; ``WAVEGEN_FUSED=0`` (or ``ARCORE_FUSED=0``) turns it off.
 """
 
@@ -13,13 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from arcore import native
-from arcore.cache import StepCache
+from arcore.cache import Drawer, StepCache
+from arcore.decoding import Decoding
 
 if TYPE_CHECKING:
     from wavegen.wavenet import WaveNet
@@ -40,9 +52,61 @@ def panels(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(fan_in, -1, PANEL).transpose(0, 1).contiguous()
 
 
+def half_exact(weight: torch.Tensor) -> bool:
+    """Whether every value of a float32 tensor is exactly a float16 value (so half the bytes hold it unchanged)."""
+    return bool(torch.equal(weight.to(torch.float16).to(weight.dtype), weight))
+
+
 def padded(vector: torch.Tensor) -> torch.Tensor:
     """A bias zero-padded to whole panels."""
     return F.pad(vector.detach(), (0, -vector.numel() % PANEL)).contiguous()
+
+
+class Packed(NamedTuple):
+    """A WaveNet's sampling weights as the C++ step reads them (:func:`packed`)."""
+
+    gate: list[torch.Tensor]
+    out: list[torch.Tensor]
+    out_bias: list[torch.Tensor]
+    head1: torch.Tensor
+    head1_bias: torch.Tensor
+    head2: torch.Tensor
+    head2_bias: torch.Tensor
+
+
+def packed(model: WaveNet, with_mel: bool) -> Packed:
+    """The step's weights in panels (biases float32): float16 when every packed weight is exactly a float16 value
+    (:meth:`wavegen.wavenet.WaveNet.round_weights_to_half` makes them so), else float32."""
+    hp = model.hparams
+    k, gate = model.kernel_size, hp.gate_channels
+    half = gate // 2
+    # the sigmoid half pre-scaled by 1/2, as in the cache's gate_bias: sigmoid(b) = (1 + tanh(b / 2)) / 2
+    scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(model.dtype)
+    gate_w, out_w, out_b = [], [], []
+    for i, layer in enumerate(model.layers):
+        # rows: tap j = 0..k-1 (reading x[t - (k-1-j) d]) times the residual channels, then the mel features
+        w = (layer.conv.weight * scale[:, None, None]).permute(2, 1, 0).reshape(k * hp.residual_channels, gate)
+        if with_mel:
+            w = torch.cat([w, (model.mel_proj.weight[i * gate:(i + 1) * gate, :, 0] * scale[:, None]).t()])
+        a, b = panels(w[:, :half]), panels(w[:, half:])
+        gate_w.append(torch.stack([a, b], dim=1).flatten(0, 1).contiguous())  # a_0, b_0, a_1, b_1, ...
+        skip_w, skip_b = layer.skip.weight[:, :, 0].t(), layer.skip.bias
+        if layer.residual is None:  # the last layer: its residual output is never read
+            res_w = skip_w.new_zeros(half, hp.residual_channels)
+            res_b = skip_b.new_zeros(hp.residual_channels)
+        else:
+            res_w, res_b = layer.residual.weight[:, :, 0].t(), layer.residual.bias
+        out_w.append(torch.cat([panels(res_w), panels(skip_w)]))
+        out_b.append(torch.cat([padded(res_b), padded(skip_b)]))
+    head1_w, head2_w = panels(model.head1.weight[:, :, 0].t()), panels(model.head2.weight[:, :, 0].t())
+    dtype = torch.float16 if all(map(half_exact, [*gate_w, *out_w, head1_w, head2_w])) else torch.float32
+    return Packed([w.to(dtype) for w in gate_w], [w.to(dtype) for w in out_w], out_b, head1_w.to(dtype),
+                  padded(model.head1.bias), head2_w.to(dtype), padded(model.head2.bias))
+
+
+def weight_dtype(model: WaveNet) -> torch.dtype:
+    """The dtype in which the fused step holds this model's weights (float16 when that changes none of them)."""
+    return packed(model, with_mel=model.n_mels > 0).gate[0].dtype
 
 
 class FusedStep:
@@ -52,39 +116,35 @@ class FusedStep:
     buffer is overwritten by the next step."""
 
     def __init__(self, model: WaveNet, cache: StepCache, cond_hop: int) -> None:
-        hp = model.hparams
-        k, gate = model.kernel_size, hp.gate_channels
-        half = gate // 2
-        # the sigmoid half pre-scaled by 1/2, as in the cache's gate_bias: sigmoid(b) = (1 + tanh(b / 2)) / 2
-        scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(model.dtype)
         mel = getattr(cache, "mel_frames", torch.empty(0))
-        gate_w, out_w, out_b = [], [], []
-        for i, layer in enumerate(model.layers):
-            # rows: tap j = 0..k-1 (reading x[t - (k-1-j) d]) times the residual channels, then the mel features
-            w = (layer.conv.weight * scale[:, None, None]).permute(2, 1, 0).reshape(k * hp.residual_channels, gate)
-            if mel.numel():
-                w = torch.cat([w, (model.mel_proj.weight[i * gate:(i + 1) * gate, :, 0] * scale[:, None]).t()])
-            a, b = panels(w[:, :half]), panels(w[:, half:])
-            gate_w.append(torch.stack([a, b], dim=1).flatten(0, 1).contiguous())  # a_0, b_0, a_1, b_1, ...
-            skip_w, skip_b = layer.skip.weight[:, :, 0].t(), layer.skip.bias
-            if layer.residual is None:  # the last layer: its residual output is never read
-                res_w = skip_w.new_zeros(half, hp.residual_channels)
-                res_b = skip_b.new_zeros(hp.residual_channels)
-            else:
-                res_w, res_b = layer.residual.weight[:, :, 0].t(), layer.residual.bias
-            out_w.append(torch.cat([panels(res_w), panels(skip_w)]))
-            out_b.append(torch.cat([padded(res_b), padded(skip_b)]))
+        w = packed(model, with_mel=mel.numel() > 0)
+        self.weight_dtype = w.gate[0].dtype
         self.plan = kernel().Plan(
-            model.embed.weight.detach().contiguous(), list(model.dilations), k, cond_hop, gate_w, out_w, out_b,
-            panels(model.head1.weight[:, :, 0].t()), padded(model.head1.bias),
-            panels(model.head2.weight[:, :, 0].t()), padded(model.head2.bias), cache.batch_size,
+            model.embed.weight.detach().contiguous(), list(model.dilations), model.kernel_size, cond_hop, w.gate,
+            w.out, w.out_bias, w.head1, w.head1_bias, w.head2, w.head2_bias, cache.batch_size,
             mel.shape[2] if mel.numel() else 0)
         self.state = (cache.position, cache.gate_bias, mel, cache.ring)
         self.logits = torch.empty(cache.batch_size, model.num_classes)
+        self._no_noise = torch.empty(0)
 
     def __call__(self, seq: torch.Tensor) -> torch.Tensor:
         self.plan.step(seq, *self.state, self.logits)
         return self.logits
+
+    def drawer(self, decoding: Decoding) -> Drawer | None:
+        """A whole position in one call, ``draw(seq, gumbel)``: the step, the code chosen from the logits as
+        ``decoding.choose`` would choose it (the Gumbel-max argmax, or the plain argmax when greedy), written into
+        ``seq`` at the cache position, and the position advanced. None for top-k / top-p filtering (the engine's
+        own ``choose`` then runs on the logits)."""
+        if decoding.top_p is not None or (decoding.top_k is not None and not decoding.argmax):
+            return None
+        plan, state, logits, greedy = self.plan, self.state, self.logits, decoding.argmax
+        temperature, no_noise = decoding.temperature, self._no_noise
+
+        def draw(seq: torch.Tensor, gumbel: torch.Tensor | None) -> None:
+            plan.draw(seq, *state, logits, no_noise if gumbel is None else gumbel, temperature, greedy)
+
+        return draw
 
     @staticmethod
     def applies(model: WaveNet) -> bool:

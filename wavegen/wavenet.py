@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import Piece, Sampler, StepCache, previous_code
+from arcore.cache import Drawer, Piece, Sampler, StepCache, previous_code
+from arcore.decoding import Decoding
 from arcore.engine import Capture
 from arcore.errors import UsageError, check_labels, options
 from arcore.module import AutoregressiveModule
@@ -229,6 +230,42 @@ class WaveNet(AutoregressiveModule):
             self.mel_proj = nn.Conv1d(cond_channels, len(dilations) * gate_channels, 1, bias=False)
             self.mel_transform = torchaudio.transforms.MelSpectrogram(
                 sample_rate, n_fft=4 * hop_length, hop_length=hop_length, n_mels=n_mels)
+
+    @torch.no_grad()
+    def round_weights_to_half(self) -> float:
+        """Round the weights of the sampling step to float16 values, in place (they stay float32 tensors), and
+        return the largest change. The fused CPU step then holds them as float16, unchanged, in half the bytes
+        (``wavegen/fused.py``; the reference model's 1.94 MiB fit a 2 MiB L2 cache), and every path, PyTorch step
+        and cache-free sampler included, computes with the same numbers. The gate's sigmoid half is rounded so
+        that its half (which the step stores) is a float16 value. Biases, embeddings and the conditioning network
+        stay as they are. A trained model's test bits/sample move in the fourth decimal (``benchmarks/RESULTS.md``).
+        """
+        def rounded(weight: torch.Tensor) -> torch.Tensor:
+            return weight.to(torch.float16).to(weight.dtype)
+
+        def gate_rounded(weight: torch.Tensor, gate: int) -> torch.Tensor:
+            """Rows in blocks of ``gate``: the tanh half rounded, the sigmoid half rounded at half its value."""
+            blocks = weight.unflatten(0, (-1, gate))
+            return torch.cat([rounded(blocks[:, : gate // 2]), 2 * rounded(blocks[:, gate // 2:] / 2)], 1
+                             ).flatten(0, 1)
+
+        gate = self.hparams.gate_channels
+        targets: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in self.layers:
+            targets.append((layer.conv.weight, gate_rounded(layer.conv.weight, gate)))
+            targets += [(w, rounded(w)) for w in (layer.skip.weight, None if layer.residual is None
+                                                  else layer.residual.weight) if w is not None]
+        targets += [(w, rounded(w)) for w in (self.head1.weight, self.head2.weight)]
+        if self.n_mels:
+            targets.append((self.mel_proj.weight, gate_rounded(self.mel_proj.weight, gate)))
+        change = 0.0
+        for weight, value in targets:
+            if not torch.isfinite(value).all():
+                raise UsageError("a weight is beyond float16's range (65504): this model cannot sample with float16 "
+                                 "weights; sample without --half-weights")
+            change = max(change, (value - weight).abs().max().item())
+            weight.copy_(value)
+        return change
 
     @property
     def receptive_field(self) -> int:
@@ -469,6 +506,9 @@ class WaveNetSampler(Sampler):
 
     def capturable(self, piece: Piece) -> bool:
         return not isinstance(piece, FusedStep)  # already one call per step
+
+    def drawer(self, decoding: Decoding) -> Drawer | None:
+        return self.step.drawer(decoding) if isinstance(self.step, FusedStep) else None
 
     def _step(self, seq: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, quantization]`` at ``cache.position`` from the ring buffers and the previous code.
