@@ -108,9 +108,10 @@ def main() -> None:
     os.environ["ARCORE_FUSED"] = "0"  # the same PyTorch step in both columns
     if args.threads:
         torch.set_num_threads(args.threads)
-    body = [f"Machine: {machine()}. Random weights, float32, sizes of the shipped configs "
-            f"({', '.join(f'{k}: `{v}`' for k, v in SAMPLED.items())}); WaveNet clips of {SAMPLES} samples.\n",
-            sampling_table(args.device, args.batches, args.models) + "\n"]
+    sizes = ", ".join(f"{k}: `{v}`" for k, v in SAMPLED.items())
+    head = f"Machine: {machine()}. Random weights, float32, sizes of the shipped configs ({sizes}); WaveNet clips of " \
+           f"{SAMPLES} samples.\n"
+    body = [head, sampling_table(args.device, args.batches, args.models) + "\n"]
     if args.train:
         body += ["Training step (forward, backward, AdamW) under `bf16-mixed` autocast:\n",
                  training_table(args.device) + "\n"]

@@ -198,7 +198,7 @@ def test_test_and_sample_take_the_weights_file_like_the_checkpoint(fitted, tmp_p
 def readme_python() -> str:
     """The first python block under the README's "From Python" heading."""
     body = (ROOT / "README.md").read_text().split("## From Python\n", 1)[1]
-    return re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", body, re.DOTALL).group(1)
 
 
 def test_the_readme_python_code_runs_as_written(fitted, tmp_path, monkeypatch):

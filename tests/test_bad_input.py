@@ -168,7 +168,7 @@ ROWS = [
     ("test, no ckpt_path", "pixelgen", "test --config {pixelcnn} --ckpt_path null", "scores a trained model"),
     ("test, ckpt_path best", "wavegen", "test --config {wavenet} --ckpt_path best", "best is known only inside"),
     # damaged, truncated, empty or folder checkpoints
-    ("flipped bytes, sample", "pixelgen", f"sample --ckpt {{flipped}} --out {{keep_png}}", "fails its CRC check"),
+    ("flipped bytes, sample", "pixelgen", "sample --ckpt {flipped} --out {keep_png}", "fails its CRC check"),
     ("flipped bytes, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {flipped}", "fails its CRC check"),
     ("flipped bytes, resume", "pixelgen", "fit --config {pixelcnn} --ckpt_path {flipped}", "fails its CRC check"),
     ("truncated, test", "pixelgen", "test --config {pixelcnn} --ckpt_path {truncated}", "not a readable checkpoint"),
@@ -311,7 +311,8 @@ def with_model_class(source: Path, target: Path, name: object) -> Path:
 def weights_variants(source: Path, folder: Path) -> dict[str, Path]:
     """Damaged and hostile copies of the weights file ``source`` (see :data:`DAMAGED_WEIGHTS`), and one whose
     settings name an instantiator and a class path that must be ignored (``st_instantiator``)."""
-    from safetensors.torch import load as load_tensors, save as save_tensors
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
 
     from arcore.weights import encode
 

@@ -12,9 +12,9 @@ from torch import nn
 from arcore.callbacks import SampleLogger
 from arcore.engine import stepper
 from arcore.module import AutoregressiveModule
+from pixelgen.cli import main as pixelgen_main
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
-from pixelgen.cli import main as pixelgen_main
 from tests.contract import (
     brute_force_log_prob,
     causality_violations,

@@ -30,7 +30,7 @@ def readme_commands(section: str, tool: str) -> list[str]:
     dropped)."""
     text = (ROOT / "README.md").read_text()
     body = text.split(f"## {section}\n", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", body, re.S).group(1).replace("\\\n", " ")
+    block = re.search(r"```bash\n(.*?)```", body, re.DOTALL).group(1).replace("\\\n", " ")
     lines = [line.split("  #")[0].strip() for line in block.splitlines()]
     return [line for line in lines if line.startswith(f"{tool} ")]
 

@@ -393,7 +393,7 @@ class FullDisk:
     def __getattr__(self, name: str) -> object:
         return getattr(self.file, name)
 
-    def __enter__(self) -> FullDisk:
+    def __enter__(self) -> FullDisk:  # noqa: PYI034 - a test double, never subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -411,7 +411,7 @@ def test_a_full_disk_while_sample_overwrites_a_good_file_keeps_it_whole(tool, tm
     ckpt = untrained_checkpoint(model, tmp_path / "model.ckpt")
     assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--seed", "1", *extra]) == 0
     good = out.read_bytes()
-    monkeypatch.setattr(arcore.files, "open", lambda fd, mode: FullDisk(builtins.open(fd, mode), 20),
+    monkeypatch.setattr(arcore.files, "open", lambda fd, mode: FullDisk(builtins.open(fd, mode), 20),  # noqa: SIM115
                         raising=False)
     capfd.readouterr()
     assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--seed", "2", *extra]) == 2

@@ -144,8 +144,8 @@ def test_clips_of_different_lengths_resynthesise_in_one_batch_as_they_would_alon
 def test_pesq_stoi_and_mel_distance_rank_a_clean_copy_above_a_noisy_one():
     clean = speech_like(2.0).astype(np.float64)
     noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(len(clean))
-    assert pesq_score(clean, clean, RATE) > 4.4 > 1.5 > pesq_score(clean, noisy, RATE)
-    assert stoi_score(clean, clean, RATE) > 0.99 > 0.8 > stoi_score(clean, noisy, RATE)
+    assert pesq_score(clean, clean, RATE) > 4.4 and pesq_score(clean, noisy, RATE) < 1.5
+    assert stoi_score(clean, clean, RATE) > 0.99 and stoi_score(clean, noisy, RATE) < 0.8
     wide = np.interp(np.arange(2 * len(clean)) / 2, np.arange(len(clean)), clean)  # the same voice at 16 kHz
     assert pesq_score(wide, wide, 2 * RATE) > 4.4  # wide-band at 16 kHz
     assert math.isnan(pesq_score(clean[:400], clean[:400], RATE))  # too short to score: NaN, not an error
