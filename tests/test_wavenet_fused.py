@@ -133,8 +133,10 @@ def test_a_weight_beyond_float16_range_is_refused_in_one_line():
     model, _ = model_and_cond("none", 1, 10)
     with torch.no_grad():
         model.head2.weight[0, 0, 0] = 1e5
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
     with pytest.raises(UsageError, match="beyond float16's range"):
         model.round_weights_to_half()
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # nothing half-rounded
 
 
 def test_fused_beam_search_equals_beam_search_through_the_pytorch_step(monkeypatch):

@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                         "model: each input is resynthesised, as long as it is (or --seconds)")
     p.add_argument("--half-weights", action="store_true",
                    help="round the network's weights to float16 values first: the fused CPU step then holds them in "
-                        "half the bytes (about 2x faster where the float32 weights overflow the L2 cache; "
-                        "likelihoods move in the fourth decimal)")
+                        "half the bytes (about 2x faster where the float32 weights overflow the L2 cache; the "
+                        "shipped models' likelihoods moved in the sixth decimal)")
     return p
 
 

@@ -133,9 +133,9 @@ class FusedStep:
 
     def drawer(self, decoding: Decoding) -> Drawer | None:
         """A whole position in one call, ``draw(seq, gumbel)``: the step, the code chosen from the logits as
-        ``decoding.choose`` would choose it (the Gumbel-max argmax, or the plain argmax when greedy), written into
+        ``decoding.pick`` would choose it (the Gumbel-max argmax, or the plain argmax when greedy), written into
         ``seq`` at the cache position, and the position advanced. None for top-k / top-p filtering (the engine's
-        own ``choose`` then runs on the logits)."""
+        own ``pick`` then runs on the logits)."""
         if decoding.top_p is not None or (decoding.top_k is not None and not decoding.argmax):
             return None
         plan, state, logits, greedy = self.plan, self.state, self.logits, decoding.argmax
