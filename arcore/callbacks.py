@@ -3,6 +3,7 @@ per-example likelihoods from ``predict``."""
 
 from __future__ import annotations
 
+import html
 import math
 import os
 from functools import partial
@@ -18,21 +19,23 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.errors import UsageError
 from arcore.files import make_parents, unique_temporary
-from arcore.media import save_image_grid, save_wav, spectrogram_image
+from arcore.media import Audio, Images, Media, interleave, save_image_grid, save_text, save_wav, spectrogram_image
 
 
 class SampleLogger(pl.Callback):
     """Draw samples at the end of validation and log them to W&B or TensorBoard when one is the logger; the files
     are always written to ``<log_dir>/samples/``.
 
-    Images are logged as one grid of samples and, for image models, one grid of completions: the first
-    ``num_completions`` validation images completed from their top half, each beside its original (the real image
-    on the left). Audio is logged as clips plus a spectrogram image; for a vocoder (a model whose ``vocoder`` is
-    true, conditioned on log-mel frames) the first ``num_completions`` validation clips are resynthesised from their
-    own frames instead, and each is logged beside its resynthesis (clips captioned ``original_i`` and
-    ``resynthesis_i``, and both spectrograms, the original above). Sampling uses the cached engine and a fixed
-    seed, so successive epochs show the same noise through a better model; ``compile`` samples through captured
-    steps (see :func:`arcore.engine.sample`). Under DDP rank 0 samples and logs alone.
+    What is logged follows what the model renders (:mod:`arcore.media`) and declares
+    (:class:`arcore.module.Capabilities`): images as one grid, audio as clips plus a spectrogram, text as a file.
+    For a model declaring ``completion``, the first ``num_completions`` validation items are also completed from
+    their first half (:meth:`~arcore.module.AutoregressiveModule.prime_from_data`: the top rows of an image), each
+    beside its original (the real item first). A model declaring ``resynthesis`` (a vocoder, conditioned on log-mel
+    frames) resynthesises those items from their own features instead of drawing unconditional samples, and each is
+    logged beside its resynthesis (clips captioned ``original_i`` and ``resynthesis_i``, and both spectrograms, the
+    original above). Audio samples last ``audio_seconds``. Sampling uses the cached engine and a fixed seed, so
+    successive epochs show the same noise through a better model; ``compile`` samples through captured steps (see
+    :func:`arcore.engine.sample`). Under DDP rank 0 samples and logs alone.
     Listed before :class:`EMA` it samples the averaged weights (EMA swaps the raw ones back at the same hook).
     """
 
@@ -45,12 +48,13 @@ class SampleLogger(pl.Callback):
         self.audio_seconds = audio_seconds
         self.seed = seed
         self.num_completions = num_completions
-        self._real: tuple[torch.Tensor, torch.Tensor] | None = None  # validation images or clips, and labels
+        self._real: tuple[torch.Tensor, torch.Tensor] | None = None  # validation items and labels
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
+        capabilities = pl_module.capabilities
         if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero and self.num_completions \
-                and (hasattr(pl_module, "image_shape") or _is_vocoder(pl_module)):
+                and (capabilities.completion or capabilities.resynthesis):
             real, labels = batch
             self._real = real[: self.num_completions].clone(), labels[: self.num_completions].clone()
 
@@ -61,85 +65,84 @@ class SampleLogger(pl.Callback):
         if not trainer.is_global_zero:
             return
         prefix = out_dir / f"step{trainer.global_step:07d}"
-        if _is_vocoder(pl_module):
-            if self._real is not None:
-                self._resynthesis(trainer, pl_module, *self._real, prefix)
-                self._real = None
-            return
-        n = self.num_samples
-        cond = None
-        if getattr(pl_module, "num_labels", 0):
-            cond = torch.arange(n, device=pl_module.device) % pl_module.num_labels
-        rate = getattr(pl_module, "sample_rate", None)
-        length = int(self.audio_seconds * rate) if rate else None
-        codes = pl_module.sample(n, cond=cond, length=length, temperature=self.temperature, compile=self.compile,
-                                 generator=self._generator(pl_module))
-        media = pl_module.render_samples(codes)
-        pictures: dict[str, Path] = {}
-        clips = None
-        if "images" in media:
-            pictures["samples/images"] = save_image_grid(media["images"], f"{prefix}.png")
-        if "audio" in media:
-            clips = media["audio"][:4]
-            for i, clip in enumerate(clips):
-                save_wav(clip, rate, f"{prefix}_{i}.wav")
-            pictures["samples/spectrogram"] = spectrogram_image(clips[0], rate, f"{prefix}_spec.png")
+        logged = Logged()
+        if not pl_module.capabilities.resynthesis:  # a vocoder draws nothing without its input
+            logged.add(pl_module.render_samples(self._samples(pl_module)), prefix)
         if self._real is not None:
-            pictures["samples/completions"] = self._completions(pl_module, *self._real, f"{prefix}_completions.png")
+            pairs, kind = self._completions(pl_module, *self._real)
+            logged.add(pairs, prefix, kind)
             self._real = None
-        _publish(trainer, pictures, clips, rate)
+        logged.publish(trainer)
 
-    def _resynthesis(self, trainer: pl.Trainer, pl_module: pl.LightningModule, codes: torch.Tensor,
-                     labels: torch.Tensor, prefix: Path) -> None:
-        """Resynthesise validation clips ``codes [N, T]`` from their own mel frames; save and log each original
-        beside its resynthesis, with the spectrograms of the first pair."""
-        made = pl_module.resynthesize(list(codes), labels if pl_module.num_labels else None,
-                                      temperature=self.temperature, compile=self.compile,
-                                      generator=self._generator(pl_module))
-        rate = pl_module.sample_rate
-        pairs = torch.stack([pl_module.render_samples(codes)["audio"],
-                             pl_module.render_samples(torch.stack(made))["audio"]], dim=1)  # [N, 2, T]
-        captions = []
-        for i, pair in enumerate(pairs):
-            for kind, clip in zip(("original", "resynthesis"), pair):
-                save_wav(clip, rate, f"{prefix}_{kind}_{i}.wav")
-                captions.append(f"{kind}_{i}")
-        picture = spectrogram_image(pairs[0], rate, f"{prefix}_resynthesis_spec.png")
-        _publish(trainer, {"samples/resynthesis_spectrogram": picture}, pairs.flatten(0, 1), rate, captions)
+    def _samples(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """``num_samples`` codes, labelled in turn for a conditional model, ``audio_seconds`` long for audio."""
+        n, rate = self.num_samples, pl_module.capabilities.codes_per_second
+        cond = torch.arange(n, device=pl_module.device) % pl_module.num_labels if pl_module.num_labels else None
+        return pl_module.sample(n, cond=cond, length=int(self.audio_seconds * rate) if rate else None,
+                                temperature=self.temperature, compile=self.compile,
+                                generator=self._generator(pl_module))
+
+    def _completions(self, pl_module: pl.LightningModule, data: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[Media, str]:
+        """The originals and their completions from the first half (or resynthesis), interleaved, and the word
+        for the second of each pair."""
+        cond = labels if pl_module.num_labels else None
+        whole = pl_module.prime_from_data(data, data.shape[pl_module.prime_axis])
+        sampling = {"temperature": self.temperature, "compile": self.compile, "generator": self._generator(pl_module)}
+        if pl_module.capabilities.resynthesis:
+            made, kind = torch.stack(pl_module.resynthesize(list(whole), cond, **sampling)), "resynthesis"
+        else:
+            prime = pl_module.prime_from_data(data, data.shape[pl_module.prime_axis] // 2)
+            made, kind = pl_module.sample(len(data), cond=cond, prime=prime, **sampling), "completion"
+        return interleave(pl_module.render_samples(whole), pl_module.render_samples(made)), kind
 
     def _generator(self, pl_module: pl.LightningModule) -> torch.Generator:
         return torch.Generator(device=pl_module.device).manual_seed(self.seed)
 
-    def _completions(self, pl_module: pl.LightningModule, images: torch.Tensor, labels: torch.Tensor,
-                     path: str) -> Path:
-        """Complete ``images`` from their top half and save the pairs (original, completion) as one grid."""
-        height = images.shape[2]
-        cond = labels if pl_module.num_labels else None
-        done = pl_module.sample(len(images), cond=cond, prime=image_prime(pl_module, images, height // 2),
-                                temperature=self.temperature, compile=self.compile,
-                                generator=self._generator(pl_module))
-        real = pl_module.render_samples(image_prime(pl_module, images, height))["images"]
-        pairs = torch.stack([real, pl_module.render_samples(done)["images"]], dim=1).flatten(0, 1)
-        return save_image_grid(pairs, path, nrow=2 * math.ceil(math.sqrt(len(images) / 2)))
+
+class Logged:
+    """The files one validation's samples were written to, and what goes to the loggers (:meth:`publish`)."""
+
+    def __init__(self) -> None:
+        self.pictures: dict[str, Path] = {}
+        self.texts: dict[str, str] = {}
+        self.clips: list[tuple[str, torch.Tensor]] = []
+        self.sample_rate: int | None = None
+
+    def add(self, media: Media, prefix: Path, kind: str | None = None) -> None:
+        """Write ``media`` beside ``prefix``: samples when ``kind`` is None, else pairs (original, ``kind``)."""
+        if isinstance(media, Images):
+            key, path = ("images", f"{prefix}.png") if kind is None else ("completions", f"{prefix}_completions.png")
+            nrow = None if kind is None else 2 * math.ceil(math.sqrt(len(media) / 4))
+            self.pictures[f"samples/{key}"] = save_image_grid(media.pixels, path, nrow=nrow)
+        elif isinstance(media, Audio):
+            self.sample_rate = media.sample_rate
+            if kind is None:  # the first four samples, and the first one's spectrogram
+                names, clips, spectrogram = [str(i) for i in range(min(4, len(media)))], media.clips[:4], "spec"
+            else:  # every pair, and the first pair's spectrograms, the original above
+                names = [f"{which}_{i}" for i in range(len(media) // 2) for which in ("original", kind)]
+                clips, spectrogram = media.clips, f"{kind}_spec"
+            for name, clip in zip(names, clips):
+                save_wav(clip, media.sample_rate, f"{prefix}_{name}.wav")
+                self.clips.append((name, clip))
+            key = "samples/spectrogram" if kind is None else f"samples/{kind}_spectrogram"
+            self.pictures[key] = spectrogram_image(clips[0] if kind is None else clips[:2], media.sample_rate,
+                                                   f"{prefix}_{spectrogram}.png")
+        else:
+            key = "text" if kind is None else "completions"
+            path = save_text(media, f"{prefix}.txt" if kind is None else f"{prefix}_completions.txt")
+            self.texts[f"samples/{key}"] = path.read_text()
+
+    def publish(self, trainer: pl.Trainer) -> None:
+        """Log the pictures, clips and texts to every W&B or TensorBoard logger of ``trainer``."""
+        if self.pictures or self.clips or self.texts:
+            _publish(trainer, self.pictures, self.clips, self.sample_rate, self.texts)
 
 
-def _is_vocoder(model: pl.LightningModule) -> bool:
-    return bool(getattr(model, "vocoder", False))
-
-
-def image_prime(model: pl.LightningModule, images: torch.Tensor, rows: int) -> torch.Tensor:
-    """The model's codes for the top ``rows`` rows of ``images`` as the data gives them (models over palette tokens
-    convert with their ``prime_from_images``); ``rows`` = the image height gives the codes of the whole image."""
-    if hasattr(model, "prime_from_images"):
-        return model.prime_from_images(images, rows)
-    return images[:, :, :rows]
-
-
-def _publish(trainer: pl.Trainer, pictures: dict[str, Path], clips: torch.Tensor | None,
-             sample_rate: int | None, captions: list[str] | None = None) -> None:
-    """Log saved pictures (PNG files by key) and audio clips ``[N, T]`` (named by ``captions``, else numbered) to
-    every W&B or TensorBoard logger."""
-    names = captions or [str(i) for i in range(len(clips) if clips is not None else 0)]
+def _publish(trainer: pl.Trainer, pictures: dict[str, Path], clips: list[tuple[str, torch.Tensor]],
+             sample_rate: int | None, texts: dict[str, str]) -> None:
+    """Log saved pictures (PNG files by key), named audio clips ``[T]`` and texts (by key) to every W&B or
+    TensorBoard logger."""
     from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
     step = trainer.global_step
@@ -148,18 +151,21 @@ def _publish(trainer: pl.Trainer, pictures: dict[str, Path], clips: torch.Tensor
             import wandb
 
             logged: dict[str, Any] = {key: wandb.Image(str(path)) for key, path in pictures.items()}
-            if clips is not None:
+            if clips:
                 logged["samples/audio"] = [wandb.Audio(clip.float().cpu().numpy(), sample_rate=sample_rate,
-                                                       caption=name) for clip, name in zip(clips, names)]
+                                                       caption=name) for name, clip in clips]
+            logged.update({key: wandb.Html(f"<pre>{html.escape(text)}</pre>") for key, text in texts.items()})
             logger.experiment.log({**logged, "trainer/global_step": step})
         elif isinstance(logger, TensorBoardLogger):
             for key, path in pictures.items():
                 with Image.open(path) as picture:
                     pixels = np.asarray(picture.convert("RGB"))
                 logger.experiment.add_image(key, pixels, step, dataformats="HWC")
-            for name, clip in zip(names, clips if clips is not None else []):
+            for name, clip in clips:
                 logger.experiment.add_audio(f"samples/audio/{name}", clip.float().cpu().clamp(-1, 1)[None], step,
                                             sample_rate=sample_rate)
+            for key, text in texts.items():
+                logger.experiment.add_text(key, f"```\n{text}\n```", step)
 
 
 class NonFiniteGuard(pl.Callback):

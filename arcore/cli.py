@@ -464,7 +464,7 @@ def export_main(tool: str, argv: Sequence[str]) -> None:
                          f"`{tool} fit`")
     metadata = weights.metadata_of(checkpoint, model, args.ckpt)
     if args.half_weights:
-        if not hasattr(model, "round_weights_to_half"):
+        if not model.capabilities.half_weights:
             raise UsageError(f"--half-weights: a {type(model).__name__} has no float16 sampling step (WaveNet has)")
         print(f"weights rounded to float16 values (largest change {model.round_weights_to_half():.2g})")
         metadata["weight_values"] = "float16"

@@ -1,10 +1,16 @@
-"""Writing what the models make: PNG grids of images, 16-bit PCM WAV clips and spectrogram pictures, each written
-atomically (:func:`arcore.files.atomic_write`): a failed write leaves the earlier file whole."""
+"""What the models make, as typed values, and writing it: PNG grids of images, 16-bit PCM WAV clips and
+spectrogram pictures, UTF-8 text, each written atomically (:func:`arcore.files.atomic_write`): a failed write
+leaves the earlier file whole.
+
+A model's ``render_samples(codes)`` returns one of :class:`Images`, :class:`Audio` or :class:`Text` (together
+:data:`Media`), so a caller learns what it got from the value's type, never from a string key.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,59 @@ import torch
 from PIL import Image
 
 from arcore.files import write_atomically
+
+
+@dataclass(frozen=True)
+class Images:
+    """A batch of pictures: ``pixels`` float ``[B, C, H, W]`` in [0, 1], C = 1 or 3."""
+
+    pixels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A batch of mono clips: ``clips`` float ``[B, T]`` in [-1, 1] at ``sample_rate`` samples per second."""
+
+    clips: torch.Tensor
+    sample_rate: int
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A batch of strings, one per sample."""
+
+    texts: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+Media = Images | Audio | Text
+"""What ``render_samples`` returns."""
+
+
+def interleave(first: Media, second: Media) -> Media:
+    """Two media values of the same kind and length as one: ``first[0], second[0], first[1], ...``."""
+    if isinstance(first, Images) and isinstance(second, Images):
+        return Images(torch.stack([first.pixels, second.pixels], dim=1).flatten(0, 1))
+    if isinstance(first, Audio) and isinstance(second, Audio):
+        return Audio(torch.stack([first.clips, second.clips], dim=1).flatten(0, 1), first.sample_rate)
+    if isinstance(first, Text) and isinstance(second, Text):
+        return Text(tuple(text for pair in zip(first.texts, second.texts) for text in pair))
+    raise TypeError(f"cannot pair {type(first).__name__} with {type(second).__name__}")
+
+
+def save_text(text: Text, path: str | Path) -> Path:
+    """Write the strings of ``text`` as UTF-8, one block per sample, separated by a line of dashes."""
+    path = Path(path)
+    write_atomically(path, "\n----\n".join(text.texts).encode() + b"\n")
+    return path
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:

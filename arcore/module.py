@@ -1,8 +1,13 @@
 """Base LightningModule for every autoregressive model here: likelihood, metrics, optimiser, sampling hooks.
 
 A subclass sets ``num_classes`` and ``event_shape`` and writes two things: ``forward`` (teacher-forced logits,
-classes last) and ``render_samples`` (codes to media for logging); with those it trains, scores and samples (through
-the cache-free step). ``sampler`` (the incremental path, :mod:`arcore.cache`) is an optimisation. Everything else,
+classes last) and ``render_samples`` (codes to a typed value of :mod:`arcore.media`: ``Images``, ``Audio`` or
+``Text``); with those it trains, scores and samples (through the cache-free step). ``sampler`` (the incremental path,
+:mod:`arcore.cache`) is an optimisation. What else it offers it declares in :attr:`AutoregressiveModule.capabilities`
+(:class:`Capabilities`), which the callbacks and the command lines read instead of probing attribute names: whether
+a prime cut from a data batch (:meth:`AutoregressiveModule.prime_from_data`) makes completions worth logging, whether
+it resynthesises data from its own features (a vocoder), whether its weights may be rounded to float16 values, and
+how many codes make a second of audio. Everything else,
 the exact log-likelihood, bits/dim, the training loop, sampling and beam search through the shared engine, and
 checkpoint identity, is written once here.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,27 @@ from arcore import checkpoint as checkpoint_io
 from arcore import engine
 from arcore.cache import ForwardSampler, Sampler
 from arcore.errors import UsageError, first_line
+from arcore.media import Media
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model offers beyond the required contract (:attr:`AutoregressiveModule.capabilities`).
+
+    - ``completion``: :meth:`AutoregressiveModule.prime_from_data` cuts a meaningful prime from a data batch, so
+      the sample logger also logs completions of validation data beside the originals;
+    - ``resynthesis``: the model draws data again from features of the data itself (a vocoder from log-mel
+      frames) through ``resynthesize(items, cond, **sampling) -> list of codes``; the sample logger then logs
+      resynthesised validation items instead of unconditional samples, and ``sample`` needs that input;
+    - ``half_weights``: ``round_weights_to_half() -> largest change`` rounds the weights its sampling step reads
+      to float16 values (``export`` / ``sample --half-weights``);
+    - ``codes_per_second``: for audio, codes per second of sound, so lengths can be asked for in seconds.
+    """
+
+    completion: bool = False
+    resynthesis: bool = False
+    half_weights: bool = False
+    codes_per_second: int | None = None
 
 
 class AutoregressiveModule(pl.LightningModule):
@@ -76,9 +103,25 @@ class AutoregressiveModule(pl.LightningModule):
         for any ``forward``; a model overrides it with a cached one, proven equal by the shared contract tests."""
         return ForwardSampler(self, batch_size, cond, event_shape)
 
-    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
-        """Media for logging: ``{"images": float [B, C, H, W] in [0, 1]}`` or ``{"audio": float [B, T]}``."""
+    def render_samples(self, codes: torch.Tensor) -> Media:
+        """Codes ``[B, *event_shape]`` as what they stand for: :class:`arcore.media.Images`, ``Audio`` or
+        ``Text``."""
         raise NotImplementedError
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model offers beyond the required contract (none by default); see :class:`Capabilities`."""
+        return Capabilities()
+
+    prime_axis: int = 1
+    """The dimension of a data batch's items ``[B, ...]`` along which a prime is cut (2 for image rows)."""
+
+    def prime_from_data(self, data: torch.Tensor, length: int) -> torch.Tensor:
+        """The codes of the first ``length`` steps along :attr:`prime_axis` of ``data`` (a batch's first element
+        as the data module gives it), ready as ``sample(prime=...)``; ``length = data.shape[prime_axis]`` gives the
+        codes of the whole items. By default the data are the codes themselves; a model that encodes its data
+        (an image GPT's palette) overrides this."""
+        return data.narrow(self.prime_axis, 0, length)
 
     # ----- likelihood -------------------------------------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import torch
 
-from arcore.callbacks import image_prime
 from arcore.checkpoint import read_checkpoint
 from arcore.chunks import rows
 from arcore.cli import check_fits_in_memory, output_path, run
@@ -75,7 +74,7 @@ def sample_main(argv: Sequence[str]) -> None:
     prime = images = None
     if args.prime_rows:
         images, labels = real_images(args.ckpt, args.prime_from, n, args.data_root)
-        prime = image_prime(model, images, args.prime_rows).to(device)
+        prime = model.prime_from_data(images, args.prime_rows).to(device)
         if model.num_labels and args.class_label is None:
             cond = labels.to(device)
     best_log_probs: list[torch.Tensor] = []
@@ -92,10 +91,10 @@ def sample_main(argv: Sequence[str]) -> None:
     chunks = sampling.draw(draw, n)
     if chunks.done:
         codes = chunks.samples
-        save_image_grid(model.render_samples(codes)["images"], out)
+        save_image_grid(model.render_samples(codes).pixels, out)
         if images is not None:
-            save_image_grid(model.render_samples(image_prime(model, images[: chunks.done], height).to(device))
-                            ["images"], out.with_name(f"{out.stem}_real.png"))
+            real = model.prime_from_data(images[: chunks.done], height).to(device)
+            save_image_grid(model.render_samples(real).pixels, out.with_name(f"{out.stem}_real.png"))
         if args.beams:
             bits = -torch.cat(best_log_probs).mean().item() / codes[0].numel() / math.log(2)
             print(f"beam search ({args.beams} beams): the best completions average {bits:.4f} bits/dim")

@@ -31,7 +31,8 @@ from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
 from arcore.errors import UsageError, check_labels, options
-from arcore.module import AutoregressiveModule
+from arcore.media import Images
+from arcore.module import AutoregressiveModule, Capabilities
 from pixelgen import palette as pal
 from pixelgen.fused import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
@@ -212,12 +213,15 @@ class ImageGPT(AutoregressiveModule):
                              f" got {list(images.shape)}")
         return pal.encode(self.resize(images), self.palette)
 
-    def prime_from_images(self, images: torch.Tensor, rows: int) -> torch.Tensor:
-        """The codes of the top ``rows`` image rows (scaled to the model's resolution) of 8-bit ``images``."""
-        return self.encode_images(images)[:, : round(rows * self.event_shape[0] / self.image_shape[1])]
+    capabilities = Capabilities(completion=True)
+    prime_axis = 2
 
-    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
-        return {"images": pal.decode(codes, self.palette).float().div(255.0).clamp(0.0, 1.0)}
+    def prime_from_data(self, data: torch.Tensor, length: int) -> torch.Tensor:
+        """The codes of the top ``length`` image rows (scaled to the model's resolution) of 8-bit images ``data``."""
+        return self.encode_images(data)[:, : round(length * self.event_shape[0] / self.image_shape[1])]
+
+    def render_samples(self, codes: torch.Tensor) -> Images:
+        return Images(pal.decode(codes, self.palette).float().div(255.0).clamp(0.0, 1.0))
 
     # ----- training ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

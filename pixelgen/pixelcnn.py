@@ -35,7 +35,8 @@ from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache
 from arcore.errors import UsageError, check_labels, options
-from arcore.module import AutoregressiveModule
+from arcore.media import Images
+from arcore.module import AutoregressiveModule, Capabilities
 from pixelgen import mixture
 
 
@@ -249,8 +250,11 @@ class PixelCNN(AutoregressiveModule):
             v, h = layer(v, h, cond_v, cond_h)
         return h
 
-    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
-        return {"images": codes.float() / (self.num_classes - 1)}
+    def render_samples(self, codes: torch.Tensor) -> Images:
+        return Images(codes.float() / (self.num_classes - 1))
+
+    capabilities = Capabilities(completion=True)  # the data are the codes: a prime is their top rows
+    prime_axis = 2
 
     def setup(self, stage: str) -> None:
         check_image_data(self, self.trainer.datamodule)

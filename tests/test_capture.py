@@ -11,6 +11,7 @@ from torch import nn
 
 from arcore.callbacks import SampleLogger
 from arcore.engine import stepper
+from arcore.media import Images
 from arcore.module import AutoregressiveModule
 from pixelgen.cli import main as pixelgen_main
 from pixelgen.igpt import ImageGPT
@@ -153,8 +154,8 @@ class ForwardOnly(AutoregressiveModule):
         x = F.pad(self.embed(self.to_order(codes)[:, :-1]).transpose(1, 2), (3, 0))  # input at t: code t - 1
         return self.out(torch.tanh(self.conv(x)).transpose(1, 2)).view(*codes.shape, self.num_classes)
 
-    def render_samples(self, codes: torch.Tensor) -> dict:
-        return {"images": codes.unsqueeze(1).float() / (self.num_classes - 1)}
+    def render_samples(self, codes: torch.Tensor) -> Images:
+        return Images(codes.unsqueeze(1).float() / (self.num_classes - 1))
 
 
 def test_a_model_with_only_forward_passes_the_contract_and_samples():

@@ -220,9 +220,9 @@ def test_encode_images_resizes_and_primes_from_the_top_rows(tmp_path):
     tokens = model.encode_images(images)
     assert tokens.shape == (8, 4, 4)
     # 4x4 patches of one colour downsample (2x2 area) to exact colours: the round trip is lossless
-    rendered = model.render_samples(tokens)["images"] * 255
+    rendered = model.render_samples(tokens).pixels * 255
     assert torch.allclose(rendered, images[:, :, ::2, ::2].float(), atol=1e-3)
-    assert torch.equal(model.prime_from_images(images, 4), tokens[:, :2])
+    assert torch.equal(model.prime_from_data(images, 4), tokens[:, :2])
     with pytest.raises(UsageError, match=r"\[B, 3, 8, 8\]"):
         model.encode_images(images[:, :1])
 
@@ -250,7 +250,7 @@ def test_checkpoint_samples_the_same_images_in_a_fresh_process_without_data(tmp_
     trainer.save_checkpoint(ckpt)
     model.eval()
     cond = torch.tensor([0, 1, 1])
-    expected = model.render_samples(model.sample(3, cond=cond, generator=torch.Generator().manual_seed(7)))["images"]
+    expected = model.render_samples(model.sample(3, cond=cond, generator=torch.Generator().manual_seed(7))).pixels
 
     for folder in (tmp_path / "images", tmp_path / "palettes"):  # the fresh process has no data, no palette cache
         for path in sorted(folder.rglob("*"), reverse=True):
@@ -259,7 +259,7 @@ def test_checkpoint_samples_the_same_images_in_a_fresh_process_without_data(tmp_
     script = ("import sys, torch; from arcore.module import load_checkpoint; "
               "model = load_checkpoint(sys.argv[1], 'pixelgen').eval(); "
               "codes = model.sample(3, cond=torch.tensor([0, 1, 1]), generator=torch.Generator().manual_seed(7)); "
-              "torch.save(model.render_samples(codes)['images'], sys.argv[2])")
+              "torch.save(model.render_samples(codes).pixels, sys.argv[2])")
     subprocess.run([sys.executable, "-c", script, str(ckpt), str(out)], cwd=ROOT, check=True,
                    env={"PIXELGEN_CACHE": str(tmp_path / "empty"), "PATH": "/usr/bin:/bin"})
     assert torch.equal(torch.load(out), expected)

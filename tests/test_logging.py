@@ -82,7 +82,7 @@ def test_completions_of_validation_images_keep_their_top_half_beside_the_origina
         model = ImageGPT(image_shape=(3, 8, 8), palette_size=8, width=16, layers=1, heads=2,
                          palette_cache=str(tmp_path))
         model.fit_palette(images)
-        real = model.render_samples(model.encode_images(images))["images"]
+        real = model.render_samples(model.encode_images(images)).pixels
     else:
         images = torch.randint(0, 2, (8, 1, 8, 8), generator=torch.Generator().manual_seed(0))
         model = PixelCNN(image_shape=(1, 8, 8), levels=2, hidden=4, layers=2, head=4)

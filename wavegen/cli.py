@@ -138,7 +138,7 @@ def sample_main(argv: Sequence[str]) -> None:
     chunks = sampling.draw(draw, n)
     paths = _clip_paths(out, n)[: chunks.done]
     if chunks.done:
-        for clip, path in zip(model.render_samples(chunks.samples)["audio"], paths):
+        for clip, path in zip(model.render_samples(chunks.samples).clips, paths):
             save_wav(clip, rate, path)
             print(f"wrote {path}")
     sampling.end(chunks, paths)
@@ -211,7 +211,7 @@ def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out
         made = model.resynthesize([clips[i] for i in batch], None if speakers is None else speakers[batch],
                                   **sampling.decoding())
         for i, codes in zip(batch, made):
-            save_wav(model.render_samples(codes[None])["audio"][0], model.sample_rate, paths[i])
+            save_wav(model.render_samples(codes[None]).clips[0], model.sample_rate, paths[i])
             written.append(paths[i])
             print(f"wrote {paths[i]}")
         return torch.zeros(count, 0)  # the clips are written as their batch finishes

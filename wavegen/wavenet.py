@@ -47,7 +47,8 @@ from arcore.cache import Drawer, Piece, Sampler, StepCache, previous_code
 from arcore.decoding import Decoding
 from arcore.engine import Capture
 from arcore.errors import UsageError, check_labels, options
-from arcore.module import AutoregressiveModule
+from arcore.media import Audio
+from arcore.module import AutoregressiveModule, Capabilities
 from wavegen.fused import FusedStep
 
 
@@ -384,8 +385,13 @@ class WaveNet(AutoregressiveModule):
             return codes, AudioCond(speaker, self.log_mel(codes))
         return codes, speaker
 
-    def render_samples(self, codes: torch.Tensor) -> dict[str, Any]:
-        return {"audio": decode_mu_law(codes, self.num_classes)}
+    def render_samples(self, codes: torch.Tensor) -> Audio:
+        return Audio(decode_mu_law(codes, self.num_classes), self.sample_rate)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A vocoder resynthesises; every WaveNet's weights may be rounded to float16 values."""
+        return Capabilities(resynthesis=self.vocoder, half_weights=True, codes_per_second=self.sample_rate)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
