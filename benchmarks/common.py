@@ -38,15 +38,17 @@ def best_time(fn: Callable[[], object], repeats: int = 3, device: str = "cpu") -
     return best
 
 
-def training_step_seconds(model: torch.nn.Module, codes: torch.Tensor, steps: int = 3) -> float:
-    """Seconds per teacher-forced training step (forward, backward, AdamW) on a batch of ``codes``."""
+def training_step_seconds(model: torch.nn.Module, codes: torch.Tensor, steps: int = 3, cond: object = None
+                          ) -> float:
+    """Seconds per teacher-forced training step (forward, backward, AdamW) on a batch of ``codes`` (conditioned on
+    ``cond`` when the model needs it)."""
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def run() -> None:
         for _ in range(steps):
             optimiser.zero_grad(set_to_none=True)
-            (-model.log_prob(codes).mean()).backward()
+            (-model.log_prob(codes, cond).mean()).backward()
             optimiser.step()
 
     return best_time(run, repeats=2) / steps

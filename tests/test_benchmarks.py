@@ -1,0 +1,93 @@
+"""Every benchmark script runs at a tiny size (``--tiny``): an API that a benchmark uses and that changes breaks a test
+here instead of the next person who measures. The figures of a tiny run mean nothing; the tables' shapes do."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from benchmarks import bench_capture, bench_igpt, bench_pixelcnn, bench_wavenet
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads_and_steps(monkeypatch):
+    """The benchmarks set torch's thread count and switch the fused steps on and off: put both back."""
+    for name in ("ARCORE_FUSED", "PIXELGEN_FUSED", "WAVEGEN_FUSED"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows(report: str, header: str) -> list[list[str]]:
+    """The cells of the body rows of the Markdown table whose header row starts with ``| header |``."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    body = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        body.append([cell.strip() for cell in line.strip("|").split("|")])
+    return body
+
+
+def number(cell: str) -> float:
+    """A table cell such as ``**1,334**``, ``158x`` or ``0.59 s`` as a float."""
+    return float(re.sub(r"[^0-9.]", "", cell.split()[0]))
+
+
+def test_bench_igpt_runs_tiny_and_rewrites_its_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Image GPT (`python -m benchmarks.bench_igpt`)\n\nold\n\n## Next\n\nkept\n")
+    report = bench_igpt.main(["--tiny", "--threads", "1", "--results", str(results)])
+    speed = rows(report, "model")
+    # both tiny models at batch 1 and their larger batch, the fused step wherever it serves the batch
+    assert {(row[0], row[3], row[4]) for row in speed} >= {("tiny 4x4", "1", "fused"), ("tiny 4x4", "16", "PyTorch"),
+                                                        ("tiny reference 6x6", "2", "fused")}
+    assert all(number(row[5]) > 0 and number(row[6]) > 0 for row in speed)
+    along = rows(report, "positions")
+    assert [row[0] for row in along] == ["0-3", "9-12", "18-21", "27-30", "32-35"]  # 36 tokens, windows of 4
+    assert "aten::" in report  # the profile of the PyTorch step ran through the engine's runner
+    text = results.read_text()
+    assert "old" not in text and "tiny reference 6x6" in text and text.endswith("## Next\n\nkept\n")
+
+
+def test_bench_pixelcnn_runs_tiny():
+    report = bench_pixelcnn.main(["--tiny"])
+    assert len(rows(report, "config")) == 5  # softmax and mixture outputs, binarised and 8-bit
+    assert [row[0] for row in rows(report, "batch")][:2] == ["1", "16"]
+    assert [row[0] for row in rows(report, "image")] == ["3x2x2", "3x4x4"]
+    assert "aten::" in report
+
+
+def test_bench_wavenet_runs_tiny_with_or_without_r9y9():
+    report = bench_wavenet.main(["--tiny", "--threads", "1"])
+    sampling = rows(report, "model")
+    assert len(sampling) == 6  # three shipped configs at batch 1 and 16
+    assert all(number(row[3]) > 0 and number(row[5]) > 0 for row in sampling)
+    r9y9 = [row[7] for row in sampling]
+    if bench_wavenet.have_r9y9():
+        assert all(number(cell) > 0 for cell in r9y9)
+    else:  # its column is left empty, the rest still measured
+        assert r9y9 == ["-"] * 6
+    assert [row[1] for row in rows(report, "batch")] == ["fused, float16 weights", "fused", "PyTorch"] * 2
+    assert len(rows(report, "samples/s")) == 1 and "aten::" in report
+
+
+def test_r9y9_is_built_at_the_benchmarked_sizes():
+    pytest.importorskip("wavenet_vocoder")  # the optional extra: pip install -e '.[bench]'
+    model = next(iter(bench_wavenet.models(bench_wavenet.TINY).values()))[0]
+    assert bench_wavenet.r9y9_rate(model, 1, 16, repeats=1) > 0
+
+
+def test_bench_capture_runs_tiny_with_every_configs_training_step():
+    report = bench_capture.main(["--tiny", "--batches", "1", "--train", "--threads", "1"])
+    sampling = rows(report, "model")
+    assert [row[0] for row in sampling] == ["PixelCNN", "image GPT", "WaveNet"]
+    assert all(number(row[2]) > 0 and number(row[3]) > 0 for row in sampling)
+    trained = [row[0] for row in rows(report, "config")]
+    # every run config, the class-conditional and mel-conditioned WaveNets included (base.yaml is not a model)
+    expected = sorted(p.name for p in bench_capture.CONFIGS.glob("*.yaml") if p.name != "base.yaml")
+    assert trained == expected
