@@ -180,8 +180,10 @@ def report(sizes: Sizes) -> str:
     """Every table of the benchmark as Markdown."""
     load = os.getloadavg()
     flops_per_s, bandwidth = matmul_flops(sizes.matmul_n), read_bandwidth(sizes.stream_floats)
-    out = [f"Machine: {machine()}. Measured {flops_per_s / 1e9:,.0f} GFLOP/s float32 matmul ({sizes.matmul_n}^3) "
-           f"and {bandwidth / 1e9:,.1f} GB/s streaming read in this run; load average {load[0]:.1f} at the start.\n"]
+    machine_line = (f"Machine: {machine()}. Measured {flops_per_s / 1e9:,.0f} GFLOP/s float32 matmul "
+                    f"({sizes.matmul_n}^3) and {bandwidth / 1e9:,.1f} GB/s streaming read in this run; load average "
+                    f"{load[0]:.1f} at the start.\n")
+    out = [machine_line]
     speed, limits = sampling_rows(sizes, flops_per_s, bandwidth)
     out.append("Sampling, tokens/s (a full image; cache-free = one full forward pass per token):\n")
     out.append(table(["model", "tokens", "palette", "batch", "cached step", "KV cache", "cache-free", "speed-up",
