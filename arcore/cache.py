@@ -31,7 +31,7 @@ import torch
 
 if TYPE_CHECKING:
     from arcore.decoding import Decoding
-    from arcore.module import AutoregressiveModule
+    from arcore.engine import Autoregressive
 
 Piece = Callable[[torch.Tensor], "torch.Tensor | None"]
 Drawer = Callable[[torch.Tensor, "torch.Tensor | None"], None]
@@ -131,11 +131,11 @@ class Sampler:
 class ForwardSampler(Sampler):
     """The cache-free step every model has: the teacher-forced pass over the whole code buffer, logits taken at
     ``cache.position``. It is the reference of every cached path, and the cached path of a model that writes only
-    ``forward`` (static shapes, so it captures too)."""
+    ``forward`` (static shapes, so it captures too). It needs only the engine's contract
+    (:class:`arcore.engine.Autoregressive`): any ``torch.nn.Module`` that keeps it samples, Lightning or not."""
 
-    def __init__(self, model: AutoregressiveModule, batch_size: int, cond: Any, event_shape: tuple[int, ...]
-                 ) -> None:
-        super().__init__(StepCache(batch_size, model.device, model.dtype))
+    def __init__(self, model: Autoregressive, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> None:
+        super().__init__(StepCache(batch_size, *device_and_dtype(model)))
         self.model, self.cond, self.event_shape = model, cond, event_shape
         self.step = self._logits
 
@@ -145,6 +145,14 @@ class ForwardSampler(Sampler):
 
     def prefill(self, seq: torch.Tensor, length: int) -> None:
         self.cache.position.fill_(length)
+
+
+def device_and_dtype(model: Autoregressive) -> tuple[torch.device, torch.dtype]:
+    """Where a model computes and in which float type: those of its first floating-point parameter."""
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    if not floating:
+        raise ValueError(f"{type(model).__name__} has no floating-point parameters to sample with")
+    return floating[0].device, floating[0].dtype
 
 
 def previous_code(seq: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

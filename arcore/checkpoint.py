@@ -13,12 +13,12 @@ against the SHA-256 it records and parsed as raw tensors and JSON, so it is acce
 
 from __future__ import annotations
 
-import importlib
 import io
 import pathlib
 import pickle
 import pickletools
 import re
+import sys
 import warnings
 import zipfile
 import zlib
@@ -104,28 +104,48 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = "") 
     return load_checkpoint_bytes(read_checkpoint_bytes(path, what, hint), path, what)
 
 
+MODELS: dict[str, tuple[str, type]] = {}
+"""The registry of model classes that checkpoints and weights files may name: the name a file records
+(``module.QualName``) to the tool whose files hold it and the class. Packages add their models with
+:func:`register_model` when they are imported; a file's class name is only ever looked up here, never imported, so
+it is an allow-list as :data:`SAFE_GLOBALS` is."""
+
+
+def register_model(tool: str, cls: type) -> type:
+    """Let checkpoints and weights files of ``tool`` (the command or package that trains and samples them, e.g.
+    ``pixelgen``) name ``cls``; returns ``cls``. Call it where the class is defined or where its package is
+    imported."""
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if MODELS.get(name, (tool, cls)) != (tool, cls):
+        raise ValueError(f"{name} is already registered for {MODELS[name][0]}")
+    MODELS[name] = (tool, cls)
+    return cls
+
+
 def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base: type,
                 command: str | None = "sample") -> type:
-    """The model class a checkpoint records, imported from ``package`` (``pixelgen`` or ``wavegen``) and checked to
-    be a ``base`` subclass; a checkpoint of the other tool is named as such (``use `wavegen COMMAND```, or
-    ``wavegen.load`` for a Python caller, ``command=None``), and a missing or malformed class name is one line,
-    never an import traceback."""
+    """The model class a checkpoint records, looked up in :data:`MODELS` under the tool ``package`` and checked to
+    be a ``base`` subclass; a checkpoint of another registered tool is named as such (``use `wavegen COMMAND```, or
+    ``wavegen.load`` for a Python caller, ``command=None``), and a missing, unknown or malformed class name is one
+    line."""
     name = checkpoint.get("model_class") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not name:
         raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
     shown = repr(name)[:80]
+    tool, cls = MODELS.get(name, (None, None)) if isinstance(name, str) else (None, None)
     top = name.split(".")[0] if isinstance(name, str) else ""
-    if top in ("pixelgen", "wavegen") and top != package:
-        use = f"`{top} {command}`" if command else f"{top}.load"
-        raise UsageError(f"{path} holds a {top} model ({name.rsplit('.', 1)[-1]}); use {use} for it")
-    module_name, _, class_name = name.rpartition(".") if isinstance(name, str) else ("", "", "")
-    if top != package or not module_name:
-        raise UsageError(f"{path} records the model class {shown}, which is not a {package} model")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError, TypeError):
-        raise UsageError(f"{path} records the model class {shown}, which {package} does not have (written by "
-                         f"another version?)") from None
+    homes = {registered.split(".")[0]: owner for registered, (owner, _) in MODELS.items()}
+    other = tool or homes.get(top)
+    if other is not None and other != package:
+        use = f"`{other} {command}`" if command else f"{other}.load"
+        raise UsageError(f"{path} holds a {other} model ({name.rsplit('.', 1)[-1]}); use {use} for it")
+    if cls is None:
+        module_name, _, class_name = name.rpartition(".") if isinstance(name, str) else ("", "", "")
+        if other is None or not module_name:
+            raise UsageError(f"{path} records the model class {shown}, which is not a {package} model")
+        if getattr(sys.modules.get(module_name), class_name, None) is None:
+            raise UsageError(f"{path} records the model class {shown}, which {package} does not have (written by "
+                             f"another version?)")
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UsageError(f"{path} records {shown}, which is not a {package} model class")
     return cls

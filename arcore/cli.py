@@ -462,7 +462,7 @@ def export_main(tool: str, argv: Sequence[str]) -> None:
     if checkpoint.get("weights_only"):
         raise UsageError(f"--ckpt {args.ckpt} is already a weights file; export reads a .ckpt written by "
                          f"`{tool} fit`")
-    metadata = weights.metadata_of(checkpoint, model, args.ckpt)
+    metadata = weights.metadata_of(checkpoint, model, args.ckpt, tool)
     if args.half_weights:
         if not model.capabilities.half_weights:
             raise UsageError(f"--half-weights: a {type(model).__name__} has no float16 sampling step (WaveNet has)")

@@ -250,7 +250,8 @@ class AutoregressiveModule(pl.LightningModule):
 def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu",
                     command: str | None = "sample") -> AutoregressiveModule:
     """Load a model saved by ``fit`` (a ``.ckpt``) or ``export`` (a ``.safetensors`` weights file) and check it
-    belongs to ``package`` (``pixelgen`` or ``wavegen``); see :func:`read_model`."""
+    belongs to the tool ``package`` (``pixelgen``, ``wavegen`` or another of :data:`arcore.checkpoint.MODELS`); see
+    :func:`read_model`."""
     return read_model(path, package, map_location, command)[0]
 
 

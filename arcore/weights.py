@@ -61,7 +61,7 @@ def split(data: bytes, path: str | Path, what: str) -> tuple[dict[str, Any], dic
     metadata = header.pop("__metadata__", None) if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UsageError(f"{name} is not a weights file of this project: it holds no metadata (write one with "
-                         f"`pixelgen export` or `wavegen export`)")
+                         f"the `export` command of the tool that trained it)")
     body = data[8 + size:]
     ends = [entry["data_offsets"][-1] for entry in header.values() if isinstance(entry, dict)
             and isinstance(entry.get("data_offsets"), list) and entry["data_offsets"]]
@@ -71,7 +71,7 @@ def split(data: bytes, path: str | Path, what: str) -> tuple[dict[str, Any], dic
     recorded = metadata.get(CHECKSUM)
     if recorded is None:
         raise UsageError(f"{name} is not a weights file of this project: its metadata records no {CHECKSUM} (write "
-                         f"one with `pixelgen export` or `wavegen export`)")
+                         f"one with the `export` command of the tool that trained it)")
     if hashlib.sha256(body).hexdigest() != recorded:
         raise UsageError(f"{name} is damaged: its tensor bytes do not match the SHA-256 recorded in it (the file was "
                          f"altered or cut short); use an intact copy")
@@ -102,9 +102,10 @@ def checkpoint_from_weights(data: bytes, path: str | Path, what: str = "checkpoi
             "weights_only": True, "metadata": metadata}
 
 
-def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: str | Path) -> dict[str, str]:
-    """What a weights file records about ``model`` (built from ``checkpoint``, the file ``source``), every value a
-    string (safetensors' rule), the structured ones JSON:
+def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: str | Path, tool: str
+                ) -> dict[str, str]:
+    """What a weights file records about ``model`` (built from ``checkpoint``, the file ``source``, of the command
+    line tool ``tool``), every value a string (safetensors' rule), the structured ones JSON:
 
     - ``model_class``, ``hyper_parameters``: the class path and its settings (``load`` builds the model from them);
     - ``data``: the data settings it was trained on, without ``root`` (a path on the trainer's machine; ``sample
@@ -134,7 +135,6 @@ def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: s
     trained = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
                "train_seconds": None if train_seconds is None else round(train_seconds, 1),
                "checkpoint": Path(source).name}
-    tool = type(model).__module__.split(".")[0]
     note = (f"no test metrics recorded yet: `{tool} test --config ... --ckpt_path FILE --record_metrics true` "
             f"measures this file's and records them here")
     return {"format": "pt", "model_class": f"{type(model).__module__}.{type(model).__qualname__}",

@@ -10,12 +10,18 @@ from pathlib import Path
 
 import torch
 
+from arcore.checkpoint import register_model
 from arcore.module import AutoregressiveModule, load_checkpoint
 from pixelgen.data import ImageDataModule
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
 
 __all__ = ["ImageDataModule", "ImageGPT", "PixelCNN", "load"]
+
+# the model classes pixelgen checkpoints and weights files may name (an allow-list: arcore.checkpoint.MODELS)
+# the model classes that pixelgen checkpoints and weights files may name (arcore.checkpoint.MODELS)
+register_model("pixelgen", PixelCNN)
+register_model("pixelgen", ImageGPT)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:

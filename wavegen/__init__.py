@@ -10,11 +10,16 @@ from pathlib import Path
 
 import torch
 
+from arcore.checkpoint import register_model
 from arcore.module import AutoregressiveModule, load_checkpoint
 from wavegen.data import AudioDataModule
 from wavegen.wavenet import AudioCond, WaveNet
 
 __all__ = ["AudioCond", "AudioDataModule", "WaveNet", "load"]
+
+# the model class wavegen checkpoints and weights files may name (an allow-list: arcore.checkpoint.MODELS)
+# the model class that wavegen checkpoints and weights files may name (arcore.checkpoint.MODELS)
+register_model("wavegen", WaveNet)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:

@@ -1,0 +1,151 @@
+"""A fourth model in one file: a tiny character-level causal convolution, written against the model contract.
+
+Nothing in ``arcore``, ``pixelgen`` or ``wavegen`` knows this file. Importing it is enough for the shared tools to
+train, log, sample (cached and cache-free), export and reload it; ``tests/test_example_model.py`` does all of
+that. The contract, in the order this file meets it:
+
+1. **The distribution.** A model is a subclass of :class:`arcore.module.AutoregressiveModule` that sets
+   ``num_classes`` (how many values a code takes: here the characters of :data:`ALPHABET`) and ``event_shape`` (the
+   shape of one sample's codes: here ``(length,)`` characters), and writes ``forward(codes, cond) -> logits
+   [B, *event_shape, num_classes]``: the teacher-forced pass, where the logits at a position depend only on the codes
+   before it. Here the input at position t is the code at t - 1 (a start symbol at 0), and every layer is a causal
+   convolution of kernel 2 whose left padding is its dilation. The base class derives the rest from ``forward``:
+   the exact ``log_prob``, bits per character, the training, validation and test steps, ``sample`` and
+   ``beam_search`` through the shared engine (:mod:`arcore.engine`), and the checkpoint's identity.
+
+2. **What the codes stand for.** ``render_samples(codes)`` returns a typed value of :mod:`arcore.media`: here
+   :class:`arcore.media.Text`, one string per sample (``Images`` for pictures, ``Audio`` for clips). The sample
+   logger (:class:`arcore.callbacks.SampleLogger`) writes and logs whatever kind it gets: text goes to
+   ``samples/stepNNNNNNN.txt`` and to W&B or TensorBoard.
+
+3. **What else it offers**, declared, never guessed from attribute names: ``capabilities``
+   (:class:`arcore.module.Capabilities`). Here ``completion=True``: a prime cut from a data batch
+   (``prime_from_data``, by default the first ``length`` codes along ``prime_axis`` of the batch's codes, which is
+   right for a model whose data are its codes) is a meaningful start of a sample, so the sample logger also logs
+   validation lines completed from their first half beside the originals. A vocoder would declare ``resynthesis``,
+   a model with a float16 sampling step ``half_weights``, an audio model its ``codes_per_second``.
+
+4. **The cached path (optional).** Without ``sampler`` a model samples through the cache-free reference
+   (:class:`arcore.cache.ForwardSampler`: the teacher-forced pass at every position). ``sampler(batch, cond,
+   event_shape)`` returns a :class:`arcore.cache.Sampler` whose step costs the same at every position:
+   :class:`TinyCharSampler` keeps, per layer, a ring buffer of the last ``dilation + 1`` inputs in a
+   :class:`arcore.cache.StepCache`, reads the position from the device (``cache.position``) and the previous code
+   by device index (:func:`arcore.cache.previous_code`), so the step can also be captured once and replayed
+   (``sample(compile=True)``). The engine draws the same Gumbel noise at the same positions on every path, so the
+   cached and cache-free paths give the same samples from the same seed.
+
+5. **Files.** ``register_model(TOOL, TinyCharModel)`` (:func:`arcore.checkpoint.register_model`, at the end of
+   this file) adds the class to the allow-list of classes that checkpoints and weights files may name: loading
+   builds only registered classes and imports nothing a file names. ``self.save_hyperparameters()`` records the
+   settings, so a weights file rebuilds the model from them. Then ``arcore.cli.export_main(TOOL, ["--ckpt",
+   "last.ckpt", "--out", "tiny.safetensors"])`` writes a weights file and
+   ``arcore.module.load_checkpoint("tiny.safetensors", TOOL)`` reads it back, checked and without running anything
+   in it.
+
+Use::
+
+    import pytorch_lightning as pl
+    from tiny_char_model import TinyCharModel, encode
+
+    model = TinyCharModel(length=32)
+    pl.Trainer(max_steps=200).fit(model, loader)   # batches (codes [B, 32], labels [B]) from encode(text)
+    print(model.render_samples(model.sample(4)).texts)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arcore.cache import Sampler, StepCache, device_and_dtype, previous_code
+from arcore.checkpoint import register_model
+from arcore.errors import UsageError
+from arcore.media import Text
+from arcore.module import AutoregressiveModule, Capabilities
+
+TOOL = "tinychar"
+"""The name its checkpoints and weights files are registered under (the tool that loads them)."""
+
+ALPHABET = "\n abcdefghijklmnopqrstuvwxyz.,'"
+"""The characters a code stands for: code i is ``ALPHABET[i]``."""
+
+
+def encode(text: str) -> torch.Tensor:
+    """``text`` as codes ``[len(text)]``; one line naming the first character outside :data:`ALPHABET`."""
+    unknown = next((c for c in text if c not in ALPHABET), None)
+    if unknown is not None:
+        raise UsageError(f"the character {unknown!r} is not in the model's alphabet {ALPHABET!r}")
+    return torch.tensor([ALPHABET.index(c) for c in text], dtype=torch.long)
+
+
+def decode(codes: torch.Tensor) -> str:
+    """Codes ``[T]`` as the string they stand for."""
+    return "".join(ALPHABET[i] for i in codes.tolist())
+
+
+class TinyCharModel(AutoregressiveModule):
+    """Lines of ``length`` characters: an embedding of the previous character, residual causal convolutions of
+    kernel 2 with ``dilations``, and a linear read-out to :data:`ALPHABET`'s characters."""
+
+    capabilities = Capabilities(completion=True)
+
+    def __init__(self, length: int = 32, channels: int = 32, dilations: Sequence[int] = (1, 2, 4, 8),
+                 lr: float = 3e-3, warmup_steps: int = 10) -> None:
+        super().__init__(lr=lr, warmup_steps=warmup_steps)
+        if length < 1 or channels < 1 or not dilations or min(dilations) < 1:
+            raise UsageError(f"length, channels and every dilation must be >= 1, got {length}, {channels} and "
+                             f"{list(dilations)}")
+        self.save_hyperparameters()
+        self.num_classes = len(ALPHABET)
+        self.event_shape = (length,)
+        self.dilations = [int(d) for d in dilations]
+        self.embed = nn.Embedding(self.num_classes + 1, channels)  # the extra row: the start symbol
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 2, dilation=d) for d in self.dilations)
+        self.head = nn.Linear(channels, self.num_classes)
+
+    def forward(self, codes: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Logits ``[B, length, characters]``; position t sees the codes before t only."""
+        self.check_codes(codes)
+        start = codes.new_full((codes.shape[0], 1), self.num_classes)
+        x = self.embed(torch.cat([start, codes[:, :-1]], dim=1)).transpose(1, 2)  # [B, C, T]: input t is code t-1
+        for conv, dilation in zip(self.convs, self.dilations):
+            x = x + torch.tanh(conv(F.pad(x, (dilation, 0))))
+        return self.head(x.transpose(1, 2))
+
+    def render_samples(self, codes: torch.Tensor) -> Text:
+        return Text(tuple(decode(row) for row in codes))
+
+    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> TinyCharSampler:
+        return TinyCharSampler(self, batch_size)
+
+
+class TinyCharSampler(Sampler):
+    """The cached step: per layer i a ring ``ring{i} [dilation + 1, B, C]`` of its last inputs (input t in row
+    ``t % (dilation + 1)``; rows not yet written are the zeros of the convolution's left padding)."""
+
+    def __init__(self, model: TinyCharModel, batch_size: int) -> None:
+        super().__init__(StepCache(batch_size, *device_and_dtype(model)))
+        self.model = model
+        channels = model.embed.weight.shape[1]
+        self.rings = [self.cache.alloc(f"ring{i}", (d + 1, batch_size, channels), batch_dim=1)
+                      for i, d in enumerate(model.dilations)]
+        self.step = self._step
+
+    def _step(self, seq: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, characters]`` at ``cache.position``, from the rings and the previous code."""
+        model, position = self.model, self.cache.position
+        previous = torch.where(position > 0, previous_code(seq, position), model.num_classes)  # start symbol at 0
+        x = model.embed(previous)  # [B, C]
+        for ring, conv, dilation in zip(self.rings, model.convs, model.dilations):
+            size = dilation + 1
+            ring.index_copy_(0, position.remainder(size).view(1), x[None])
+            past = ring.index_select(0, (position - dilation).remainder(size).view(1))[0]  # the input at t - dilation
+            x = x + torch.tanh(F.linear(past, conv.weight[:, :, 0], conv.bias) + F.linear(x, conv.weight[:, :, 1]))
+        return model.head(x)
+
+
+register_model(TOOL, TinyCharModel)
