@@ -26,10 +26,10 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from arcore import weights
 from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
-from arcore.decoding import Decoding
 from arcore.errors import UsageError
 from arcore.files import atomic_write, check_output, folder_lock, write_atomically
 from arcore.module import AutoregressiveModule, load_checkpoint, read_model
+from arcore.quiet import quiet_wandb_loggers
 
 
 def wandb_offline_unless_configured() -> None:
@@ -167,6 +167,7 @@ class ProjectCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        quiet_wandb_loggers(trainer.loggers)
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -413,17 +414,6 @@ def output_path(path: str | Path, suffix: str) -> Path:
     if out.suffix.lower() != suffix:
         raise UsageError(f"--out must name a {suffix} file, got {path}")
     return check_output(out)
-
-
-def check_sampling_options(args: Any) -> None:
-    """The options both ``sample`` commands share, refused in one line before any work: counts, seed, decoding."""
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0 <= args.seed < 2 ** 63:
-        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
-    Decoding(args.temperature, args.top_k, args.top_p, args.greedy)
 
 
 def check_fits_in_memory(num_samples: int, codes_per_sample: int) -> None:

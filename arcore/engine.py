@@ -26,17 +26,15 @@ A model used here provides (see ``arcore.module.AutoregressiveModule``):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from arcore.cache import ForwardSampler, Piece, Sampler, StepCache
-from arcore.decoding import Decoding, gumbel
+from arcore.decoding import Capture, SampleOptions, gumbel
 from arcore.errors import UsageError
-
-Capture = bool | str | Callable[..., Any]  # False: eager; True: the device's default; else a compile backend
 
 
 class Autoregressive(Protocol):
@@ -206,31 +204,33 @@ def _positions(start: int, total: int, progress: bool, desc: str) -> Iterable[in
 
 @torch.no_grad()
 def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tensor | None = None,
-           length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, greedy: bool = False, use_cache: bool = True, compile: Capture = False,
-           generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Draw ``n`` samples ``[n, *event_shape]``; ``prime`` fixes a prefix of the order, ``greedy`` takes the most
-    likely code at every position instead of drawing one, ``compile`` captures the step (module docstring).
+           length: int | None = None, options: SampleOptions | None = None, generator: torch.Generator | None = None,
+           **settings: Any) -> torch.Tensor:
+    """Draw ``n`` samples ``[n, *event_shape]``; ``prime`` fixes a prefix of the order. ``options``
+    (:class:`arcore.decoding.SampleOptions`) says how: its ``decoding`` picks each code (``greedy``: the most likely
+    one instead of a draw), ``use_cache`` chooses the model's sampler or the cache-free one, ``compile`` captures the
+    step (module docstring); ``settings`` replace any of them by name (``temperature=0.8``).
 
     Every path (cached or cache-free, eager or captured) draws the same noise at the same positions, so with the same
     ``generator`` seed they return the same codes (up to float rounding of the logits).
     """
     if n < 1:
         raise UsageError(f"number of samples must be >= 1, got {n}")
-    decoding = Decoding(temperature, top_k, top_p, greedy)
+    options = SampleOptions.of(options, **settings)
+    decoding = options.decoding
     event_shape = model.event_shape_for(length)
     device = _device(model)
     was_training = model.training
     model.train(False)
     try:
         seq, start = _initial_sequence(model, n, event_shape, prime, device)
-        run, sampler = stepper(model, n, cond, event_shape, use_cache, compile)
+        run, sampler = stepper(model, n, cond, event_shape, options.use_cache, options.compile)
         if start:
             sampler.prefill(seq, start)
         run.prepare(seq, start)
         draw = sampler.drawer(decoding)
         noise = None if decoding.argmax else Noise(n, model.num_classes, seq.shape[1] - start, device, generator)
-        for t in _positions(start, seq.shape[1], progress, "sampling"):
+        for t in _positions(start, seq.shape[1], options.progress, "sampling"):
             gumbel_t = None if noise is None else noise.next()
             if draw is not None:
                 draw(seq, gumbel_t)
@@ -243,15 +243,18 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
 
 @torch.no_grad()
 def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any = None,
-                prime: torch.Tensor | None = None, length: int | None = None, use_cache: bool = True,
-                compile: Capture = False, progress: bool = False) -> BeamResult:
+                prime: torch.Tensor | None = None, length: int | None = None, options: SampleOptions | None = None,
+                **settings: Any) -> BeamResult:
     """The ``beams`` most likely completions found by beam search, with their exact log-likelihoods (nats).
+    ``options`` and ``settings`` as for :func:`sample`, whose ``decoding`` beam search does not use: it keeps the
+    most likely sequences.
 
     The log-likelihood covers the whole sequence, primed prefix included (scored by one teacher-forced pass), so it
     equals ``model.log_prob(codes)``. Caches are reordered by beam in place at every step.
     """
     if beams < 1:
         raise UsageError(f"beams must be >= 1, got {beams}")
+    options = SampleOptions.of(options, **settings)
     event_shape = model.event_shape_for(length)
     device = _device(model)
     rows = n * beams
@@ -260,7 +263,7 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
     model.train(False)
     try:
         seq, start = _initial_sequence(model, rows, event_shape, expand(prime), device)
-        run, sampler = stepper(model, rows, expand(cond), event_shape, use_cache, compile)
+        run, sampler = stepper(model, rows, expand(cond), event_shape, options.use_cache, options.compile)
         scores = torch.zeros(n, beams, dtype=torch.float64, device=device)
         if start:
             scores += _prefix_log_prob(model, seq[::beams], cond, event_shape, start).unsqueeze(1)
@@ -269,7 +272,7 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
             sampler.prefill(seq, start)
         run.prepare(seq, start)
         base = torch.arange(n, device=device).mul_(beams).unsqueeze(1)
-        for t in _positions(start, seq.shape[1], progress, "beam search"):
+        for t in _positions(start, seq.shape[1], options.progress, "beam search"):
             logp = run(t, seq).double().log_softmax(dim=-1)
             candidates = (scores.unsqueeze(-1) + logp.view(n, beams, -1)).view(n, -1)
             scores, flat = candidates.topk(beams, dim=-1)

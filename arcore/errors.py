@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported by the command line's front, before torch loads (see arcore.launch)
+    import torch
 
 GROUPS = {"": "--", "data": "--data.", "model": "--model.init_args."}
 """Where the command line puts a Python argument: a ``sample`` option, a data-module or a model setting."""
@@ -26,6 +28,11 @@ class UsageError(ValueError):
     def __init__(self, message: str, options: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.options = dict(options or {})
+
+    def spelled(self, options: Mapping[str, str]) -> UsageError:
+        """This error with ``options`` replacing the command-line wording of those phrases: for a command that spells
+        a setting its own way (``sample`` sets the data's ``root`` with ``--data-root``, not ``--data.root``)."""
+        return UsageError(str(self), {**self.options, **options})
 
     def for_command_line(self) -> str:
         """The message with every phrase of :attr:`options` in its command-line wording (a name only where it
@@ -83,4 +90,6 @@ def _tracing() -> bool:
     """Whether this runs inside torch.compile or a CUDA graph capture, where values cannot be read back to the host.
     The samplers check their labels eagerly when they build their state; inside a trace the range check is skipped
     (a label out of range then fails in the embedding lookup instead)."""
+    import torch  # loaded already: the labels are a tensor
+
     return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

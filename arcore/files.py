@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -34,6 +35,23 @@ def remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+@contextmanager
+def nothing_left_on_failure(folder: Path) -> Iterator[None]:
+    """If the block raises, remove what it created: ``folder`` and the folders above it that did not exist before,
+    or else the entries of ``folder`` that are new. So a failed download leaves no empty or partial folder behind."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        for path in [missing[-1]] if missing else sorted(set(folder.iterdir()) - before):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def unique_temporary(path: Path) -> Path:

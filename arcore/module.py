@@ -26,10 +26,13 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from arcore import checkpoint as checkpoint_io
-from arcore import engine
+from arcore import engine, quiet
 from arcore.cache import ForwardSampler, Sampler
+from arcore.decoding import SampleOptions
 from arcore.errors import UsageError, first_line
 from arcore.media import Media
+
+quiet.install()  # Lightning's advertisements and misleading hints off the console (arcore.quiet)
 
 
 @dataclass(frozen=True)
@@ -150,22 +153,21 @@ class AutoregressiveModule(pl.LightningModule):
         return codes[0].numel()
 
     # ----- sampling --------------------------------------------------------------------------------------------
-    def sample(self, n: int, *, cond: torch.Tensor | None = None, prime: torch.Tensor | None = None,
-               length: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, greedy: bool = False, use_cache: bool = True,
-               compile: engine.Capture = False, generator: torch.Generator | None = None,
-               progress: bool = False) -> torch.Tensor:
-        """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.engine.sample`)."""
-        return engine.sample(self, n, cond=cond, prime=prime, length=length, temperature=temperature,
-                             top_k=top_k, top_p=top_p, greedy=greedy, use_cache=use_cache, compile=compile,
-                             generator=generator, progress=progress)
+    def sample(self, n: int, *, cond: Any = None, prime: torch.Tensor | None = None, length: int | None = None,
+               options: SampleOptions | None = None, generator: torch.Generator | None = None,
+               **settings: Any) -> torch.Tensor:
+        """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.engine.sample`), drawn as
+        ``options`` says (:class:`arcore.decoding.SampleOptions`) with ``settings`` by name replacing its values:
+        ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``use_cache``, ``compile``, ``progress``."""
+        return engine.sample(self, n, cond=cond, prime=prime, length=length, options=options, generator=generator,
+                             **settings)
 
-    def beam_search(self, n: int = 1, *, beams: int = 4, cond: torch.Tensor | None = None,
-                    prime: torch.Tensor | None = None, length: int | None = None, use_cache: bool = True,
-                    compile: engine.Capture = False) -> engine.BeamResult:
+    def beam_search(self, n: int = 1, *, beams: int = 4, cond: Any = None, prime: torch.Tensor | None = None,
+                    length: int | None = None, options: SampleOptions | None = None,
+                    **settings: Any) -> engine.BeamResult:
         """The most likely completions and their log-likelihoods (see :func:`arcore.engine.beam_search`)."""
-        return engine.beam_search(self, n, beams=beams, cond=cond, prime=prime, length=length,
-                                  use_cache=use_cache, compile=compile)
+        return engine.beam_search(self, n, beams=beams, cond=cond, prime=prime, length=length, options=options,
+                                  **settings)
 
     # ----- training --------------------------------------------------------------------------------------------
     def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from arcore.data import CodesDataModule, EpochShuffle, ResumableLoader, Split, scan, warn
 from arcore.errors import UsageError, options
+from arcore.files import nothing_left_on_failure
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -49,8 +50,7 @@ def dequantise(codes: torch.Tensor, levels: int) -> torch.Tensor:
 def _offline_error(dataset: str, root: Path, exc: BaseException) -> UsageError:
     return UsageError(
         f"could not load {dataset} from {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        f"; without network access, put the files there or point root at a copy "
-        f"(on this project's machines: root=../shared/data)", OPTIONS)
+        f"; without network access, put the files there or point root at a copy", OPTIONS)
 
 
 def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,8 @@ def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) ->
 
     cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[dataset]
     try:
-        ds = cls(str(root), train=train, download=download)
+        with nothing_left_on_failure(root / "MNIST" if dataset == "mnist" else root):  # no empty MNIST/raw/
+            ds = cls(str(root), train=train, download=download)
     except Exception as exc:  # noqa: BLE001 - torchvision raises several types for a failed download
         raise _offline_error(dataset, root, exc) from None
     data = torch.as_tensor(np.asarray(ds.data))

@@ -4,6 +4,8 @@ TensorBoard and files), with completions of real validation images for image mod
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from arcore.cli import wandb_offline_unless_configured
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_palette import COLOURS, patch_images
+from tests.test_pixelgen_cli import make_folder_dataset
 from wavegen.wavenet import WaveNet
 
 
@@ -134,3 +137,27 @@ def test_tensorboard_gets_the_pictures_and_audio_and_files_land_in_its_log_dir(k
     assert events.Images(expected["images"][0])[0].step == 2
     assert (Path(logger.log_dir) / "samples" / "step0000002.png").is_file() is (kind == "pixelcnn")
     assert (Path(logger.log_dir) / "samples" / "step0000002_spec.png").is_file() is (kind == "wavenet")
+
+
+def test_a_fit_prints_its_own_lines_and_real_warnings_but_no_third_party_noise(tmp_path):
+    """A tiny fit over the base config (the W&B logger, offline; checkpoints that save last.ckpt; ckpt_path: last
+    with nothing to resume yet), run as a user runs it: Lightning's litlogger tip, torch's LeafSpec deprecation,
+    W&B's anonymous-setting warning and Lightning's save_last hint are gone (arcore.quiet), a real warning of
+    Lightning's (too few batches for the logging interval) is still there."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+name: quiet
+trainer: {{accelerator: cpu, max_steps: 4, val_check_interval: 2, check_val_every_n_epoch: null}}
+model:
+  class_path: pixelgen.pixelcnn.PixelCNN
+  init_args: {{image_shape: [3, 8, 8], levels: 16, hidden: 6, layers: 2, head: 6, num_labels: 2}}
+data: {{dataset: folder, root: {make_folder_dataset(tmp_path / "images")}, bits: 4, batch_size: 4, val_size: 4}}
+""")
+    result = subprocess.run([sys.executable, "-m", "pixelgen.cli", "fit", "--config", str(config)], cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, check=False)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-3000:]
+    assert (tmp_path / "runs" / "quiet" / "checkpoints" / "last.ckpt").is_file()
+    for noise in ("litlogger", "Tip:", "LeafSpec", "anonymous setting", "save_last"):
+        assert noise not in console, noise
+    assert "smaller than the logging interval" in console and "`max_steps=4` reached" in console

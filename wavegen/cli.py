@@ -1,43 +1,46 @@
-"""``wavegen``: LightningCLI's fit / validate / test / predict plus ``wavegen sample`` (WAV files from a checkpoint).
+"""``wavegen``: the command line of WaveNet over 8-bit mu-law audio (speech, spoken digits, a mel vocoder).
 
+``fit | validate | test | predict`` are LightningCLI's (:mod:`arcore.cli`, configs in ``lightning_configs/``),
+``export`` is shared with ``pixelgen``, and ``sample`` writes WAV files (:mod:`wavegen.sample_cli`). This module
+imports neither torch nor Lightning, so ``wavegen --help`` and ``wavegen sample --help`` print at once
+(:mod:`arcore.launch`)::
+
+    wavegen sample --ckpt pretrained/wavenet_speech.safetensors --seconds 2 --out clip.wav
+    wavegen sample --ckpt pretrained/wavenet_vocoder.safetensors --mel-from docs/wavenet_vocoder_original.wav \
+        --out resynth.wav
     wavegen fit --config lightning_configs/wavenet_speech.yaml --data.root DIR
     wavegen test --config lightning_configs/wavenet_speech.yaml --data.root DIR --ckpt_path last
-    wavegen sample --ckpt runs/wavenet_speech/checkpoints/last.ckpt --seconds 2 --out clip.wav
-    wavegen sample --ckpt runs/wavenet_vocoder/checkpoints/last.ckpt --mel-from DIR --out resynth/
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
-from pathlib import Path
 
-import torch
+from arcore.launch import launch, sample_parser
 
-from arcore.chunks import rows
-from arcore.cli import check_fits_in_memory, output_path, run
-from arcore.errors import UsageError
-from arcore.files import check_output
-from arcore.media import save_wav
-from arcore.sample_cli import SampleRun, parse_sample_args, sample_parser
-from wavegen.data import AUDIO_SUFFIXES, AudioDataModule, mu_law_encode, read_audio, why_unusable
-from wavegen.fused import FusedStep, weight_dtype
-from wavegen.wavenet import WaveNet
+ABOUT = "WaveNet over 8-bit mu-law audio: speech, spoken digits, and a vocoder that resynthesises log-mel frames."
+SAMPLE = "generate WAV clips, or resynthesise audio from its log-mel frames, from a checkpoint or a .safetensors file"
+EXAMPLES = ("wavegen sample --ckpt pretrained/wavenet_speech.safetensors --seconds 2 --out clip.wav",
+            ("wavegen sample --ckpt pretrained/wavenet_vocoder.safetensors --mel-from "
+             "docs/wavenet_vocoder_original.wav --out resynth.wav"))
+"""The commands ``wavegen --help`` suggests: each runs as written from the project's folder."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = sample_parser("wavegen", "Generate audio from a trained WaveNet.", num_samples=1, batch_size=16, threads=1,
+    p = sample_parser("wavegen", SAMPLE, num_samples=1, batch_size=16, threads=1,
                       out_help="output .wav (clip_0.wav, clip_1.wav, ... when --num-samples > 1); a folder when "
                                "--mel-from names several files or a folder (one WAV per input, named after it)")
     p.add_argument("--seconds", type=float, default=None,
-                   help="length of each clip (default 2, or the length of --mel-from)")
-    p.add_argument("--prime", default=None, help="audio file whose start the clips continue")
-    p.add_argument("--prime-seconds", type=float, default=0.5)
-    p.add_argument("--speaker", type=int, default=None, help="speaker id of a speaker-conditioned model")
+                   help="length of each clip (default: 2, or the length of each --mel-from input)")
+    p.add_argument("--prime", default=None, help="an audio file whose start the clips continue (default: none)")
+    p.add_argument("--prime-seconds", type=float, default=0.5, help="how much of --prime the clips continue")
+    p.add_argument("--speaker", type=int, default=None,
+                   help="the speaker id, for a speaker-conditioned model (default: none)")
     p.add_argument("--mel-from", nargs="+", default=None,
                    help="audio files or folders (searched recursively) whose log-mel frames condition a vocoder "
-                        "model: each input is resynthesised, as long as it is (or --seconds)")
+                        "model (e.g. docs/wavenet_vocoder_original.wav): each input is resynthesised, as long as it "
+                        "is (or --seconds) (default: none)")
     p.add_argument("--half-weights", action="store_true",
                    help="round the network's weights to float16 values first: the fused CPU step then holds them in "
                         "half the bytes (about 2x faster where the float32 weights overflow the L2 cache; the "
@@ -45,187 +48,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _codes_of(path: str, model: WaveNet, option: str) -> torch.Tensor:
-    """An audio file as the model's mu-law codes ``[T]``, with a one-line error if it cannot be read."""
-    if not Path(path).is_file():
-        raise UsageError(f"{option} {path} does not exist")
-    try:
-        clip = read_audio(path, model.sample_rate)
-    except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
-        raise UsageError(f"{option} {path}: {why_unusable(exc)}") from None
-    if clip.numel() == 0 or not torch.isfinite(clip).all():
-        raise UsageError(f"{option} {path} holds no samples, or samples that are not finite")
-    return mu_law_encode(clip, model.num_classes).to(model.device)
-
-
-def _mel_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
-    """The audio files that ``--mel-from`` names (folders searched recursively), and each one's output name relative
-    to the output folder (a folder's files keep their place under it)."""
-    files, names = [], []
-    for given in map(Path, paths):
-        if given.is_dir():
-            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                raise UsageError(f"--mel-from {given} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
-            files += found
-            names += [p.relative_to(given).with_suffix(".wav") for p in found]
-        elif not given.exists():
-            raise UsageError(f"--mel-from {given} does not exist")
-        else:
-            files.append(given)
-            names.append(Path(given.name).with_suffix(".wav"))
-    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
-    if twice is not None:
-        raise UsageError(f"--mel-from: two inputs would both be written as {twice}: resynthesise them separately")
-    return files, names
-
-
-def _mel_codes(path: Path, model: WaveNet, seconds: float | None) -> torch.Tensor:
-    """One ``--mel-from`` input as codes (its first ``seconds``), refused in one line when a vocoder could not use it:
-    not audio, silent, or too short for one mel frame."""
-    codes = _codes_of(str(path), model, "--mel-from")
-    if seconds is not None:
-        codes = codes[: max(1, round(seconds * model.sample_rate))]
-    if len(codes) <= 2 * model.hop_length:  # the mel transform's window needs more than half its width
-        raise UsageError(f"--mel-from {path} gives {len(codes)} samples at {model.sample_rate} Hz, too few for a mel "
-                         f"frame: it needs more than {2 * model.hop_length}")
-    if bool((codes == codes[0]).all()):
-        raise UsageError(f"--mel-from {path} is silent: there is nothing to resynthesise")
-    return codes
-
-
-def _clip_paths(out: Path, n: int) -> list[Path]:
-    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
-
-
 def sample_main(argv: Sequence[str]) -> None:
-    """``wavegen sample``: draw clips from a checkpoint with the cached engine and write 16-bit PCM WAVs."""
-    args = parse_sample_args(_parser(), argv)
-    for option, seconds in (("--seconds", args.seconds), ("--prime-seconds", args.prime_seconds)):
-        if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-            raise UsageError(f"{option} must be a finite number > 0, got {seconds}")
-    several = args.mel_from is not None and (len(args.mel_from) > 1 or Path(args.mel_from[0]).is_dir())
-    inputs = _mel_inputs(args.mel_from) if args.mel_from is not None else None
-    out = _output_folder(args.out, inputs[1]) if several else output_path(args.out, ".wav")
-    sampling = SampleRun("wavegen", args, WaveNet)
-    model = sampling.model
-    if args.half_weights:
-        print(f"weights rounded to float16 values (largest change {model.round_weights_to_half():.2g})")
-    if inputs is not None:
-        _resynthesize(sampling, *inputs, out, several)
-        return
-    if model.n_mels:
-        raise UsageError("this model is a vocoder (conditioned on log-mel frames): pass --mel-from clip.wav")
-    n, rate = args.num_samples, model.sample_rate
-    length = round((args.seconds or 2.0) * rate)
-    if length < 1:
-        raise UsageError(f"--seconds {args.seconds} is shorter than one sample at {rate} Hz")
-    check_fits_in_memory(n, length)
-    _refuse_folders(out, _clip_paths(out, n))
-    speaker = _speakers(args, model, n)
-    prime = None
-    if args.prime is not None:
-        prime_codes = _codes_of(args.prime, model, "--prime")[: round(args.prime_seconds * rate)]
-        if len(prime_codes) >= length:
-            raise UsageError(f"the prime ({len(prime_codes)} samples) must be shorter than the clip ({length}): "
-                             f"lower --prime-seconds or raise --seconds")
-        prime = prime_codes.expand(n, -1)
+    """``wavegen sample``: the options parsed (``--help`` prints here), then the draw (:mod:`wavegen.sample_cli`,
+    which loads torch)."""
+    args = _parser().parse_args(list(argv))
+    from wavegen.sample_cli import sample
 
-    def draw(first: int, count: int) -> torch.Tensor:
-        return model.sample(count, cond=rows(speaker, first, count), prime=rows(prime, first, count), length=length,
-                            **sampling.decoding())
-
-    chunks = sampling.draw(draw, n)
-    paths = _clip_paths(out, n)[: chunks.done]
-    if chunks.done:
-        for clip, path in zip(model.render_samples(chunks.samples).clips, paths):
-            save_wav(clip, rate, path)
-            print(f"wrote {path}")
-    sampling.end(chunks, paths)
-    print(f"{n * length / sampling.seconds:,.0f} samples/s ({n * length / rate / sampling.seconds:.2f}x real time at "
-          f"{rate} Hz, {_step_name(args, model)})")
+    sample(args)
 
 
-def _step_name(args: argparse.Namespace, model: WaveNet) -> str:
-    """Which sampling step ran, for the samples/s line."""
-    if args.no_cache:
-        return "cache-free step"
-    if FusedStep.applies(model):
-        return "fused CPU step" + (", float16 weights" if weight_dtype(model) == torch.float16 else "")
-    return "PyTorch step, captured" if args.compile else "PyTorch step"
+def _run(argv: Sequence[str] | None) -> int:
+    """The Lightning commands and ``export`` (:func:`arcore.cli.run`)."""
+    from arcore.cli import run
+    from wavegen.data import AudioDataModule
 
-
-def _speakers(args: argparse.Namespace, model: WaveNet, n: int) -> torch.Tensor | None:
-    """``--speaker`` as ids ``[n]`` on the model's device, checked against the model (None: not conditioned)."""
-    if args.speaker is not None:
-        if not 0 <= args.speaker < model.num_labels:
-            raise UsageError(f"--speaker {args.speaker} is out of range: " + (
-                f"this model has {model.num_labels} speakers, pass K in [0, {model.num_labels})" if model.num_labels
-                else "this model is not speaker-conditioned, drop --speaker"))
-        return torch.full((n,), args.speaker, dtype=torch.long, device=model.device)
-    if model.num_labels:
-        raise UsageError(f"this model is speaker-conditioned: pass --speaker K with K in [0, {model.num_labels})")
-    return None
-
-
-def _output_folder(path: str, names: list[Path]) -> Path:
-    """``--out`` as the folder of several resynthesised clips, checked before any work; creates nothing."""
-    out = Path(path)
-    if out.suffix.lower() == ".wav" or out.is_file():
-        raise UsageError(f"--out {path}: name a folder (one WAV per input) when --mel-from names several files or "
-                         f"a folder")
-    check_output(out / names[0])
-    return out
-
-
-def _refuse_folders(out: Path, paths: Sequence[Path]) -> None:
-    folder = next((path for path in paths if path.is_dir()), None)
-    if folder is not None:
-        raise UsageError(f"--out {out}: the clip file {folder} would replace a folder")
-
-
-def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out: Path, several: bool) -> None:
-    """``wavegen sample --mel-from``: every input resynthesised from its own log-mel frames (``--num-samples``
-    times for one file), drawn ``--batch-size`` at a time, longest first so that a batch's clips are of similar
-    lengths; each WAV is as long as its input and written as soon as its batch is done."""
-    args, model = sampling.args, sampling.model
-    if args.prime is not None:
-        raise UsageError("--prime does not combine with --mel-from: a vocoder draws the whole clip from the frames")
-    if several and args.num_samples > 1:
-        raise UsageError("--num-samples applies to one --mel-from file; several inputs are resynthesised once each")
-    clips = [_mel_codes(path, model, args.seconds) for path in files]  # every input checked before any work
-    if not model.n_mels:
-        raise UsageError("this model has no mel conditioning (not a vocoder): drop --mel-from")
-    if several:
-        paths = [out / name for name in names]
-    else:
-        paths, clips = _clip_paths(out, args.num_samples), clips * args.num_samples
-    _refuse_folders(out, paths)
-    check_fits_in_memory(min(len(clips), args.batch_size), max(map(len, clips)))
-    speakers = _speakers(args, model, len(clips))
-    order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
-    written: list[Path] = []
-
-    def draw(first: int, count: int) -> torch.Tensor:
-        batch = order[first: first + count]
-        made = model.resynthesize([clips[i] for i in batch], None if speakers is None else speakers[batch],
-                                  **sampling.decoding())
-        for i, codes in zip(batch, made):
-            save_wav(model.render_samples(codes[None]).clips[0], model.sample_rate, paths[i])
-            written.append(paths[i])
-            print(f"wrote {paths[i]}")
-        return torch.zeros(count, 0)  # the clips are written as their batch finishes
-
-    chunks = sampling.draw(draw, len(clips))
-    sampling.end(chunks, written)
-    total, rate = sum(map(len, clips)), model.sample_rate
-    print(f"{len(clips)} clips, {total:,} samples: {total / sampling.seconds:,.0f} samples/s "
-          f"({total / rate / sampling.seconds:.2f}x real time at {rate} Hz, {_step_name(args, model)})")
+    return run("wavegen", AudioDataModule, sample_main, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``wavegen``; returns the exit status (2 with one error line for bad input)."""
-    return run("wavegen", AudioDataModule, sample_main, argv)
+    return launch("wavegen", argv, about=ABOUT, sample=SAMPLE, examples=EXAMPLES, sample_main=sample_main, run=_run)
 
 
 if __name__ == "__main__":

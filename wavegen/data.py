@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from arcore.data import CodesDataModule, EpochDraws, ResumableLoader, Split, run_seed, scan, warn
 from arcore.errors import UsageError, options
+from arcore.files import nothing_left_on_failure
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 DIGITS_PATTERN = r"^\d+_(?P<speaker>[^_]+)_\d+$"  # DIGIT_SPEAKER_TAKE, the spoken-digits naming
@@ -226,8 +227,9 @@ class AudioDataModule(CodesDataModule):
 
         cls = getattr(torchaudio.datasets, TORCHAUDIO_DATASETS[self.dataset])
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            return cls(str(self.root), download=self.download)
+            with nothing_left_on_failure(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
+                return cls(str(self.root), download=self.download)
         except Exception as exc:  # noqa: BLE001 - downloads fail in many ways offline
             raise UsageError(f"could not load {self.dataset} from {self.root} ({type(exc).__name__}); without "
                              f"network access put a copy there or point root at a folder of audio files "

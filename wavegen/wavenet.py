@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Drawer, Piece, Sampler, StepCache, previous_code
-from arcore.decoding import Decoding
-from arcore.engine import Capture
+from arcore.decoding import Decoding, SampleOptions
 from arcore.errors import UsageError, check_labels, options
 from arcore.media import Audio
 from arcore.module import AutoregressiveModule, Capabilities
@@ -419,13 +418,13 @@ class WaveNet(AutoregressiveModule):
 
     @torch.no_grad()
     def resynthesize(self, clips: Sequence[torch.Tensor], speakers: torch.Tensor | None = None, *,
-                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                     greedy: bool = False, use_cache: bool = True, compile: Capture = False,
-                     generator: torch.Generator | None = None, progress: bool = False) -> list[torch.Tensor]:
+                     options: SampleOptions | None = None, generator: torch.Generator | None = None,
+                     **settings: Any) -> list[torch.Tensor]:
         """Draw one batch: a waveform (mu-law codes) for each clip of codes ``[T_i]`` from the clip's own log-mel
         frames (and ``speakers [B]`` for a speaker-conditioned model), each as long as its clip. Clips of different
         lengths are drawn together: their frames are padded to the longest, and each row is conditioned on its own
-        frames only (``AudioCond.mel_lengths``), so a clip comes out as it would alone from the same noise."""
+        frames only (``AudioCond.mel_lengths``), so a clip comes out as it would alone from the same noise.
+        ``options`` and ``settings`` as for :meth:`sample`."""
         if not self.vocoder:
             raise UsageError("this model has no local conditioning: it cannot resynthesise audio from mel frames")
         mels = [self.log_mel(clip.to(self.device)[None]) for clip in clips]
@@ -433,9 +432,8 @@ class WaveNet(AutoregressiveModule):
         lengths = torch.tensor([mel.shape[2] for mel in mels], device=self.device)
         cond = AudioCond(speakers, torch.cat([F.pad(mel, (0, frames - mel.shape[2])) for mel in mels]),
                          None if bool((lengths == frames).all()) else lengths)
-        codes = self.sample(len(clips), cond=cond, length=max(len(clip) for clip in clips), temperature=temperature,
-                            top_k=top_k, top_p=top_p, greedy=greedy, use_cache=use_cache, compile=compile,
-                            generator=generator, progress=progress)
+        codes = self.sample(len(clips), cond=cond, length=max(len(clip) for clip in clips), options=options,
+                            generator=generator, **settings)
         return [row[: len(clip)] for row, clip in zip(codes, clips)]
 
 

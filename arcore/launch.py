@@ -1,0 +1,123 @@
+"""The front of both console scripts: the list of commands, the options every ``sample`` command takes, and the
+dispatch to a command, all before torch or Lightning is imported.
+
+``pixelgen --help`` (or a bare ``pixelgen``) prints every command with one line and a few commands to try, at once;
+``pixelgen sample --help`` prints its options, each with its default, as fast; torch and Lightning load only once a
+command runs. The ``sample`` options that set how samples are drawn are the fields of
+:class:`arcore.decoding.SampleOptions` and :class:`arcore.decoding.Decoding` that carry a ``help``
+(:func:`add_sample_options`), so a new setting appears here, and reaches the engine (:func:`sample_options`),
+without an edit to this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, fields, is_dataclass, replace
+from typing import Any
+
+from arcore.decoding import SampleOptions
+from arcore.errors import UsageError
+
+COMMANDS = {
+    "fit": "train a model from a config (--config lightning_configs/NAME.yaml); run it again to resume",
+    "validate": "score a trained model (--ckpt_path) on the validation split",
+    "test": "score a trained model (--ckpt_path) on the test split",
+    "predict": "the likelihood of every test example, written to a CSV in the run folder",
+    "sample": None,  # the tool's own line: its sample parser's description
+    "export": "write a checkpoint's model as a .safetensors weights file for sharing (sample, test and load read it)",
+}
+"""Every command of both tools, with its line in ``--help``."""
+
+
+def overview(tool: str, about: str, sample: str, examples: Sequence[str]) -> str:
+    """The text of ``<tool> --help``: what the tool is, one line per command (``sample`` the tool's own), and
+    ``examples``, commands that run as written from the project's folder."""
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: {tool} COMMAND [OPTIONS]", "", about, "", "commands:"]
+    lines += [f"  {name:<{width}}  {line or sample}" for name, line in COMMANDS.items()]
+    lines += ["", f"`{tool} COMMAND --help` lists a command's options. To try, from the project's folder:"]
+    return "\n".join(lines + [f"  {example}" for example in examples])
+
+
+class SampleHelp(argparse.HelpFormatter):
+    """Help that shows each option's default, unless the help says it itself or the option is a switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or action.required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def sample_parser(tool: str, description: str, *, out_help: str, num_samples: int, batch_size: int,
+                  threads: int | None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser with the options every ``sample`` command takes; the tool adds its own to it.
+    ``threads`` is the ``--threads`` default (None: torch's, all cores)."""
+    p = argparse.ArgumentParser(prog=f"{tool} sample", description=description, formatter_class=SampleHelp)
+    p.add_argument("--ckpt", required=True,
+                   help=f"a checkpoint written by `{tool} fit` (e.g. runs/NAME/checkpoints/last.ckpt) or a "
+                        f".safetensors weights file (`{tool} export`, or one of pretrained/)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--num-samples", type=int, default=num_samples, help="how many samples to draw")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help="drawn at once; more are drawn in chunks (halved on out-of-memory)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the random draws: the same seed, the same samples")
+    add_sample_options(p)
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=threads,
+                   help="CPU threads" + (" (default: all cores)" if threads is None else
+                                         f" (default {threads}: a step's tiny products lose more to thread sync "
+                                         f"than they gain)"))
+    return p
+
+
+def add_sample_options(parser: argparse.ArgumentParser, settings: type = SampleOptions) -> None:
+    """An option for every field of ``settings`` (and of the settings it holds) that has a ``help``: a switch for a
+    bool (setting the opposite of its default), else a value of the field's ``type``."""
+    for spec in fields(settings):
+        default = spec.default if spec.default is not MISSING else None
+        if is_dataclass(default):
+            add_sample_options(parser, type(default))
+        elif "help" in spec.metadata:
+            flag = spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
+            if isinstance(default, bool):
+                parser.add_argument(flag, dest=spec.name, action="store_false" if default else "store_true",
+                                    help=spec.metadata["help"])
+            else:
+                parser.add_argument(flag, dest=spec.name, type=spec.metadata["type"], default=default,
+                                    help=spec.metadata["help"])
+
+
+def sample_options(args: argparse.Namespace, settings: type = SampleOptions, **fixed: Any) -> Any:
+    """The ``settings`` value (:class:`arcore.decoding.SampleOptions`) that the options of
+    :func:`add_sample_options` parsed into ``args`` give, with ``fixed`` fields set (``progress=True``)."""
+    values = {}
+    for spec in fields(settings):
+        default = spec.default if spec.default is not MISSING else None
+        if is_dataclass(default):
+            values[spec.name] = sample_options(args, type(default))
+        elif "help" in spec.metadata:
+            values[spec.name] = getattr(args, spec.name)
+    return replace(settings(**values), **fixed)
+
+
+def launch(tool: str, argv: Sequence[str] | None, *, about: str, sample: str, examples: Sequence[str],
+           sample_main: Callable[[Sequence[str]], None], run: Callable[[Sequence[str] | None], int]) -> int:
+    """Run one command line of ``tool``; returns the exit status. No command, or ``--help``: :func:`overview`
+    (``sample`` is that command's line); ``sample``: ``sample_main`` with the arguments after it, which parses them
+    before it imports anything heavy, a bad input printed as one line with exit status 2; anything else:
+    ``run(argv)``, the Lightning commands and ``export`` (:func:`arcore.cli.run`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(overview(tool, about, sample, examples))
+        return 0
+    if args[0] != "sample":
+        return run(argv)
+    try:
+        sample_main(args[1:])
+    except UsageError as exc:
+        print(f"{tool}: error: {exc.for_command_line().strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
