@@ -1,0 +1,70 @@
+"""The documentation: the site builds in strict mode (a broken link, anchor, snippet or API reference fails it), the
+walkthrough of "Add your own model" runs as written, and the README's links lead to files of the repository.
+
+The site needs the ``docs`` extra, which the test install (``.ci/run``, the README's test command) includes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
+    """``mkdocs build`` of ``config`` into ``site`` (strict mode comes from the config)."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # the theme's notice about a future MkDocs, not a warning of ours
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--config-file", str(config), "--site-dir",
+                           str(site)], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_site_builds_in_strict_mode_with_every_page_and_the_api(tmp_path):
+    done = mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert done.returncode == 0, done.stderr[-3000:]
+    site = tmp_path / "site"
+    api = (site / "api" / "arcore" / "index.html").read_text()
+    assert 'id="arcore.engine.sample"' in api and 'id="arcore.cache.StepCache"' in api  # rendered from docstrings
+    assert 'id="pixelgen.igpt.ImageGPT"' in (site / "api" / "pixelgen" / "index.html").read_text()
+    assert 'id="wavegen.wavenet.WaveNet"' in (site / "api" / "wavegen" / "index.html").read_text()
+    results = (site / "results" / "index.html").read_text()
+    assert "pretrained/pixelcnn_mnist.safetensors" in results  # the README's table, included
+    assert "bench_igpt" in results  # benchmarks/RESULTS.md, included
+    assert (site / "pixelcnn_mnist_samples.png").is_file() and (site / "wavenet_sample.wav").is_file()
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    """The project's settings turn a link to a missing page into a failed build, not a warning."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# Home\n\nSee [the engine](engine.md).\n")
+    config.update(docs_dir=str(docs), nav=[{"Home": "index.md"}], plugins=["search"])
+    path = tmp_path / "mkdocs.yml"
+    path.write_text(yaml.safe_dump(config))
+    done = mkdocs_build(path, tmp_path / "site")
+    assert done.returncode != 0
+    assert "engine.md" in done.stderr
+
+
+def test_the_own_model_walkthrough_runs_as_written(tmp_path, monkeypatch):
+    text = (ROOT / "docs" / "own-model.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, re.DOTALL))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"__name__": "own_model"}
+    exec(compile(code, "docs/own-model.md", "exec"), scope)  # noqa: S102 - the project's own documentation
+    assert scope["cached"].shape == (4, 32)
+    assert type(scope["model"].sampler(1, None, (32,))).__name__ == "CharConvSampler"  # the cached path ran
+
+
+def test_the_readmes_links_lead_to_files_of_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if "://" not in t]
+    assert "docs/index.md" in local and "CHANGELOG.md" in local
+    for target in local:
+        assert (ROOT / target).resolve().is_relative_to(ROOT) and (ROOT / target).exists(), target
