@@ -24,7 +24,7 @@ from wavegen.cli import main
 from wavegen.data import AudioDataModule, mu_law_encode
 from wavegen.fused import FusedStep
 from wavegen.quality import VocoderQuality, mel_distance, pesq_score, stoi_score
-from wavegen.wavenet import AudioCond, Upsampler, WaveNet, upsample_factors
+from wavegen.wavenet import AudioCond, Upsampler, WaveNet, decode_mu_law, upsample_factors
 
 RATE = 8000
 TINY = {"residual_channels": 6, "gate_channels": 8, "skip_channels": 5, "head_channels": 7, "quantization": 16}
@@ -151,10 +151,10 @@ def test_pesq_stoi_and_mel_distance_rank_a_clean_copy_above_a_noisy_one():
     assert math.isnan(pesq_score(clean[:400], clean[:400], RATE))  # too short to score: NaN, not an error
     assert math.isnan(stoi_score(clean[:1000], clean[:1000], RATE))
     model = WaveNet(n_mels=16, hop_length=80)
-    codes = mu_law_encode(torch.from_numpy(clean).float())
-    assert mel_distance(model, codes, codes) == 0.0
-    far = mel_distance(model, codes, mu_law_encode(torch.from_numpy(noisy).float()))
-    near = mel_distance(model, codes, mu_law_encode(torch.from_numpy(clean + 0.01 * (noisy - clean)).float()))
+    audio = torch.from_numpy(clean).float()
+    assert mel_distance(model, audio, audio) == 0.0
+    far = mel_distance(model, audio, torch.from_numpy(noisy).float())
+    near = mel_distance(model, audio, torch.from_numpy(clean + 0.01 * (noisy - clean)).float())
     assert far > near > 0.0
 
 
@@ -193,9 +193,12 @@ def test_vocoder_fit_logs_resynthesis_and_quality_and_test_reports_pesq_stoi(tmp
     capsys.readouterr()
     assert main(["test", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    scores = {name: float(re.search(rf"test/{name}\W+([-0-9.e]+)", out).group(1))
-              for name in ("pesq", "stoi", "mel_distance", "bpd")}
+    scores = {name: float(re.search(rf"test/{name}\s+([-0-9.e]+)", out).group(1))
+              for name in ("pesq", "stoi", "mel_distance", "bpd", "pesq_griffin_lim", "stoi_griffin_lim",
+                           "pesq_mulaw", "stoi_mulaw")}
     assert -0.5 <= scores["pesq"] <= 4.6 and 0 <= scores["stoi"] <= 1 and scores["mel_distance"] > 0
+    assert scores["pesq_mulaw"] > scores["pesq_griffin_lim"] > scores["pesq"]  # an untrained vocoder is the floor
+    assert scores["stoi_mulaw"] > 0.95
 
 
 def test_quality_is_scored_every_k_validations_on_held_out_files(tmp_path):
@@ -215,9 +218,12 @@ def test_quality_is_scored_every_k_validations_on_held_out_files(tmp_path):
                          callbacks=[quality, Spy()], enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=data)
-    assert seen == [[], ["val/mel_distance", "val/pesq", "val/stoi"], ["val/mel_distance", "val/pesq", "val/stoi"]]
-    (clip,) = quality._held_out["val"][0]
-    assert len(clip) == 4000  # the first half second of the held-out file
+    scored = sorted(f"val/{name}{system}" for name in ("mel_distance", "pesq", "stoi")
+                    for system in ("", "_griffin_lim", "_mulaw"))
+    assert seen == [[], scored, scored]
+    (clip,), (reference,), _ = quality._held_out["val"]
+    assert len(clip) == len(reference) == 4000  # the first half second of the held-out file
+    assert not torch.equal(reference, decode_mu_law(clip))  # scored against the file's audio, before mu-law
     plain = WaveNet(dilations=[1], residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4)
     trainer = pl.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, logger=False,
                          callbacks=[VocoderQuality(clips=1, every_n_validations=1), Spy()], enable_progress_bar=False,

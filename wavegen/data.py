@@ -86,11 +86,13 @@ def why_unusable(exc: Exception) -> str:
 
 @dataclass
 class Clip:
-    """One file's mu-law codes (uint8) and speaker id."""
+    """One file's mu-law codes (uint8) and speaker id; for held-out files also the float audio the codes encode
+    (the reference a vocoder's resynthesis and its baselines are scored against, :mod:`wavegen.quality`)."""
 
     name: str
     codes: torch.Tensor
     speaker: int
+    audio: torch.Tensor | None = None
 
 
 def _speaker_of(path: Path, pattern: re.Pattern[str] | None) -> str | None:
@@ -264,11 +266,13 @@ class AudioDataModule(CodesDataModule):
                              f"point root at a folder of WAV/FLAC files", OPTIONS)
         self.speakers = sorted({speaker for _, speaker, _ in raw}) if self.speaker_pattern else []
         index = {name: i for i, name in enumerate(self.speakers)}
-        clips = [Clip(name, mu_law_encode(clip, self.quantization).to(torch.uint8), index.get(speaker, 0))
+        clips = [Clip(name, mu_law_encode(clip, self.quantization).to(torch.uint8), index.get(speaker, 0), clip)
                  for name, speaker, clip in raw]
         random.Random(self.split_seed).shuffle(clips)
         n_val = math.ceil(self.val_fraction * len(clips)) if self.val_fraction else 0
         n_test = math.ceil(self.test_fraction * len(clips)) if self.test_fraction else 0
+        for clip in clips[n_val + n_test:]:
+            clip.audio = None  # training crops need the codes only
         if len(clips) <= n_val + n_test:
             raise UsageError(f"only {len(clips)} usable files under {self.root}: too few to hold out "
                              f"{n_val} for validation and {n_test} for test (lower the fractions)")

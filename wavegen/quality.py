@@ -1,16 +1,28 @@
-"""Objective quality of a vocoder's resynthesis of held-out speech, beside its bits/sample.
+"""Objective quality of a vocoder's resynthesis of held-out speech, beside its bits/sample and two baselines.
 
-Three scores of a resynthesised clip against its original (the mu-law codes the model was given, decoded: the
-scores measure the vocoder, not the 8-bit mu-law coding):
+Every score compares a clip to its reference, the held-out file's own audio (before the 8-bit mu-law coding the
+model is trained on). Three clips are scored, all made from the same log-mel frames (the model's own transform of the
+mu-law-decoded audio, what the vocoder is given):
+
+- the vocoder's resynthesis (``test/pesq``, ``test/stoi``, ``test/mel_distance``);
+- Griffin-Lim from the same frames (``*_griffin_lim``): torchaudio's ``InverseMelScale`` then ``GriffinLim`` (100
+  iterations, deterministic start), the classical baseline a vocoder has to beat;
+- the 8-bit mu-law round trip (``*_mulaw``): the audio the model is trained to reproduce, so the ceiling of any
+  resynthesis scored against the original.
+
+The scores:
 
 - PESQ (ITU-T P.862, the ``pesq`` package): narrow-band at 8 kHz, wide-band at 16 kHz; audio at other rates is
   resampled to 16 kHz (wide-band) from 16 kHz up, else to 8 kHz (narrow-band). -0.5 (bad) to 4.5 (transparent).
-- STOI (``pystoi``): short-time objective intelligibility, 0 to 1.
+  The mean over the clips P.862 can score.
+- STOI (``pystoi``): short-time objective intelligibility, 0 to 1, of all clips joined end to end, each pair brought
+  to one level first: STOI needs about 400 ms of speech, so a single spoken digit scored alone gets nothing, and
+  joined clips at different levels would lose the quiet ones to its silent-frame removal.
 - Mel distance: the root-mean-square difference of the two log-mel spectrograms (the model's own mel transform),
-  in dB, averaged over frames; 0 for identical clips.
+  in dB, averaged over frames and clips; 0 for identical clips.
 
-:class:`VocoderQuality` logs their means over the first ``clips`` held-out files as ``test/pesq``, ``test/stoi`` and
-``test/mel_distance`` in ``wavegen test`` and as ``val/*`` every ``every_n_validations`` validations of ``fit``.
+:class:`VocoderQuality` logs them over the first ``clips`` held-out files in ``wavegen test`` (``test/*``) and every
+``every_n_validations`` validations of ``fit`` (``val/*``).
 """
 
 from __future__ import annotations
@@ -56,43 +68,69 @@ def stoi_score(reference: np.ndarray, degraded: np.ndarray, rate: int) -> float:
             return math.nan
 
 
+def stoi_joined(references: Sequence[np.ndarray], degraded: Sequence[np.ndarray], rate: int) -> float:
+    """STOI of every pair joined end to end, each pair scaled so that its reference has one RMS level."""
+    scale = [0.1 / max(float(np.sqrt(np.mean(ref ** 2))), 1e-8) for ref in references]
+    return stoi_score(np.concatenate([r * k for r, k in zip(references, scale)]),
+                      np.concatenate([d * k for d, k in zip(degraded, scale)]), rate)
+
+
+def log_mel_db(model: WaveNet, audio: torch.Tensor) -> torch.Tensor:
+    """Log-mel spectrogram ``[n_mels, F]`` in dB of float audio ``[T]`` (the model's own mel transform)."""
+    return 10 * model.mel_transform(audio.to(model.device, model.dtype)).clamp(min=1e-5).log10()
+
+
 def mel_distance(model: WaveNet, reference: torch.Tensor, degraded: torch.Tensor) -> float:
-    """RMS difference (dB) of the log-mel spectrograms of two clips of codes ``[T]``, averaged over frames."""
-    a, b = (10 * model.log_mel(codes[None])[0] for codes in (reference, degraded))  # log10 power -> dB
-    return float((a - b).pow(2).mean(dim=0).sqrt().mean())
+    """RMS difference (dB) of the log-mel spectrograms of two float clips ``[T]``, averaged over frames."""
+    return float((log_mel_db(model, reference) - log_mel_db(model, degraded)).pow(2).mean(dim=0).sqrt().mean())
+
+
+def griffin_lim(model: WaveNet, mel: torch.Tensor, length: int, iterations: int = 100) -> torch.Tensor:
+    """Float audio ``[T]`` from log-mel frames ``[n_mels, F]`` with torchaudio alone: the least-squares linear
+    spectrogram under the model's filterbank (``InverseMelScale``, minimum norm), then ``GriffinLim`` from a zero-phase start (so
+    the baseline is the same at every run)."""
+    import torchaudio.transforms as T
+
+    transform = model.mel_transform
+    inverse = T.InverseMelScale(transform.n_fft // 2 + 1, transform.n_mels, transform.sample_rate, transform.f_min,
+                                transform.f_max, transform.mel_scale.norm, transform.mel_scale.mel_scale,
+                                driver="gelsd")  # some low bands are narrower than a bin: the filterbank lacks rank
+    phase = T.GriffinLim(transform.n_fft, iterations, transform.win_length, transform.hop_length,
+                         power=transform.power, rand_init=False, length=length)
+    power = inverse(torch.pow(10.0, mel.detach().float().cpu()))
+    return phase(power).clamp(-1.0, 1.0)
 
 
 @dataclass
 class Scores:
-    """Mean PESQ, STOI and mel distance over the clips that could be scored (PESQ and STOI skip a clip without
-    enough speech), and how many clips there were."""
+    """Mean PESQ (over the clips P.862 could score), STOI (all clips joined) and mean mel distance of one set of
+    clips against their references, and how many clips there were."""
 
     pesq: float
     stoi: float
     mel_distance: float
     clips: int
 
-    def as_metrics(self, stage: str) -> dict[str, float]:
-        return {f"{stage}/pesq": self.pesq, f"{stage}/stoi": self.stoi, f"{stage}/mel_distance": self.mel_distance}
+    def as_metrics(self, stage: str, suffix: str = "") -> dict[str, float]:
+        return {f"{stage}/pesq{suffix}": self.pesq, f"{stage}/stoi{suffix}": self.stoi,
+                f"{stage}/mel_distance{suffix}": self.mel_distance}
 
 
-def score(model: WaveNet, originals: Sequence[torch.Tensor], resynthesised: Sequence[torch.Tensor]) -> Scores:
-    """The three scores of each resynthesis (codes) against its original (codes), averaged."""
+def score(model: WaveNet, references: Sequence[torch.Tensor], made: Sequence[torch.Tensor]) -> Scores:
+    """The three scores of each float clip ``made`` against its float reference."""
     rate = model.sample_rate
-    pesqs, stois, distances = [], [], []
-    for original, made in zip(originals, resynthesised):
-        ref, deg = (decode_mu_law(c.cpu(), model.num_classes).double().numpy() for c in (original, made))
-        pesqs.append(pesq_score(ref, deg, rate))
-        stois.append(stoi_score(ref, deg, rate))
-        distances.append(mel_distance(model, original.to(model.device), made.to(model.device)))
+    refs = [r.detach().cpu().double().numpy() for r in references]
+    degs = [d.detach().cpu().double().numpy()[: len(r)] for d, r in zip(made, refs)]
+    pesqs = [pesq_score(r, d, rate) for r, d in zip(refs, degs)]
+    distances = [mel_distance(model, torch.from_numpy(r), torch.from_numpy(d)) for r, d in zip(refs, degs)]
     mean = (lambda v: float(np.nanmean(v)) if not all(map(math.isnan, v)) else math.nan)
-    return Scores(mean(pesqs), mean(stois), mean(distances), len(distances))
+    return Scores(mean(pesqs), stoi_joined(refs, degs, rate), mean(distances), len(distances))
 
 
 def resynthesize_all(model: WaveNet, clips: Sequence[torch.Tensor], speakers: Sequence[int] | None,
                      batch_size: int, generator: torch.Generator, temperature: float = 1.0) -> list[torch.Tensor]:
     """Resynthesise every clip of codes, ``batch_size`` at a time, longest first (so a batch's clips are of similar
-    lengths); returned in the order given."""
+    lengths); returned in the order given, as codes."""
     order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
     out: list[torch.Tensor | None] = [None] * len(clips)
     for first in range(0, len(order), batch_size):
@@ -105,25 +143,37 @@ def resynthesize_all(model: WaveNet, clips: Sequence[torch.Tensor], speakers: Se
     return out  # type: ignore[return-value]
 
 
+def baselines(model: WaveNet, clips: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
+              stage: str) -> dict[str, float]:
+    """``stage/*_griffin_lim`` of Griffin-Lim from each clip's frames and ``stage/*_mulaw`` of the mu-law round
+    trip, both against the references."""
+    decoded = [decode_mu_law(c.cpu().long(), model.num_classes) for c in clips]
+    made = [griffin_lim(model, model.log_mel(c.to(model.device).long()[None])[0], len(c)) for c in clips]
+    return {**score(model, references, made).as_metrics(stage, "_griffin_lim"),
+            **score(model, references, decoded).as_metrics(stage, "_mulaw")}
+
+
 class VocoderQuality(pl.Callback):
     """PESQ, STOI and mel distance of a vocoder's resynthesis of the first ``clips`` held-out files (each cut to its
     first ``seconds``), drawn ``batch_size`` at a time through the cached sampler with a fixed ``seed`` and
-    ``temperature``: logged as ``test/*`` at the end of ``wavegen test`` and as ``val/*`` at every
-    ``every_n_validations``-th validation of ``fit`` (0: never). The held-out clips are read once and kept. Nothing
-    happens for a model without mel conditioning. Listed before :class:`arcore.callbacks.EMA` it scores the
-    averaged weights, as validation does. Under DDP rank 0 scores alone."""
+    ``temperature``, and (``baselines``) of Griffin-Lim and the mu-law round trip on the same clips: logged as
+    ``test/*`` at the end of ``wavegen test`` and as ``val/*`` at every ``every_n_validations``-th validation of
+    ``fit`` (0: never). The held-out clips and the baselines' scores are computed once and kept. Nothing happens for
+    a model without mel conditioning. Listed before :class:`arcore.callbacks.EMA` it scores the averaged weights,
+    as validation does. Under DDP rank 0 scores alone."""
 
     def __init__(self, clips: int = 8, seconds: float = 2.0, every_n_validations: int = 0, batch_size: int = 8,
-                 temperature: float = 1.0, seed: int = 0) -> None:
+                 temperature: float = 1.0, seed: int = 0, baselines: bool = True) -> None:
         if clips < 1 or batch_size < 1 or every_n_validations < 0 or not (math.isfinite(seconds) and seconds > 0) \
                 or not temperature > 0:
             raise UsageError(f"VocoderQuality needs clips >= 1, seconds > 0, batch_size >= 1, "
                              f"every_n_validations >= 0 and temperature > 0, got {clips}, {seconds}, {batch_size}, "
                              f"{every_n_validations} and {temperature}")
         self.clips, self.seconds, self.every = clips, seconds, every_n_validations
-        self.batch_size, self.temperature, self.seed = batch_size, temperature, seed
+        self.batch_size, self.temperature, self.seed, self.baselines = batch_size, temperature, seed, baselines
         self.validations = 0
-        self._held_out: dict[str, tuple[list[torch.Tensor], list[int]]] = {}
+        self._held_out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
+        self._baselines: dict[str, dict[str, float]] = {}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self.every:
@@ -138,17 +188,26 @@ class VocoderQuality(pl.Callback):
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
         if not getattr(pl_module, "vocoder", False) or not trainer.is_global_zero:
             return
-        originals, speakers = self._clips(trainer, pl_module, split)
-        if not originals:
+        codes, references, speakers = self._clips(trainer, pl_module, split)
+        if not codes:
             rank_zero_warn(f"VocoderQuality: no {split} files to resynthesise")
             return
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        made = resynthesize_all(pl_module, originals, speakers, self.batch_size, generator, self.temperature)
-        for name, value in score(pl_module, originals, made).as_metrics(split).items():
+        made = resynthesize_all(pl_module, codes, speakers, self.batch_size, generator, self.temperature)
+        metrics = score(pl_module, references, [decode_mu_law(c.cpu(), pl_module.num_classes) for c in made]
+                        ).as_metrics(split)
+        if self.baselines:
+            if split not in self._baselines:
+                self._baselines[split] = baselines(pl_module, codes, references, split)
+            metrics.update(self._baselines[split])
+        for name, value in metrics.items():
             pl_module.log(name, value, rank_zero_only=True)
 
-    def _clips(self, trainer: pl.Trainer, pl_module: WaveNet, split: str) -> tuple[list[torch.Tensor], list[int]]:
-        """The first held-out files of ``split`` (codes, cut to ``seconds``) and their speakers, read once."""
+    def _clips(self, trainer: pl.Trainer, pl_module: WaveNet, split: str
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+        """The first held-out files of ``split`` (codes and reference audio, cut to ``seconds``) and their speakers,
+        read once. Without the files' own audio (a data module that keeps codes only) the reference is the decoded
+        codes, and the mu-law baseline then scores as transparent."""
         if split not in self._held_out:
             splits = getattr(trainer.datamodule, "splits", None)
             if splits is None:
@@ -158,7 +217,10 @@ class VocoderQuality(pl.Callback):
             longest = max(shortest, round(self.seconds * pl_module.sample_rate))
             usable = [f for f in splits()[split] if len(f.codes) >= shortest]
             files = usable[: self.clips]
-            self._held_out[split] = ([f.codes[:longest].long() for f in files], [f.speaker for f in files])
+            codes = [f.codes[:longest].long() for f in files]
+            references = [decode_mu_law(c, pl_module.num_classes) if getattr(f, "audio", None) is None
+                          else f.audio[:longest].float() for f, c in zip(files, codes)]
+            self._held_out[split] = (codes, references, [f.speaker for f in files])
         return self._held_out[split]
 
     def state_dict(self) -> dict[str, int]:

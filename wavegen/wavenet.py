@@ -48,7 +48,8 @@ from arcore.decoding import Decoding, SampleOptions
 from arcore.errors import UsageError, check_labels, options
 from arcore.media import Audio
 from arcore.module import AutoregressiveModule, Capabilities
-from wavegen.fused import FusedStep
+from wavegen import lpc
+from wavegen.fused import FusedStep, gate_folded
 
 
 @dataclass
@@ -176,6 +177,11 @@ class WaveNet(AutoregressiveModule):
         upsample: how frame features reach the sample rate: ``repeat``, ``transposed`` or ``nearest`` (see the
             module docstring); ``upsample_scales``: the learned stack's factors, whose product is ``hop_length``
             (default :func:`upsample_factors`).
+        cond_layers: residual layers (``x + tanh(conv_5(x))``) at frame rate after the first frame convolution,
+            before upsampling: a non-linear conditioning network that sees 4 frames more on each side per layer.
+        lpc_order, preemphasis: a vocoder with ``lpc_order > 0`` models the excitation of a linear predictor
+            computed from its frames (:mod:`wavegen.lpc`), of the audio pre-emphasised by ``preemphasis``; its
+            codes are then excitation codes and :meth:`resynthesize` turns them into audio.
         default_seconds: clip length when ``sample`` is given no length.
     """
 
@@ -183,7 +189,8 @@ class WaveNet(AutoregressiveModule):
                  kernel_size: int = 2, residual_channels: int = 64, gate_channels: int = 128,
                  skip_channels: int = 64, head_channels: int = 64, quantization: int = 256, num_labels: int = 0,
                  n_mels: int = 0, hop_length: int = 80, cond_channels: int = 32, upsample: str = "repeat",
-                 upsample_scales: list[int] | None = None, default_seconds: float = 1.0, lr: float = 1e-3,
+                 upsample_scales: list[int] | None = None, cond_layers: int = 0, lpc_order: int = 0,
+                 preemphasis: float = 0.0, default_seconds: float = 1.0, lr: float = 1e-3,
                  weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine") -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
         dilations = list(dilations) if dilations is not None else dilation_schedule(layers, cycles)
@@ -199,6 +206,12 @@ class WaveNet(AutoregressiveModule):
         if quantization < 2 or sample_rate < 1 or n_mels < 0 or num_labels < 0 or hop_length < 1:
             raise UsageError("quantization >= 2, sample_rate >= 1, hop_length >= 1, n_mels >= 0 and "
                              "num_labels >= 0 are required")
+        if cond_layers < 0 or not 0 <= lpc_order <= 32 or not 0.0 <= preemphasis < 1.0:
+            raise UsageError(f"cond_layers >= 0, lpc_order in [0, 32] and preemphasis in [0, 1) are required, got "
+                             f"{cond_layers}, {lpc_order} and {preemphasis}")
+        if (lpc_order or preemphasis or cond_layers) and not n_mels:
+            raise UsageError("cond_layers, lpc_order and preemphasis shape a vocoder's conditioning: set n_mels too",
+                             options("model", "n_mels"))
         if upsample not in UPSAMPLING:
             raise UsageError(f"upsample must be one of {', '.join(UPSAMPLING)}, got {upsample!r}")
         scales = list(upsample_scales) if upsample_scales is not None else upsample_factors(hop_length)
@@ -226,6 +239,8 @@ class WaveNet(AutoregressiveModule):
             import torchaudio
 
             self.mel_net = nn.Conv1d(n_mels, cond_channels, 3, padding=1)
+            self.cond_stack = nn.ModuleList(nn.Conv1d(cond_channels, cond_channels, 5, padding=2)
+                                            for _ in range(cond_layers))
             self.upsampler = None if upsample == "repeat" else Upsampler(cond_channels, scales, upsample)
             self.mel_proj = nn.Conv1d(cond_channels, len(dilations) * gate_channels, 1, bias=False)
             self.mel_transform = torchaudio.transforms.MelSpectrogram(
@@ -243,17 +258,12 @@ class WaveNet(AutoregressiveModule):
         def rounded(weight: torch.Tensor) -> torch.Tensor:
             return weight.to(torch.float16).to(weight.dtype)
 
-        def gate_rounded(weight: torch.Tensor, gate: int) -> torch.Tensor:
-            """Rows in blocks of ``gate``: the tanh half rounded, the sigmoid half rounded at half its value."""
-            blocks = weight.unflatten(0, (-1, gate))
-            return torch.cat([rounded(blocks[:, : gate // 2]), 2 * rounded(blocks[:, gate // 2:] / 2)], 1
-                             ).flatten(0, 1)
-
         gate = self.hparams.gate_channels
         gates = [layer.conv.weight for layer in self.layers] + ([self.mel_proj.weight] if self.n_mels else [])
         others = [layer.skip.weight for layer in self.layers] + [self.head1.weight, self.head2.weight]
         others += [layer.residual.weight for layer in self.layers if layer.residual is not None]
-        targets = [(w, gate_rounded(w, gate)) for w in gates] + [(w, rounded(w)) for w in others]
+        targets = [(w, gate_folded(rounded(gate_folded(w, gate)), gate, undo=True)) for w in gates]
+        targets += [(w, rounded(w)) for w in others]
         if not all(torch.isfinite(value).all() for _, value in targets):  # checked before any weight changes
             raise UsageError("a weight is beyond float16's range (65504): this model cannot hold float16 weights; "
                              "leave out --half-weights")
@@ -285,8 +295,35 @@ class WaveNet(AutoregressiveModule):
             raise UsageError(f"{codes.shape[-1]} samples are too few for a mel frame: it needs more than "
                              f"{window // 2} (for training crops, raise the data's target_length)",
                              {"the data's target_length": "--data.target_length"})
-        audio = decode_mu_law(codes, self.num_classes).to(self.dtype)
-        return self.mel_transform(audio).clamp(min=1e-5).log10()
+        return self.mel_transform(decode_mu_law(codes, self.num_classes).to(self.dtype)).clamp(min=1e-5).log10()
+
+    @property
+    def predictive(self) -> bool:
+        """Whether the codes are the excitation of a linear predictor computed from the frames (``lpc_order > 0``),
+        rather than the audio itself."""
+        return bool(self.hparams.get("lpc_order", 0))
+
+    def lpc_filters(self, mel: torch.Tensor) -> torch.Tensor:
+        """The prediction filters ``[B, F, lpc_order + 1]`` (float64) of log-mel frames ``[B, n_mels, F]``."""
+        return lpc.lpc_from_mel(mel, self.mel_transform.mel_scale.fb, self.hparams.lpc_order,
+                                self.hparams.preemphasis, self.sample_rate)
+
+    def excitation_codes(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """The codes a predictive vocoder models for audio codes ``[B, T]`` with frames ``mel`` (their own log-mel):
+        the mu-law codes of the excitation of the pre-emphasised audio."""
+        import torchaudio.functional as AF
+
+        audio = lpc.preemphasize(decode_mu_law(codes, self.num_classes).float(), self.hparams.preemphasis)
+        excitation = lpc.analysis(audio, self.lpc_filters(mel), self.hop_length)
+        return AF.mu_law_encoding(excitation.clamp(-1.0, 1.0), self.num_classes)
+
+    def excitation_to_audio(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """Float audio ``[B, T]`` in [-1, 1] of a predictive vocoder's excitation codes ``[B, T]`` under frames
+        ``mel``: the synthesis filter, then the de-emphasis (the inverse of :meth:`excitation_codes` up to the
+        mu-law steps)."""
+        audio = lpc.synthesis(decode_mu_law(codes, self.num_classes), self.lpc_filters(mel), self.hop_length,
+                              self.hparams.preemphasis)
+        return audio.clamp(-1.0, 1.0).to(codes.device)
 
     @property
     def vocoder(self) -> bool:
@@ -330,6 +367,8 @@ class WaveNet(AutoregressiveModule):
         zero beyond them."""
         def table(frames: torch.Tensor) -> torch.Tensor:
             x = torch.tanh(self.mel_net(frames))
+            for conv in self.cond_stack:
+                x = x + torch.tanh(conv(x))
             return x if self.upsampler is None else self.upsampler(x)
 
         if lengths is None:
@@ -381,7 +420,8 @@ class WaveNet(AutoregressiveModule):
         codes, speakers = batch
         speaker = speakers if self.num_labels else None
         if self.n_mels:
-            return codes, AudioCond(speaker, self.log_mel(codes))
+            mel = self.log_mel(codes)
+            return (self.excitation_codes(codes, mel) if self.predictive else codes), AudioCond(speaker, mel)
         return codes, speaker
 
     def render_samples(self, codes: torch.Tensor) -> Audio:
@@ -420,7 +460,7 @@ class WaveNet(AutoregressiveModule):
     def resynthesize(self, clips: Sequence[torch.Tensor], speakers: torch.Tensor | None = None, *,
                      options: SampleOptions | None = None, generator: torch.Generator | None = None,
                      **settings: Any) -> list[torch.Tensor]:
-        """Draw one batch: a waveform (mu-law codes) for each clip of codes ``[T_i]`` from the clip's own log-mel
+        """Draw one batch: a waveform (mu-law audio codes) for each clip of codes ``[T_i]`` from the clip's own log-mel
         frames (and ``speakers [B]`` for a speaker-conditioned model), each as long as its clip. Clips of different
         lengths are drawn together: their frames are padded to the longest, and each row is conditioned on its own
         frames only (``AudioCond.mel_lengths``), so a clip comes out as it would alone from the same noise.
@@ -434,6 +474,10 @@ class WaveNet(AutoregressiveModule):
                          None if bool((lengths == frames).all()) else lengths)
         codes = self.sample(len(clips), cond=cond, length=max(len(clip) for clip in clips), options=options,
                             generator=generator, **settings)
+        if self.predictive:  # excitation codes to audio, and the audio to mu-law codes like the clips given
+            import torchaudio.functional as AF
+
+            codes = AF.mu_law_encoding(self.excitation_to_audio(codes, cond.mel), self.num_classes)
         return [row[: len(clip)] for row, clip in zip(codes, clips)]
 
 
@@ -456,8 +500,7 @@ class WaveNetSampler(Sampler):
         self.model, self.cond = model, cond
         cache, hp = self.cache, model.hparams
         n_layers, k, res, gate = len(model.layers), model.kernel_size, hp.residual_channels, hp.gate_channels
-        half = gate // 2
-        device, dtype = model.device, model.dtype
+        device = model.device
 
         # ring slots: layer l owns [offset_l, offset_l + size_l); past tap m of layer l lags m * d_l samples
         self.sizes = [(k - 1) * d + 1 for d in model.dilations]
@@ -476,23 +519,22 @@ class WaveNetSampler(Sampler):
         self.n_past = n_layers * (k - 1)
         cache.alloc("ring", (sum(self.sizes), batch_size, res), batch_dim=1)
 
-        # sigmoid(b) = (1 + tanh(b/2)) / 2: every contribution to the sigmoid half is scaled by 1/2
-        scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(device, dtype)
-        weights = torch.stack([layer.conv.weight for layer in model.layers]) * scale[:, None, None]  # [L, G, R, k]
+        # sigmoid(b) = (1 + tanh(b/2)) / 2: every contribution to the sigmoid half is scaled by 1/2 (gate_folded)
+        weights = gate_folded(torch.stack([layer.conv.weight for layer in model.layers]), gate, dim=1)  # [L, G, R, k]
         # tap j of the kernel reads x[t - (k - 1 - j) d]: past taps m = 1..k-1 are j = k-1-m
         self.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate) \
             .contiguous()  # [L, (k-1) R, G]: a strided view for k = 2, which bmm would copy at every step
         self.w_cur = weights[..., k - 1].transpose(1, 2).contiguous()  # [L, R, G]
-        gate_bias = (torch.stack([layer.conv.bias for layer in model.layers]) * scale).flatten()
+        gate_bias = gate_folded(torch.cat([layer.conv.bias for layer in model.layers]), gate)
         gate_bias = gate_bias.expand(batch_size, -1).clone()
         if speaker is not None:
-            gate_bias += (model.speaker_embed(speaker).view(batch_size, n_layers, gate) * scale).flatten(1)
+            gate_bias += gate_folded(model.speaker_embed(speaker), gate, dim=1)
         cache.register("gate_bias", gate_bias)
         self.mel = mel is not None
         if self.mel:
             features = model.cond_features(mel, mel_lengths).permute(2, 0, 1).contiguous()  # [rows, B, C]
             cache.register("mel_frames", features, batch_dim=1)
-            self.w_mel = (model.mel_proj.weight[:, :, 0].view(n_layers, gate, -1) * scale[:, None]).flatten(0, 1).t()
+            self.w_mel = gate_folded(model.mel_proj.weight[:, :, 0], gate).t()
         # the gate gives z = 2 tanh(a) sigmoid(b): the residual and skip 1x1s take half of it
         self.w_res = [0.5 * layer.residual.weight[:, :, 0].t() for layer in model.layers[:-1]]
         self.b_res = [layer.residual.bias for layer in model.layers[:-1]]
