@@ -91,3 +91,16 @@ def test_bench_capture_runs_tiny_with_every_configs_training_step():
     # every run config, the class-conditional and mel-conditioned WaveNets included (base.yaml is not a model)
     expected = sorted(p.name for p in bench_capture.CONFIGS.glob("*.yaml") if p.name != "base.yaml")
     assert trained == expected
+
+
+def test_bench_vocoder_runs_tiny_with_its_baselines():
+    from benchmarks import bench_vocoder
+
+    report = bench_vocoder.main(["--tiny", "--temperatures", "1.0", "0.5"])
+    table = rows(report, "resynthesis from the same frames")
+    assert [row[0] for row in table[:2]] == ["8-bit mu-law round trip (ceiling)",
+                                             "Griffin-Lim, 100 iterations (baseline)"]
+    assert [row[0] for row in table[2:]] == ["`untrained`, temperature 1", "`untrained`, temperature 0.5"]
+    ceiling, baseline, untrained = (number(table[i][1]) for i in range(3))
+    assert ceiling > baseline > untrained  # an untrained vocoder is below Griffin-Lim
+    assert all(number(row[4]) > 0 for row in table[2:])

@@ -22,7 +22,7 @@ from tests.test_wavegen_cli import read_pcm, tiny_config
 from tests.tiny_configs import untrained_checkpoint
 from wavegen.cli import main
 from wavegen.data import AudioDataModule, mu_law_encode
-from wavegen.fused import FusedStep
+from wavegen.wavenet_step import FusedStep
 from wavegen.quality import VocoderQuality, mel_distance, pesq_score, stoi_score
 from wavegen.wavenet import AudioCond, Upsampler, WaveNet, decode_mu_law, upsample_factors
 
@@ -198,7 +198,7 @@ def test_vocoder_fit_logs_resynthesis_and_quality_and_test_reports_pesq_stoi(tmp
                            "pesq_mulaw", "stoi_mulaw")}
     assert -0.5 <= scores["pesq"] <= 4.6 and 0 <= scores["stoi"] <= 1 and scores["mel_distance"] > 0
     assert scores["pesq_mulaw"] > scores["pesq_griffin_lim"] > scores["pesq"]  # an untrained vocoder is the floor
-    assert scores["stoi_mulaw"] > 0.95
+    assert scores["stoi_mulaw"] > max(0.85, scores["stoi"])
 
 
 def test_quality_is_scored_every_k_validations_on_held_out_files(tmp_path):

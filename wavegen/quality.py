@@ -31,6 +31,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -153,6 +154,20 @@ def baselines(model: WaveNet, clips: Sequence[torch.Tensor], references: Sequenc
             **score(model, references, decoded).as_metrics(stage, "_mulaw")}
 
 
+def held_out_clips(files: Sequence[Any], model: WaveNet, clips: int, seconds: float
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """Codes, reference audio and speakers of the first ``clips`` files (``wavegen.data.Clip``) long enough for a
+    mel frame, each cut to its first ``seconds``. Without a file's own audio (a data module that keeps codes only)
+    the reference is the decoded codes, and the mu-law baseline then scores as transparent."""
+    shortest = 2 * model.hop_length + 1  # one mel frame
+    longest = max(shortest, round(seconds * model.sample_rate))
+    chosen = [f for f in files if len(f.codes) >= shortest][:clips]
+    codes = [f.codes[:longest].long() for f in chosen]
+    references = [decode_mu_law(c, model.num_classes) if getattr(f, "audio", None) is None
+                  else f.audio[:longest].float() for f, c in zip(chosen, codes)]
+    return codes, references, [f.speaker for f in chosen]
+
+
 class VocoderQuality(pl.Callback):
     """PESQ, STOI and mel distance of a vocoder's resynthesis of the first ``clips`` held-out files (each cut to its
     first ``seconds``), drawn ``batch_size`` at a time through the cached sampler with a fixed ``seed`` and
@@ -205,22 +220,13 @@ class VocoderQuality(pl.Callback):
 
     def _clips(self, trainer: pl.Trainer, pl_module: WaveNet, split: str
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
-        """The first held-out files of ``split`` (codes and reference audio, cut to ``seconds``) and their speakers,
-        read once. Without the files' own audio (a data module that keeps codes only) the reference is the decoded
-        codes, and the mu-law baseline then scores as transparent."""
+        """The held-out clips of ``split`` (:func:`held_out_clips`), read once."""
         if split not in self._held_out:
             splits = getattr(trainer.datamodule, "splits", None)
             if splits is None:
                 raise UsageError("VocoderQuality reads the held-out files of wavegen's audio data module: "
                                  "run it with an AudioDataModule")
-            shortest = 2 * pl_module.hop_length + 1  # one mel frame
-            longest = max(shortest, round(self.seconds * pl_module.sample_rate))
-            usable = [f for f in splits()[split] if len(f.codes) >= shortest]
-            files = usable[: self.clips]
-            codes = [f.codes[:longest].long() for f in files]
-            references = [decode_mu_law(c, pl_module.num_classes) if getattr(f, "audio", None) is None
-                          else f.audio[:longest].float() for f, c in zip(files, codes)]
-            self._held_out[split] = (codes, references, [f.speaker for f in files])
+            self._held_out[split] = held_out_clips(splits()[split], pl_module, self.clips, self.seconds)
         return self._held_out[split]
 
     def state_dict(self) -> dict[str, int]:
