@@ -12,19 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from arcore.cache import Sampler, StepCache
-    from arcore.decoding import Decoding
+    from arcore.decoding import Decoding, SampleOptions
     from arcore.engine import BeamResult, beam_search, sample
     from arcore.errors import UsageError
     from arcore.module import AutoregressiveModule
 
 _HOMES = {"AutoregressiveModule": "arcore.module", "sample": "arcore.engine", "beam_search": "arcore.engine",
           "BeamResult": "arcore.engine", "StepCache": "arcore.cache", "Sampler": "arcore.cache",
-          "Decoding": "arcore.decoding", "UsageError": "arcore.errors"}
+          "Decoding": "arcore.decoding", "SampleOptions": "arcore.decoding", "UsageError": "arcore.errors"}
 
 __all__ = [
     "AutoregressiveModule",
     "BeamResult",
     "Decoding",
+    "SampleOptions",
     "Sampler",
     "StepCache",
     "UsageError",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arcore.cache import StepCache
-from arcore.decoding import Decoding, top_p_filter
+from arcore.decoding import Decoding, SampleOptions, top_p_filter
 from arcore.engine import stepper
 from arcore.errors import UsageError
 from pixelgen.pixelcnn import PixelCNN
@@ -186,3 +186,48 @@ def test_sampling_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         model.sample(2, progress=True, generator=torch.Generator().manual_seed(0))
         assert ("sampling" in stream.getvalue() and "6/6" in stream.getvalue()) is shown
+
+
+def test_one_options_value_draws_what_its_keyword_arguments_draw():
+    """``SampleOptions`` carries every setting to the engine; keyword arguments replace its fields by name."""
+    model = tiny((1, 4, 4), levels=4)
+    options = SampleOptions(Decoding(temperature=0.7, top_k=3), use_cache=False)
+    draw = lambda **kw: model.sample(3, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(draw(options=options), draw(temperature=0.7, top_k=3, use_cache=False))
+    assert torch.equal(draw(options=options, top_k=None), draw(temperature=0.7, use_cache=False))
+    assert SampleOptions.of(options, greedy=True, progress=True) == SampleOptions(
+        Decoding(temperature=0.7, top_k=3, greedy=True), use_cache=False, progress=True)
+    assert SampleOptions.of(options) is options and SampleOptions.of() == SampleOptions()
+    with pytest.raises(TypeError, match="unknown sampling setting.*min_p"):
+        model.sample(1, min_p=0.1)
+    with pytest.raises(UsageError, match="top_p must be in"):
+        SampleOptions.of(top_p=2.0)
+
+
+def test_a_new_setting_is_a_field_and_reaches_the_command_line_from_there():
+    """The ``sample`` options are the settings' fields that carry a help: a field added to a settings class is an
+    option, parsed back into the value that travels to the engine, with no other edit."""
+    import argparse
+    from dataclasses import dataclass
+
+    from arcore.decoding import option
+    from arcore.launch import add_sample_options, sample_options
+
+    @dataclass(frozen=True)
+    class WithMinP(SampleOptions):
+        min_p: float = option(0.0, "drop codes below this fraction of the most likely one's probability", type=float)
+
+    parser = argparse.ArgumentParser()
+    add_sample_options(parser, WithMinP)
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    assert {"--temperature", "--top-k", "--top-p", "--greedy", "--no-cache", "--compile", "--min-p"} <= flags
+    parsed = sample_options(parser.parse_args(["--min-p", "0.2", "--top-k", "5", "--no-cache"]), WithMinP,
+                            progress=True)
+    assert parsed == WithMinP(Decoding(top_k=5), use_cache=False, progress=True, min_p=0.2)
+    assert sample_options(parser.parse_args([]), WithMinP) == WithMinP()
+
+
+def test_truncates_says_whether_a_draw_can_leave_codes_out():
+    assert Decoding(top_p=0.9).truncates(2) and Decoding(top_k=3).truncates(4)
+    assert not Decoding(top_k=4).truncates(4) and not Decoding(top_p=1.0).truncates(2)
+    assert not Decoding(greedy=True, top_p=0.9).truncates(2) and not Decoding().truncates(256)

@@ -14,6 +14,7 @@ import torch
 
 from arcore.chunks import rows
 from arcore.cli import check_fits_in_memory, output_path
+from arcore.decoding import SampleOptions
 from arcore.errors import UsageError
 from arcore.files import check_output
 from arcore.media import save_wav
@@ -122,16 +123,16 @@ def sample(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
     sampling.end(chunks, paths)
     print(f"{n * length / sampling.seconds:,.0f} samples/s ({n * length / rate / sampling.seconds:.2f}x real time at "
-          f"{rate} Hz, {_step_name(args, model)})")
+          f"{rate} Hz, {_step_name(sampling.options, model)})")
 
 
-def _step_name(args: argparse.Namespace, model: WaveNet) -> str:
+def _step_name(options: SampleOptions, model: WaveNet) -> str:
     """Which sampling step ran, for the samples/s line."""
-    if args.no_cache:
+    if not options.use_cache:
         return "cache-free step"
     if FusedStep.applies(model):
         return "fused CPU step" + (", float16 weights" if weight_dtype(model) == torch.float16 else "")
-    return "PyTorch step, captured" if args.compile else "PyTorch step"
+    return "PyTorch step, captured" if options.compile else "PyTorch step"
 
 
 def _speakers(args: argparse.Namespace, model: WaveNet, n: int) -> torch.Tensor | None:
@@ -199,4 +200,4 @@ def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out
     sampling.end(chunks, written)
     total, rate = sum(map(len, clips)), model.sample_rate
     print(f"{len(clips)} clips, {total:,} samples: {total / sampling.seconds:,.0f} samples/s "
-          f"({total / rate / sampling.seconds:.2f}x real time at {rate} Hz, {_step_name(args, model)})")
+          f"({total / rate / sampling.seconds:.2f}x real time at {rate} Hz, {_step_name(sampling.options, model)})")
