@@ -21,7 +21,7 @@ import torch
 
 from arcore.engine import stepper
 from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds, write_section
-from pixelgen.fused import MAX_BATCH, FusedStep
+from pixelgen.igpt_step import MAX_BATCH, FusedStep
 from pixelgen.igpt import ImageGPT, ImageGPTSampler
 
 Config = tuple[str, tuple[int, int, int], int, int, int, int]  # name, image_shape, palette, width, layers, heads

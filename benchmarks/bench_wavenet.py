@@ -45,7 +45,7 @@ from benchmarks.common import (
     training_step_seconds,
     write_section,
 )
-from wavegen.fused import FusedStep, weight_dtype
+from wavegen.wavenet_step import FusedStep, weight_dtype
 from wavegen.wavenet import AudioCond, WaveNet, upsample_factors
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"

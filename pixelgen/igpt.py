@@ -11,7 +11,7 @@ KV cache: per layer a key/value buffer for all ``H * W`` positions, allocated on
 position held on the device (``cache.position``), and attended through an additive mask that opens one position per
 step. A step is a handful of operations per layer (layer norm, one fused qkv product, one cache write, one
 attention call, the projection and the MLP) with no host synchronisation. For small batches on the CPU, where those
-small operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/fused.py``) does
+small operations cost more in per-call overhead than in arithmetic, a fused C++ step (``pixelgen/igpt_step.py``) does
 the same work in one call.
 
 The palette is a buffer of the model, so a checkpoint samples and renders images without the data.
@@ -34,7 +34,7 @@ from arcore.errors import UsageError, check_labels, options
 from arcore.media import Images
 from arcore.module import AutoregressiveModule, Capabilities
 from pixelgen import palette as pal
-from pixelgen.fused import FusedStep
+from pixelgen.igpt_step import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
 
 SPAN_BUCKETS = 4  # a sampling step attends over the first 1/4, 2/4, 3/4 or all cached positions (ImageGPTSampler)
@@ -292,7 +292,7 @@ class ImageGPTSampler(Sampler):
     at position 0 (``visible`` only for the PyTorch step). There is one step piece per attention span: position ``t`` attends over the first
     ``ceil(N (j + 1) / SPAN_BUCKETS)`` cached positions for the bucket ``j`` that holds ``t`` (the mask hides the
     rest), so a step reads ~5/8 of the cache on average and a run has ``SPAN_BUCKETS`` pieces whatever the image
-    size. Small float32 batches on the CPU take the fused C++ step instead (:mod:`pixelgen.fused`).
+    size. Small float32 batches on the CPU take the fused C++ step instead (:mod:`pixelgen.igpt_step`).
     """
 
     @torch.no_grad()

@@ -116,7 +116,7 @@ def test_load_round_trips_every_model_kind_through_ckpt_and_export(kind, tmp_pat
 
 
 def test_export_with_half_weights_ships_a_wavenet_whose_fused_step_holds_float16(tmp_path, capsys):
-    from wavegen.fused import weight_dtype
+    from wavegen.wavenet_step import weight_dtype
 
     model = tiny_models()["wavenet"]
     ckpt = untrained_checkpoint(model, tmp_path / "wavenet.ckpt")

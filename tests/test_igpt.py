@@ -125,13 +125,13 @@ def test_float32_step_logits_match_teacher_forced_logits():
 
 
 def uses_fused_step(sampler) -> bool:
-    from pixelgen.fused import FusedStep
+    from pixelgen.igpt_step import FusedStep
 
     return isinstance(sampler.step, FusedStep)
 
 
 def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(monkeypatch):
-    from pixelgen.fused import kernel
+    from pixelgen.igpt_step import kernel
 
     assert kernel() is not None, "the fused step did not build (is a C++ compiler installed?)"
     model = tiny(image_shape=(3, 6, 7), palette_size=64, num_labels=2, width=32, heads=4).float()
@@ -169,7 +169,7 @@ def test_fused_beam_search_reorders_its_cache_like_the_pytorch_step(monkeypatch)
 
 
 def test_fused_step_serves_small_float32_cpu_batches_only():
-    from pixelgen.fused import MAX_BATCH, FusedStep
+    from pixelgen.igpt_step import MAX_BATCH, FusedStep
 
     model = tiny().float()
     assert FusedStep.applies(model, 1) and FusedStep.applies(model, MAX_BATCH)
@@ -177,13 +177,13 @@ def test_fused_step_serves_small_float32_cpu_batches_only():
 
 
 def test_without_a_compiler_sampling_falls_back_to_the_pytorch_step(monkeypatch, tmp_path):
-    from pixelgen import fused
+    from pixelgen import igpt_step
     from tests.test_native import no_compiler
 
     no_compiler(monkeypatch, tmp_path)
     model = tiny(palette_size=5).float()
     with pytest.warns(UserWarning, match="could not be built.*uses the PyTorch step"):
-        assert fused.kernel() is None
+        assert igpt_step.kernel() is None
     assert not uses_fused_step(stepper(model, 1, None, model.event_shape)[1])
     cached, naive = sample_both_ways(model, 1, seed=2)
     assert torch.equal(cached, naive)

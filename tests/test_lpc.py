@@ -16,7 +16,7 @@ from tests.contract import causality_violations, randomise, sample_both_ways, st
 from tests.test_vocoder import RATE, TINY, random_cond, speech_like
 from wavegen import lpc
 from wavegen.data import mu_law_encode
-from wavegen.fused import FusedStep
+from wavegen.wavenet_step import FusedStep
 from wavegen.quality import baselines, griffin_lim, pesq_score, score, stoi_joined, stoi_score
 from wavegen.wavenet import AudioCond, WaveNet, decode_mu_law
 

@@ -1,4 +1,4 @@
-"""The fused C++ WaveNet step (wavegen.fused) against the PyTorch step and the cache-free sampler."""
+"""The fused C++ WaveNet step (wavegen.wavenet_step) against the PyTorch step and the cache-free sampler."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from arcore.engine import stepper
 from arcore.errors import UsageError
 from tests.contract import randomise, sample_both_ways
 from tests.test_native import no_compiler
-from wavegen.fused import FusedStep, kernel, weight_dtype
+from wavegen.wavenet_step import FusedStep, gate_folded, kernel, weight_dtype
 from wavegen.wavenet import AudioCond, WaveNet
 
 # widths that are not multiples of the kernel's 16-column panels, so the padding is exercised too
@@ -197,3 +197,12 @@ def test_wavegen_sample_says_which_step_ran(tmp_path, capsys, monkeypatch):
         assert main(["sample", "--ckpt", str(ckpt), "--seconds", "0.002", "--out", str(tmp_path / "a.wav"),
                      *extra]) == 0
         assert f"x real time at 8000 Hz, {step})" in capsys.readouterr().out
+
+
+def test_the_gate_folding_halves_the_sigmoid_half_of_every_block_and_undoes_exactly():
+    weight = torch.randn(3 * 4, 5, 2, generator=torch.Generator().manual_seed(0))  # 3 layers' gates of 4 channels
+    folded = gate_folded(weight, 4)
+    blocks, expected = folded.view(3, 4, 5, 2), weight.view(3, 4, 5, 2)
+    assert torch.equal(blocks[:, :2], expected[:, :2]) and torch.equal(blocks[:, 2:], expected[:, 2:] / 2)
+    assert torch.equal(gate_folded(folded, 4, undo=True), weight)
+    assert torch.equal(gate_folded(weight[:, :, 0].t(), 4, dim=1), folded[:, :, 0].t())  # blocks along dim 1

@@ -20,7 +20,7 @@ from arcore.files import check_output
 from arcore.media import save_wav
 from arcore.sample_cli import SampleRun, check_sample_args
 from wavegen.data import AUDIO_SUFFIXES, mu_law_encode, read_audio, why_unusable
-from wavegen.fused import FusedStep, weight_dtype
+from wavegen.wavenet_step import FusedStep, weight_dtype
 from wavegen.wavenet import WaveNet
 
 

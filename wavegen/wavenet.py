@@ -29,7 +29,7 @@ The step is one piece (:mod:`arcore.cache`): it reads its position from ``cache.
 from the engine's buffer by device index, writes only the ring, and never reads a tensor back to the host, so it
 can be captured once and replayed at every position. A primed prefix fills the rings from one
 teacher-forced pass (:meth:`WaveNetSampler.prefill`). On the CPU in float32 the step is the fused C++ one
-(:mod:`wavegen.fused`, one call per sample for the whole batch), which keeps the same state.
+(:mod:`wavegen.wavenet_step`, one call per sample for the whole batch), which keeps the same state.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from arcore.errors import UsageError, check_labels, options
 from arcore.media import Audio
 from arcore.module import AutoregressiveModule, Capabilities
 from wavegen import lpc
-from wavegen.fused import FusedStep, gate_folded
+from wavegen.wavenet_step import FusedStep, gate_folded
 
 
 @dataclass
@@ -250,7 +250,7 @@ class WaveNet(AutoregressiveModule):
     def round_weights_to_half(self) -> float:
         """Round the weights of the sampling step to float16 values, in place (they stay float32 tensors), and
         return the largest change. The fused CPU step then holds them as float16, unchanged, in half the bytes
-        (``wavegen/fused.py``; the reference model's 1.94 MiB fit a 2 MiB L2 cache), and every path, PyTorch step
+        (``wavegen/wavenet_step.py``; the reference model's 1.94 MiB fit a 2 MiB L2 cache), and every path, PyTorch step
         and cache-free sampler included, computes with the same numbers. The gate's sigmoid half is rounded so
         that its half (which the step stores) is a float16 value. Biases, embeddings and the conditioning network
         stay as they are. The shipped models' test bits/sample moved in the sixth decimal (README).

@@ -52,6 +52,19 @@ def panels(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(fan_in, -1, PANEL).transpose(0, 1).contiguous()
 
 
+def gate_folded(weight: torch.Tensor, gate: int, dim: int = 0, *, undo: bool = False) -> torch.Tensor:
+    """``weight`` with what feeds the sigmoid half of every gate scaled by 1/2 (by 2 with ``undo``), as every
+    WaveNet sampling step reads it: ``sigmoid(b) = (1 + tanh(b / 2)) / 2``, so one ``tanh`` over the pre-activation
+    serves both halves of the gate. Along ``dim`` the channels come in blocks of ``gate`` (one block per layer, or
+    one layer's), each its ``tanh`` half then its sigmoid half. Scaling by a power of 2 is exact, so ``undo``
+    restores the weight bit for bit."""
+    scale = torch.full((gate,), 2.0 if undo else 0.5, dtype=weight.dtype, device=weight.device)
+    scale[: gate // 2] = 1.0
+    shape = [1] * (weight.dim() + 1)
+    shape[dim + 1] = gate
+    return (weight.unflatten(dim, (-1, gate)) * scale.view(shape)).flatten(dim, dim + 1)
+
+
 def half_exact(weight: torch.Tensor) -> bool:
     """Whether every value of a float32 tensor is exactly a float16 value (so half the bytes hold it unchanged)."""
     return bool(torch.equal(weight.to(torch.float16).to(weight.dtype), weight))
@@ -80,14 +93,12 @@ def packed(model: WaveNet, with_mel: bool) -> Packed:
     hp = model.hparams
     k, gate = model.kernel_size, hp.gate_channels
     half = gate // 2
-    # the sigmoid half pre-scaled by 1/2, as in the cache's gate_bias: sigmoid(b) = (1 + tanh(b / 2)) / 2
-    scale = torch.cat([torch.ones(half), torch.full((half,), 0.5)]).to(model.dtype)
     gate_w, out_w, out_b = [], [], []
     for i, layer in enumerate(model.layers):
         # rows: tap j = 0..k-1 (reading x[t - (k-1-j) d]) times the residual channels, then the mel features
-        w = (layer.conv.weight * scale[:, None, None]).permute(2, 1, 0).reshape(k * hp.residual_channels, gate)
+        w = gate_folded(layer.conv.weight, gate).permute(2, 1, 0).reshape(k * hp.residual_channels, gate)
         if with_mel:
-            w = torch.cat([w, (model.mel_proj.weight[i * gate:(i + 1) * gate, :, 0] * scale[:, None]).t()])
+            w = torch.cat([w, gate_folded(model.mel_proj.weight[i * gate:(i + 1) * gate, :, 0], gate).t()])
         a, b = panels(w[:, :half]), panels(w[:, half:])
         gate_w.append(torch.stack([a, b], dim=1).flatten(0, 1).contiguous())  # a_0, b_0, a_1, b_1, ...
         skip_w, skip_b = layer.skip.weight[:, :, 0].t(), layer.skip.bias
