@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arcore.cache import StepCache
-from arcore.decoding import Decoding, SampleOptions, top_p_filter
+from arcore.decoding import Decoding, SampleOptions, gumbel, top_p_filter
 from arcore.engine import stepper
 from arcore.errors import UsageError
 from pixelgen.pixelcnn import PixelCNN
@@ -26,10 +26,15 @@ def all_images(model: PixelCNN) -> torch.Tensor:
     return model.from_order(torch.tensor(list(every)), model.image_shape)
 
 
-def test_top_k_one_equals_greedy_and_low_temperature_tends_to_greedy():
+def test_top_k_one_keeps_the_most_likely_code_whatever_the_noise_and_low_temperature_tends_to_greedy():
+    logits = torch.randn(500, 6, generator=torch.Generator().manual_seed(0))
+    noise = gumbel(torch.rand(500, 6, generator=torch.Generator().manual_seed(1)))
+    kept = Decoding(top_k=1).filter(logits)
+    assert torch.equal(torch.isfinite(kept).sum(-1), torch.ones(500, dtype=torch.long))
+    assert torch.equal((kept + noise).argmax(-1), logits.argmax(-1))  # so the engine may skip the noise (argmax)
+    assert not torch.equal((Decoding(top_k=2).filter(logits) + noise).argmax(-1), logits.argmax(-1))
     model = tiny((1, 4, 4), levels=4)
     greedy = model.sample(3, greedy=True)
-    assert torch.equal(model.sample(3, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
     assert torch.equal(model.sample(3, temperature=1e-6, generator=torch.Generator().manual_seed(2)), greedy)
     assert not torch.equal(model.sample(3, temperature=5.0, generator=torch.Generator().manual_seed(3)), greedy)
 
