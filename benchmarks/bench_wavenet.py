@@ -45,8 +45,8 @@ from benchmarks.common import (
     training_step_seconds,
     write_section,
 )
-from wavegen.wavenet_step import FusedStep, weight_dtype
 from wavegen.wavenet import AudioCond, WaveNet, upsample_factors
+from wavegen.wavenet_step import FusedStep, weight_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 RATE = 8000
