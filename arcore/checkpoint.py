@@ -14,6 +14,7 @@ against the SHA-256 it records and parsed as raw tensors and JSON, so it is acce
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import pickle
 import pickletools
@@ -54,6 +55,11 @@ def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str 
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist{hint}")
     try:
+        size, memory = path.stat().st_size, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if size > memory // 2:  # read whole, then unpacked into tensors: twice its size at least
+            raise UsageError(f"{what} {path} is {size / 2 ** 30:,.1f} GiB, too large to load in this machine's "
+                             f"{memory / 2 ** 30:,.0f} GiB of memory (it is read whole, then unpacked): is it the "
+                             f"file you meant?")
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None

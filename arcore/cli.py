@@ -8,9 +8,11 @@ package's own parser, ``export`` (:func:`export_main`) is shared by both tools. 
 from __future__ import annotations
 
 import argparse
+import math
 import netrc
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -23,13 +25,16 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from arcore import weights
 from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
 from arcore.errors import UsageError
-from arcore.files import atomic_write, check_output, folder_lock, write_atomically
+from arcore.files import atomic_write, check_output, folder_lock, refuse_replacing_inputs, write_atomically
 from arcore.module import AutoregressiveModule, load_checkpoint, read_model
 from arcore.quiet import quiet_wandb_loggers
+from arcore.stopping import RunStopped, SaveOnStop, check_resume_averaging, check_resume_position, signal_name
+from arcore.wandb_mode import choose_wandb_mode
 
 
 def wandb_offline_unless_configured() -> None:
@@ -157,9 +162,14 @@ class ProjectCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         trainer = config.trainer
+        if (config.get("model") or {}).get("class_path") == f"{AutoregressiveModule.__module__}.AutoregressiveModule":
+            raise UsageError(f"--model: AutoregressiveModule is the base of the models, not one: name a model class "
+                             f"(`{self.package} fit --help` lists them; the configs in lightning_configs/ set one)")
         if trainer.logger is False and trainer.callbacks:
             trainer.callbacks = [c for c in trainer.callbacks
                                  if not str(getattr(c, "class_path", "")).endswith("LearningRateMonitor")]
+        if str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
+            choose_wandb_mode(self.package)
         if self.subcommand == "fit":
             _continue_wandb_run(config)
 
@@ -168,6 +178,10 @@ class ProjectCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         quiet_wandb_loggers(trainer.loggers)
+        if self.subcommand == "fit":
+            resume = ("run the same command again (ckpt_path: last resumes it)"
+                      if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
+            trainer.callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -196,11 +210,14 @@ class ProjectCLI(LightningCLI):
                                  f"last checkpoint" + (" (best is known only inside the fit that saved it)"
                                                        if path == "best" else ""))
             if config.get("record_metrics"):
-                check_recording(subcommand, path)
+                check_recording(subcommand, path, config.trainer.get("limit_test_batches"))
             if path and path not in ("last", "hpc") and "://" not in str(path):
                 checkpoint = read_checkpoint(path, "--ckpt_path")
                 self._check_checkpoint(path, checkpoint, config, subcommand)
                 if checkpoint.get("weights_only"):
+                    cls = model_class(checkpoint, path, self.package, AutoregressiveModule, subcommand)
+                    settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+                    weights.build_checked(cls, settings, checkpoint["state_dict"], f"--ckpt_path {path}")
                     self._build_recorded_model(subcommand, checkpoint)
                     return
         with allow_listed():
@@ -226,8 +243,6 @@ class ProjectCLI(LightningCLI):
                                  f"no checkpoint in {folders}: train first with `{self.package} fit` and the same "
                                  f"config, or pass --ckpt_path FILE")
         super()._run_subcommand(subcommand)
-        if subcommand == "fit":
-            save_final_step(self.trainer)
         if config.get("record_metrics") and self.trainer.is_global_zero:
             record_test_metrics(config.ckpt_path, self.trainer.callback_metrics, self.datamodule)
 
@@ -238,13 +253,18 @@ class ProjectCLI(LightningCLI):
                              f"resume it; resume a .ckpt written by `{self.package} fit`")
         if subcommand == "fit":
             check_resume_matches_config(config, path, checkpoint, self.datamodule_class)
+            check_resume_position(checkpoint, path, (config.get("data") or {}).get("batch_size"))
+            check_resume_averaging(checkpoint, path, config.trainer.get("callbacks") or [])
 
 
-def check_recording(subcommand: str, path: Any) -> None:
+def check_recording(subcommand: str, path: Any, limit: Any = None) -> None:
     """Refuse ``--record_metrics true``, before any work, unless ``test`` is to score a weights file it can
-    rewrite."""
+    rewrite, on the whole test set (``limit``: ``limit_test_batches``)."""
     if subcommand != "test":
         raise UsageError(f"--record_metrics applies to `test` only, not to `{subcommand}`")
+    if limit not in (None, 1.0):
+        raise UsageError(f"--record_metrics true records a score of the whole test set, but "
+                         f"--trainer.limit_test_batches {limit} tests part of it: drop one of the two")
     if not (path and str(path).endswith(weights.SUFFIX)):
         raise UsageError(f"--record_metrics true writes the test metrics into the .safetensors weights file being "
                          f"tested: pass one as --ckpt_path (`export` writes one), got {path}")
@@ -256,6 +276,10 @@ def record_test_metrics(path: str | Path, metrics: dict[str, Any], datamodule: A
     they were measured on into the metadata of the weights file ``path`` (:func:`arcore.weights.with_test_metrics`),
     atomically."""
     tested = {name: float(value) for name, value in metrics.items() if name.startswith("test/")}
+    broken = sorted(name for name, value in tested.items() if not math.isfinite(value))
+    if broken:
+        raise UsageError(f"the test gave {', '.join(f'{k} {tested[k]}' for k in broken)}: nothing was recorded in "
+                         f"{path} (its weights or the test data hold non-finite values)")
     data = read_checkpoint_bytes(path, "--ckpt_path")
     write_atomically(path, weights.with_test_metrics(data, path, tested, getattr(datamodule, "hparams", {}),
                                                      "--ckpt_path"))
@@ -290,16 +314,6 @@ def checkpoint_folders(config: Any) -> list[Path]:
     folders = [Path(c.init_args.get("dirpath") or default) for c in config.trainer.get("callbacks") or []
                if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
     return folders or [default]
-
-
-def save_final_step(trainer: pl.Trainer) -> None:
-    """After ``fit``, write ``last.ckpt`` at the final step when the run stopped between two saves (``max_steps``,
-    ``max_time`` or Ctrl-C mid-epoch): Lightning's ``ModelCheckpoint`` saves the last state only after a validation
-    or at an epoch's end, so the steps since then were lost (pinned Lightning version: its ``_save_last_checkpoint``)."""
-    for callback in trainer.checkpoint_callbacks:
-        if (isinstance(callback, ModelCheckpoint) and callback.save_last
-                and callback._last_global_step_saved < trainer.global_step):
-            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
 def last_checkpoint(trainer: pl.Trainer) -> Path | None:
@@ -360,6 +374,16 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
         finally:
             _finish_wandb_run()
         return 0
+    except RunStopped as exc:
+        print(f"{tool}: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except (KeyboardInterrupt, SystemExit) as exc:
+        signum = stopped_by(exc)
+        if signum is None:
+            raise
+        print(f"{tool}: stopped by {signal_name(signum)}: nothing new was saved (files written before are whole)",
+              file=sys.stderr)
+        return 128 + signum
     except argparse.ArgumentError as exc:  # jsonargparse's parse errors: a usage text and a tree of causes
         print(f"{tool}: error: {parse_error_line(str(exc))} (see `{tool} {args[0] if args else 'fit'} --help`)",
               file=sys.stderr)
@@ -373,12 +397,25 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
             raise
         print(f"{tool}: error: {_one_line(usage)}", file=sys.stderr)
         return 2
+    except MisconfigurationException as exc:  # Lightning's own refusal of a trainer setting
+        print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         if "state_dict" not in str(exc):
             raise
         print(f"{tool}: error: the checkpoint does not match this model's configuration "
               f"({_one_line(exc)}); resume with the config it was trained with", file=sys.stderr)
         return 2
+
+
+def stopped_by(exc: BaseException) -> int | None:
+    """The signal behind an exception that ends a command, or None: Ctrl-C's ``KeyboardInterrupt`` (Lightning turns
+    one inside a trainer into ``sys.exit(1)``, raised while handling it) and Lightning's ``SIGTERMException``."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt):
+        return signal.SIGINT
+    return signal.SIGTERM if isinstance(exc, SIGTERMException) else None
 
 
 def _finish_wandb_run() -> None:
@@ -448,6 +485,7 @@ def export_main(tool: str, argv: Sequence[str]) -> None:
                              "then holds them as float16, about 2x faster; test the file to measure the change)")
     args = parser.parse_args(list(argv))
     out = output_path(args.out, weights.SUFFIX)
+    refuse_replacing_inputs([out], [("--ckpt", args.ckpt)])
     model, checkpoint = read_model(args.ckpt, tool, command="export", what="--ckpt")
     if checkpoint.get("weights_only"):
         raise UsageError(f"--ckpt {args.ckpt} is already a weights file; export reads a .ckpt written by "

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -59,6 +61,46 @@ def unique_temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.partial")
+"""The name :func:`unique_temporary` gives: ``.NAME.<pid>-<hex>.partial``."""
+
+
+def remove_leftovers(folder: Path, quiet_for: float = 60.0) -> list[Path]:
+    """Remove the temporary files in ``folder`` that writers killed mid-write left behind (``kill -9``, a power
+    cut), and return them: those whose writer's process is gone and that nobody has written to for ``quiet_for``
+    seconds (a writer on another machine sharing the folder keeps its file fresh). Every atomic write calls it, so
+    a leftover lasts until the next write to its folder."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = LEFTOVER.fullmatch(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > quiet_for:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; when the block ends it is flushed to disk and renamed over
@@ -66,6 +108,7 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     folder created for it, and the failure is one :class:`UsageError` line naming the file."""
     path = Path(path)
     created = make_parents(path)
+    remove_leftovers(path.parent)
     temporary = unique_temporary(path)
     try:
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
@@ -108,6 +151,36 @@ def check_output(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
+def refuse_replacing_inputs(outputs: Sequence[Path], inputs: Sequence[tuple[str, str | Path]],
+                            option: str = "--out", folder: Path | None = None) -> None:
+    """Refuse, before any work, outputs that would replace or mix with the command's inputs: an output file that is
+    an input (by any path to it: links and ``..`` included) or lies in an input folder, or an output ``folder`` that
+    is an input or holds one.
+    ``inputs`` pairs each input with the option that names it (``("--mel-from", path)``)."""
+    for out in outputs:
+        for name, given in inputs:
+            if _same_file(Path(out), Path(given)):
+                raise UsageError(f"{option} {out} is the {name} input {given}: writing it would replace that input; "
+                                 f"name another output")
+            if Path(given).is_dir() and Path(given).resolve() in Path(out).resolve().parents:
+                raise UsageError(f"{option} {out} lies in the {name} folder {given}: the output would join the "
+                                 f"inputs; write it elsewhere")
+    if folder is not None:
+        root = folder.resolve()
+        for name, given in inputs:
+            where = Path(given).resolve()
+            if where == root or root in where.parents:
+                raise UsageError(f"{option} {folder} holds the {name} input {given}: the outputs would replace or mix "
+                                 f"with the inputs; name another folder")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        return a.resolve() == b.resolve()
+
+
 @contextmanager
 def folder_lock(folders: list[Path], holder: str) -> Iterator[None]:
     """Hold an exclusive lock on each folder for the duration of the block, or refuse in one line when another
@@ -123,7 +196,11 @@ def folder_lock(folders: list[Path], holder: str) -> Iterator[None]:
 @contextmanager
 def _locked(folder: Path, holder: str) -> Iterator[None]:
     lock = folder.with_name(f".{folder.name}.lock")
-    created = make_parents(lock)
+    try:
+        created = make_parents(lock)
+    except OSError as exc:
+        raise UsageError(f"cannot create {lock.parent} for this run ({exc.strerror or exc}): run from a folder you "
+                         f"can write to, or name one with --trainer.default_root_dir") from None
     try:
         fd = _acquire(lock, folder, holder)
     except BaseException:

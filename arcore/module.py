@@ -26,7 +26,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from arcore import checkpoint as checkpoint_io
-from arcore import engine, quiet
+from arcore import engine, quiet, weights
 from arcore.cache import ForwardSampler, Sampler
 from arcore.decoding import SampleOptions
 from arcore.errors import UsageError, first_line
@@ -270,8 +270,8 @@ def read_model(path: str | Path, package: str, map_location: str | torch.device 
     cls = checkpoint_io.model_class(checkpoint, path, package, AutoregressiveModule, command)
     try:
         if checkpoint.get("weights_only"):  # settings and weights, nothing else: build, then fill in
-            model = cls(**{k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")})
-            model.load_state_dict(checkpoint["state_dict"])
+            model = weights.build_checked(cls, {k: v for k, v in checkpoint["hyper_parameters"].items()
+                                                if not k.startswith("_")}, checkpoint["state_dict"], f"{what} {path}")
             return model.to(map_location), checkpoint
         with checkpoint_io.allow_listed():
             model = cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, weights_only=True)

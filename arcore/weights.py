@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ from arcore.errors import UsageError, first_line
 SUFFIX = ".safetensors"
 MAX_HEADER = 100 * 2 ** 20  # safetensors' own limit on the JSON header, in bytes
 CHECKSUM = "weights_sha256"
+"""The SHA-256 of the tensor bytes alone: what every file records (readers of earlier versions check it), and all a
+file written before :data:`FILE_CHECKSUM` existed is checked against."""
+FILE_CHECKSUM = "file_sha256"
+"""The SHA-256 of the whole file but this entry: the header (every setting, every tensor's dtype, shape and place)
+as canonical JSON, then the tensor bytes. A file that records it is checked against it, so a changed setting (a
+sample rate, an image width) is refused as a changed weight is."""
 
 
 def is_weights_file(data: bytes, path: str | Path) -> bool:
@@ -72,10 +79,23 @@ def split(data: bytes, path: str | Path, what: str) -> tuple[dict[str, Any], dic
     if recorded is None:
         raise UsageError(f"{name} is not a weights file of this project: its metadata records no {CHECKSUM} (write "
                          f"one with the `export` command of the tool that trained it)")
+    whole = metadata.get(FILE_CHECKSUM)
+    if whole is not None and _file_digest(header, metadata, body) != whole:
+        raise UsageError(f"{name} is damaged: its settings or tensors do not match the SHA-256 recorded in it (the "
+                         f"file was altered or cut short); use an intact copy")
     if hashlib.sha256(body).hexdigest() != recorded:
         raise UsageError(f"{name} is damaged: its tensor bytes do not match the SHA-256 recorded in it (the file was "
                          f"altered or cut short); use an intact copy")
     return header, metadata, body
+
+
+def _file_digest(header: Mapping[str, Any], metadata: Mapping[str, str], body: bytes) -> str:
+    """:data:`FILE_CHECKSUM` of a file's tensor table ``header``, its ``metadata`` (the entry itself left out) and
+    its tensor bytes."""
+    table = {**header, "__metadata__": {k: v for k, v in metadata.items() if k != FILE_CHECKSUM}}
+    digest = hashlib.sha256(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(body)
+    return digest.hexdigest()
 
 
 def checkpoint_from_weights(data: bytes, path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -91,6 +111,7 @@ def checkpoint_from_weights(data: bytes, path: str | Path, what: str = "checkpoi
     except (SafetensorError, ValueError, TypeError) as exc:
         raise UsageError(f"{what} {path} is damaged: its tensor table does not hold together ({first_line(exc)})"
                          ) from None
+    check_finite(state_dict, f"{what} {path}")
     fields = {key: _json_field(metadata, key, path, what) for key in ("hyper_parameters", "data")}
     if not all(isinstance(value, dict) for value in fields.values()):
         raise UsageError(f"{what} {path} is damaged: its hyper_parameters and data metadata must be JSON objects")
@@ -144,14 +165,93 @@ def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: s
 
 
 def encode(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """A safetensors file of ``state_dict`` (on the CPU, each tensor its own contiguous copy) with ``metadata`` and
-    the SHA-256 of its tensor bytes (:data:`CHECKSUM`)."""
+    """A safetensors file of ``state_dict`` (on the CPU, each tensor its own contiguous copy) with ``metadata``, the
+    SHA-256 of its tensor bytes (:data:`CHECKSUM`) and that of the whole file (:data:`FILE_CHECKSUM`)."""
     from safetensors.torch import save
 
     tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state_dict.items()}
-    plain = save(tensors, metadata=dict(metadata))
-    body = plain[8 + int.from_bytes(plain[:8], "little"):]  # the tensor bytes do not depend on the metadata
-    return save(tensors, metadata={**metadata, CHECKSUM: hashlib.sha256(body).hexdigest()})
+    metadata = {k: v for k, v in metadata.items() if k not in (CHECKSUM, FILE_CHECKSUM)}
+    plain = save(tensors, metadata=metadata)
+    size = int.from_bytes(plain[:8], "little")
+    body = plain[8 + size:]  # the tensor bytes and their places do not depend on the metadata
+    header = {k: v for k, v in json.loads(plain[8: 8 + size]).items() if k != "__metadata__"}
+    metadata[CHECKSUM] = hashlib.sha256(body).hexdigest()
+    return save(tensors, metadata={**metadata, FILE_CHECKSUM: _file_digest(header, metadata, body)})
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse, in one line, weights holding NaN or inf (``name`` names the file): a model that diverged samples
+    black images or silence, and its scores are NaN."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UsageError(f"{name} holds non-finite weights ({bad:,} NaN or inf values in {key}): the run that "
+                             f"made it diverged; use an earlier checkpoint of that run")
+
+
+def build_checked(cls: type[torch.nn.Module], settings: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                  name: str) -> torch.nn.Module:
+    """``cls(**settings)`` holding ``state_dict``, with the settings checked against the tensors before anything
+    large is built (``name`` names the file in errors). The model is first laid out on torch's ``meta`` device
+    (no memory), its construction stopped as soon as it asks for more weight tensors or weights than the file
+    holds (a small file saying ``layers: 100000``); then every tensor's name, shape and dtype must match the
+    model's (an int32 tensor is not cast into a float weight). Only then is the model built and filled in."""
+    limits = (len(state_dict), sum(t.numel() for t in state_dict.values()))
+    try:
+        with _weights_at_most(*limits, name), torch.device("meta"):
+            _match(cls(**settings).state_dict(), state_dict, name)
+    except UsageError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - a constructor that needs real tensors: checked on the real build below
+        pass
+    try:
+        with _weights_at_most(*limits, name):
+            model = cls(**settings)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - settings that do not fit the class, in any way
+        raise UsageError(f"{name}: its settings do not build a {cls.__name__} ({type(exc).__name__}: "
+                         f"{first_line(exc)})") from None
+    _match(model.state_dict(), state_dict, name)
+    model.load_state_dict(state_dict)
+    return model
+
+
+@contextmanager
+def _weights_at_most(tensors: int, elements: int, name: str) -> Iterator[None]:
+    """Stop any module construction inside the block once it registers more than ``tensors`` weight tensors or
+    ``elements`` weights in all."""
+    seen = [0, 0]
+
+    def count(module: torch.nn.Module, key: str, parameter: torch.nn.Parameter | None) -> None:
+        if parameter is not None:
+            seen[0] += 1
+            seen[1] += parameter.numel()
+            if seen[0] > tensors or seen[1] > elements:
+                raise UsageError(f"{name}: its settings describe a larger model than the weights it holds "
+                                 f"({tensors:,} tensors, {elements:,} weights): they were altered or belong to "
+                                 f"another file; use an intact copy")
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _match(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse tensors that are not the model's: a missing or extra name, another shape or another dtype."""
+    missing, extra = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+    if missing or extra:
+        raise UsageError(f"{name}: its settings and tensors do not match (" + "; ".join(
+            part for part in (f"missing {', '.join(missing[:3])}" if missing else "",
+                              f"unexpected {', '.join(extra[:3])}" if extra else "") if part) + ")")
+    for key, tensor in expected.items():
+        if tuple(given[key].shape) != tuple(tensor.shape) or given[key].dtype != tensor.dtype:
+            raise UsageError(f"{name}: tensor {key} is {str(given[key].dtype).removeprefix('torch.')} "
+                             f"{list(given[key].shape)} where its settings build "
+                             f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}: the file was altered "
+                             f"or its settings belong to another file")
 
 
 def with_test_metrics(data: bytes, path: str | Path, metrics: Mapping[str, float], test_data: Mapping[str, Any],

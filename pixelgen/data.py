@@ -9,6 +9,7 @@ fixed seed (how the binarised MNIST of the PixelCNN papers' NLL in nats was made
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,10 +69,16 @@ def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) ->
 
 
 def _read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
-    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB), resized to ``size`` x ``size`` if given."""
+    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB), resized to ``size`` x ``size`` if given.
+    16-bit grey images are scaled to 8 bits (65535 becomes 255): Pillow's own conversion clips them at 255."""
     from PIL import Image
 
     with Image.open(path) as img:
+        if img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens 16-bit PNGs)
+            wide = np.asarray(img, dtype=np.int64)
+            if wide.min() < 0 or wide.max() > 65535:
+                raise ValueError(f"{img.mode} values outside 0..65535")
+            img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
         img = img.convert("L" if channels == 1 else "RGB")
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.BICUBIC)
@@ -84,6 +91,13 @@ def _folder_split(folder: Path, classes: list[str], channels: int, size: int | N
     skipped with one warning line each."""
     files = [(label, path) for label, name in enumerate(classes) for path in sorted((folder / name).rglob("*"))
              if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+    if size is not None:
+        need = len(files) * (1 if channels == 1 else 3) * size * size
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have // 2:
+            raise UsageError(f"image_size {size}: the {len(files):,} images under {folder} would take "
+                             f"{need / 2 ** 30:,.1f} GiB at {size}x{size}, more than half this machine's "
+                             f"{have / 2 ** 30:,.0f} GiB of memory: choose a smaller image_size", OPTIONS)
     images, labels = [], []
     for label, path in scan(files, f"reading {folder.name} images"):
         try:
@@ -103,6 +117,10 @@ def _folder_split(folder: Path, classes: list[str], channels: int, size: int | N
     stacked = torch.stack(images)
     stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
     return stacked.contiguous(), torch.tensor(labels, dtype=torch.long)
+
+
+MAX_IMAGE_SIZE = 1024
+"""The largest ``image_size`` accepted: beyond it a typo (20000) would spend minutes and gigabytes resizing."""
 
 
 class ImageDataModule(CodesDataModule):
@@ -128,6 +146,10 @@ class ImageDataModule(CodesDataModule):
             raise UsageError(f"binarize must be threshold, bernoulli or None, got {binarize!r}", OPTIONS)
         if channels not in (1, 3):
             raise UsageError(f"channels must be 1 or 3, got {channels}", OPTIONS)
+        if image_size is not None and image_size > MAX_IMAGE_SIZE:
+            raise UsageError(f"image_size {image_size} is larger than {MAX_IMAGE_SIZE}: an autoregressive model "
+                             f"draws an image one code at a time ({3 * MAX_IMAGE_SIZE ** 2:,} codes at "
+                             f"{MAX_IMAGE_SIZE}x{MAX_IMAGE_SIZE} in colour); choose a smaller image_size", OPTIONS)
         if batch_size < 1 or val_size < 1 or num_workers < 0 or (image_size is not None and image_size < 1):
             raise UsageError(f"batch_size, val_size and image_size must be >= 1 and num_workers >= 0, got "
                              f"{batch_size}, {val_size}, {image_size} and {num_workers}", OPTIONS)
@@ -169,7 +191,13 @@ class ImageDataModule(CodesDataModule):
                 if not folder.is_dir():
                     raise UsageError(f"{folder} does not exist: the folder dataset needs train/ and test/ "
                                      f"under root", options("data", "root"))
-                self._splits[key] = _folder_split(folder, self._classes(), self.channels, self.image_size)
+                classes = self._classes()
+                unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+                if unknown:
+                    raise UsageError(f"{folder} has class folders that {self.root / 'train'} lacks ("
+                                     f"{', '.join(unknown[:5])}): a model trained on train/ cannot score them; "
+                                     f"give both splits the same classes", OPTIONS)
+                self._splits[key] = _folder_split(folder, classes, self.channels, self.image_size)
             else:
                 self._splits[key] = _torchvision_split(self.dataset, self.root, train, self.download)
         return self._splits[key]

@@ -13,6 +13,7 @@ from arcore.checkpoint import read_checkpoint
 from arcore.chunks import rows
 from arcore.cli import check_fits_in_memory, output_path
 from arcore.errors import UsageError
+from arcore.files import refuse_replacing_inputs
 from arcore.media import save_image_grid
 from arcore.sample_cli import SampleRun, check_sample_args
 from pixelgen.data import OPTIONS, ImageDataModule
@@ -49,6 +50,8 @@ def sample(args: argparse.Namespace) -> None:
     out = output_path(args.out, ".png")
     if args.prime_rows:
         output_path(out.with_name(f"{out.stem}_real.png"), ".png")
+    refuse_replacing_inputs([out, out.with_name(f"{out.stem}_real.png")][: 2 if args.prime_rows else 1],
+                            [("--ckpt", args.ckpt), *([("--data-root", args.data_root)] if args.data_root else [])])
     sampling = SampleRun("pixelgen", args)
     model, device, n = sampling.model, sampling.device, args.num_samples
     check_fits_in_memory(n, model.num_codes)

@@ -61,6 +61,29 @@ ROWS = [
                                     "--mel-from {garbage_wav}"), "{garbage_wav}: not readable audio (LibsndfileError)"),
     ("mel-from under one frame", "wavegen", "sample --ckpt {vocoder_ckpt} --out {keep_wav} --mel-from {short_wav}",
      "gives 60 samples at 8000 Hz, too few for a mel frame: it needs more than 80"),
+    # data read as it is, sizes checked before they are spent
+    ("test classes that train lacks", "pixelgen", "test --config {pixelcnn_trained} --data.root {odd_classes}",
+     "{odd_classes}/test has class folders that {odd_classes}/train lacks (diagonal)"),
+    ("image size typo", "pixelgen", "fit --config {pixelcnn} --data.image_size 20000",
+     "--data.image_size 20000 is larger than 1024"),
+    ("record a part of the test set", "pixelgen",
+     "test --config {pixelcnn} --ckpt_path {model_st} --record_metrics true --trainer.limit_test_batches 0.01",
+     "--record_metrics true records a score of the whole test set, but --trainer.limit_test_batches 0.01 tests part"),
+    ("validation fraction below one batch", "pixelgen", "fit --config {pixelcnn} --trainer.limit_val_batches 0.01",
+     "limit_val_batches"),
+    # outputs that would replace (or join) the inputs
+    ("resynthesis over its recording", "wavegen", "sample --ckpt {vocoder_ckpt} --mel-from {recording} --out {recording}",
+     "--out {recording} is the --mel-from input {recording}: writing it would replace that input"),
+    ("resyntheses over their folder", "wavegen", "sample --ckpt {vocoder_ckpt} --mel-from {recordings} --out {recordings}",
+     "--out {recording} is the --mel-from input {recording}"),
+    ("resyntheses into a folder above theirs", "wavegen",
+     "sample --ckpt {vocoder_ckpt} --mel-from {recordings} --out {recordings}/..",
+     "--out {recordings}/.. holds the --mel-from input {recording}: the outputs would replace or mix with the inputs"),
+    ("export over its checkpoint", "pixelgen", "export --ckpt {model_st} --out {model_st}",
+     "--out {model_st} is the --ckpt input {model_st}"),
+    ("sample into the data it primes from", "pixelgen",
+     "sample --ckpt {pixelcnn_ckpt} --prime-rows 3 --data-root {images} --out {images}/train/horizontal/new.png",
+     "--out {images}/train/horizontal/new.png lies in the --data-root folder {images}"),
     # wrong shapes or channel counts
     ("1-channel data, 3-channel model", "pixelgen", "fit --config {pixelcnn} --data.channels 1",
      "set --model.init_args.image_shape [1, 8, 8]"),
@@ -265,7 +288,11 @@ DAMAGED_WEIGHTS = {"st_flipped": ST_SHA, "st_truncated": "is cut short", "st_hea
                    "st_garbage": "is not a readable safetensors file", "st_bad_json": "is not valid JSON",
                    "st_bad_dtype": "tensor table does not hold together", "st_no_checksum": "no weights_sha256",
                    "st_class_elsewhere": "which is not a pixelgen model",
-                   "st_class_wavegen": "holds a wavegen model (WaveNet); use wavegen.load"}
+                   "st_class_wavegen": "holds a wavegen model (WaveNet); use wavegen.load",
+                   "st_setting_edited": "its settings or tensors do not match the SHA-256 recorded in it",
+                   "st_nan": "holds non-finite weights (1 NaN or inf values in",
+                   "st_huge_settings": "its settings describe a larger model than the weights it holds",
+                   "st_int32": "where its settings build float32"}
 
 
 class Payload:
@@ -339,7 +366,17 @@ def weights_variants(source: Path, folder: Path) -> dict[str, Path]:
         "st_instantiator": encode(tensors, {**metadata, "hyper_parameters": json.dumps(
             {**hparams, "_instantiator": "builtins.exec", "_class_path": "os.system"})}),
     }
-    assert contents["st_bad_dtype"] != data
+    one_width = metadata["hyper_parameters"].replace('"hidden": 6', '"hidden": 7')
+    assert one_width != metadata["hyper_parameters"]
+    contents["st_setting_edited"] = data.replace(metadata["hyper_parameters"].replace('"', '\\"').encode(),
+                                                 one_width.replace('"', '\\"').encode(), 1)  # checksums kept
+    first = next(iter(tensors))
+    contents["st_nan"] = encode({**tensors, first: tensors[first].clone().view(-1).index_fill(
+        0, torch.tensor([0]), float("nan")).view_as(tensors[first])}, metadata)  # checksums recomputed
+    contents["st_huge_settings"] = encode(tensors, {**metadata, "hyper_parameters": json.dumps(
+        {**hparams, "layers": 100_000})})
+    contents["st_int32"] = encode({**tensors, first: tensors[first].to(torch.int32)}, metadata)
+    assert contents["st_bad_dtype"] != data and contents["st_setting_edited"] != data
     paths = {}
     for key, content in contents.items():
         paths[key] = folder / f"{key}.safetensors"
@@ -426,6 +463,16 @@ def paths(built: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
         (run / "run" / "checkpoints").mkdir(parents=True)
         shutil.copy(last, run / "run" / "checkpoints" / "last.ckpt")
         configs[f"pixelcnn_{name}"] = pixelcnn_config(run, built["images"])
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    shutil.copy(built["clip"], recordings / "clip.wav")
+    (recordings / "deep").mkdir()
+    shutil.copy(built["clip"], recordings / "deep" / "take.wav")
+    shutil.copy(built["pixelcnn_st"], tmp_path / "model.safetensors")
+    shutil.copytree(built["images"], tmp_path / "odd_classes")
+    (tmp_path / "odd_classes" / "test" / "diagonal").mkdir()
+    shutil.copy(tmp_path / "odd_classes" / "test" / "vertical" / "0.png", tmp_path / "odd_classes" / "test" /
+                "diagonal" / "0.png")
     readonly = Path("/sys")  # root writes through file modes; sysfs refuses new files even to root
     if os.geteuid() != 0:
         readonly = tmp_path / "readonly"
@@ -433,7 +480,9 @@ def paths(built: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
     return {**built, **keep, **evil, **configs, "missing": tmp_path / "missing", "out": tmp_path / "out", "taken": tmp_path / "taken",
             "garbage_wav": garbage_wav, "short_wav": short_wav, "garbage_images": tmp_path / "garbage_images",
             "garbage_audio": tmp_path / "garbage_audio", "folder_png": tmp_path / "folder.png",
-            "folder_wav": tmp_path / "folder.wav", "readonly": readonly, "pixelcnn_dir": tmp_path / "pixelcnn"}
+            "folder_wav": tmp_path / "folder.wav", "readonly": readonly, "pixelcnn_dir": tmp_path / "pixelcnn",
+            "recordings": recordings, "recording": recordings / "clip.wav", "model_st": tmp_path / "model.safetensors",
+            "odd_classes": tmp_path / "odd_classes"}
 
 
 @pytest.mark.parametrize(("tool", "argv", "expect"), [row[1:] for row in ROWS],

@@ -1,10 +1,10 @@
 """Audio data for WaveNet: a folder of WAV/FLAC files (or a torchaudio dataset) as 8-bit mu-law codes.
 
-Every usable file is read once with soundfile, mixed to mono, resampled to ``sample_rate``, peak-normalised and
-mu-law encoded; the codes (uint8, one tensor per file) stay in memory (25 min at 8 kHz is 12 MB). Files are split
-into train / validation / test by file, never by crop, with a fixed seed. Training batches are random crops of
-``receptive_field + target_length`` samples; validation and test batches tile each held-out file with
-non-overlapping crops of the same length, so their bits/sample are comparable across runs.
+Every usable file is read once with soundfile, mixed to mono, its DC offset removed, resampled to ``sample_rate``,
+peak-normalised and mu-law encoded; the codes (uint8, one tensor per file) stay in memory (25 min at 8 kHz is
+12 MB). Files are split into train / validation / test by file, never by crop, with a fixed seed. Training batches
+are random crops of ``receptive_field + target_length`` samples; validation and test batches tile each held-out
+file with non-overlapping crops of the same length, so their bits/sample are comparable across runs.
 
 Batches are ``(codes long [B, T], speakers long [B])``; speaker ids come from the file names when
 ``speaker_pattern`` is set (e.g. ``7_george_12.wav`` -> ``george``), else they are all 0.
@@ -57,13 +57,18 @@ def check_rates(rate: int, sample_rate: int) -> None:
 
 
 def prepare_audio(audio: np.ndarray | torch.Tensor, rate: int, sample_rate: int) -> torch.Tensor:
-    """Samples ``[T]`` or ``[T, channels]`` at ``rate`` to a mono float32 clip at ``sample_rate``, peak 0.95."""
+    """Samples ``[T]`` or ``[T, channels]`` at ``rate`` to a mono float32 clip at ``sample_rate``, its DC offset
+    (mean) removed, then peak 0.95. Removing the offset first matters: speech riding on an offset of 0.3 would
+    otherwise be scaled by its distance from zero and use a fraction of the mu-law levels (39 of 256), and a tone
+    on an offset would look silent."""
     import torchaudio.functional as AF
 
     check_rates(rate, sample_rate)
     clip = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
     if clip.dim() == 2:
         clip = clip.mean(dim=1)
+    if clip.numel():
+        clip = clip - clip.double().mean().float()
     if rate != sample_rate:
         clip = AF.resample(clip, rate, sample_rate)
     peak = clip.abs().max() if clip.numel() else torch.tensor(0.0)

@@ -16,12 +16,12 @@ from arcore.chunks import rows
 from arcore.cli import check_fits_in_memory, output_path
 from arcore.decoding import SampleOptions
 from arcore.errors import UsageError
-from arcore.files import check_output
+from arcore.files import check_output, refuse_replacing_inputs
 from arcore.media import save_wav
 from arcore.sample_cli import SampleRun, check_sample_args
 from wavegen.data import AUDIO_SUFFIXES, mu_law_encode, read_audio, why_unusable
-from wavegen.wavenet_step import FusedStep, weight_dtype
 from wavegen.wavenet import WaveNet
+from wavegen.wavenet_step import FusedStep, weight_dtype
 
 
 def _codes_of(path: str, model: WaveNet, option: str) -> torch.Tensor:
@@ -87,6 +87,10 @@ def sample(args: argparse.Namespace) -> None:
     several = args.mel_from is not None and (len(args.mel_from) > 1 or Path(args.mel_from[0]).is_dir())
     inputs = _mel_inputs(args.mel_from) if args.mel_from is not None else None
     out = _output_folder(args.out, inputs[1]) if several else output_path(args.out, ".wav")
+    given = [("--ckpt", args.ckpt), *([("--prime", args.prime)] if args.prime else []),
+             *(("--mel-from", path) for path in (inputs[0] if inputs else []))]
+    refuse_replacing_inputs([out / name for name in inputs[1]] if several else _clip_paths(out, args.num_samples),
+                            given, folder=out if several else None)
     sampling = SampleRun("wavegen", args, WaveNet)
     model = sampling.model
     if args.half_weights:
