@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.errors import UsageError
 from arcore.files import make_parents, unique_temporary
+from arcore.lightning_private import average_model
 from arcore.media import Audio, Images, Media, interleave, save_image_grid, save_text, save_wav, spectrogram_image
 
 
@@ -222,7 +223,7 @@ class EMA(WeightAveraging):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self._average_model is not None:  # fit; elsewhere the checkpoint's (averaged) weights are used as they are
+        if average_model(self) is not None:  # fit; elsewhere the checkpoint's (averaged) weights are used as they are
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -238,8 +239,9 @@ class EMA(WeightAveraging):
         """Give the average the model's current buffers. Lightning copies them only at each update, but a buffer can
         change before the first one: an image GPT fits its palette in ``setup``, after this callback took its copy,
         and validation swaps buffers in with the weights (the sanity check would see no palette)."""
-        if self._average_model is not None:
-            for average, current in zip(self._average_model.module.buffers(), pl_module.buffers()):
+        average_copy = average_model(self)
+        if average_copy is not None:
+            for average, current in zip(average_copy.buffers(), pl_module.buffers()):
                 average.copy_(current)
 
 

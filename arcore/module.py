@@ -30,6 +30,7 @@ from arcore import engine, quiet, weights
 from arcore.cache import ForwardSampler, Sampler
 from arcore.decoding import SampleOptions
 from arcore.errors import UsageError, first_line
+from arcore.lightning_private import attached_trainer
 from arcore.media import Media
 
 quiet.install()  # Lightning's advertisements and misleading hints off the console (arcore.quiet)
@@ -226,7 +227,7 @@ class AutoregressiveModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+        total = self.trainer.estimated_stepping_batches if attached_trainer(self) is not None else float("inf")
         warmup = max(1, self.warmup_steps)
         cosine = self.lr_schedule == "cosine" and math.isfinite(total) and total > warmup
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
 from arcore.errors import UsageError, check_labels, options
+from arcore.lightning_private import attached_datamodule
 from arcore.media import Images
 from arcore.module import AutoregressiveModule, Capabilities
 from pixelgen import palette as pal
@@ -226,7 +227,7 @@ class ImageGPT(AutoregressiveModule):
     # ----- training ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Check the data against the model and, when fitting a model without one, fit the palette."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = attached_datamodule(self)
         if datamodule is None:
             return
         check_image_data(self, datamodule)

@@ -46,6 +46,7 @@ from torch import nn
 from arcore.cache import Drawer, Piece, Sampler, StepCache, previous_code
 from arcore.decoding import Decoding, SampleOptions
 from arcore.errors import UsageError, check_labels, options
+from arcore.lightning_private import attached_datamodule
 from arcore.media import Audio
 from arcore.module import AutoregressiveModule, Capabilities
 from wavegen import lpc
@@ -433,7 +434,7 @@ class WaveNet(AutoregressiveModule):
         return Capabilities(resynthesis=self.vocoder, half_weights=True, codes_per_second=self.sample_rate)
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = attached_datamodule(self)
         rate = getattr(datamodule, "sample_rate", None)
         if rate is not None and rate != self.sample_rate:
             raise UsageError(f"the data is resampled to {rate} Hz but the model is built for {self.sample_rate} Hz: "
