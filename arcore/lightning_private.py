@@ -3,10 +3,11 @@
 Lightning's public API lacks a few things the runs need: a hook before LightningCLI reads ``ckpt_path`` (safe
 loading, refusing a mismatched resume), one after a subcommand ran (``last.ckpt`` at the final step, recording test
 metrics), writing ``last.ckpt`` between validations, finding the checkpoint ``ckpt_path: last`` resumes, the trainer
-a module is attached to (``module.trainer`` raises when there is none), and the average model of
-``WeightAveraging``. Each is a private name of the pinned version (:data:`PINNED`), used here and nowhere else; the
-names are listed in :data:`TOUCHED`, and ``tests/test_lightning_private.py`` checks that the installed Lightning is
-the pinned one and still has each of them, so an upgrade fails there first, in one place, not somewhere in a run.
+a module is attached to (``module.trainer`` raises when there is none), the average model of ``WeightAveraging``
+and the settings a ``WandbLogger`` will pass to ``wandb.init``. Each is a private name of the pinned version
+(:data:`PINNED`), used here and nowhere else; the names are listed in :data:`TOUCHED`, and
+``tests/test_lightning_private.py`` checks that the installed Lightning is the pinned one and still has each of
+them, so an upgrade fails there first, in one place, not somewhere in a run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import WandbLogger
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,6 +32,7 @@ TOUCHED = {
                       "_last_global_step_saved"),
     pl.LightningModule: ("_trainer",),
     WeightAveraging: ("_average_model",),
+    WandbLogger: ("_wandb_init",),
 }
 """The private methods and attributes used here, by the class that holds them."""
 
@@ -82,3 +85,8 @@ def average_model(callback: WeightAveraging) -> nn.Module | None:
     """The averaged copy of the model that ``callback`` keeps during ``fit`` (None elsewhere)."""
     average: Any = callback._average_model
     return None if average is None else average.module
+
+
+def wandb_init_settings(logger: WandbLogger) -> dict[str, Any]:
+    """The settings ``logger`` will pass to ``wandb.init`` when its run starts (a dict to edit in place)."""
+    return logger._wandb_init

@@ -49,10 +49,13 @@ def install() -> None:
 
 def quiet_wandb_loggers(loggers: Iterable[Any]) -> None:
     """Leave W&B's ``anonymous`` setting unset in every Lightning ``WandbLogger`` of ``loggers`` that has not
-    started its run yet (pinned Lightning version: it passes its init arguments to ``wandb.init`` from the private
-    ``_wandb_init``; W&B warns about ``anonymous=None`` but not about an unset one, and ignores the setting either
-    way)."""
+    started its run yet (:func:`arcore.lightning_private.wandb_init_settings`; W&B warns about ``anonymous=None``
+    but not about an unset one, and ignores the setting either way)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from arcore.lightning_private import wandb_init_settings
+
     for logger in loggers:
-        init = getattr(logger, "_wandb_init", None)
+        init = wandb_init_settings(logger) if isinstance(logger, WandbLogger) else None
         if isinstance(init, dict) and init.get("anonymous", False) is None:
             del init["anonymous"]

@@ -75,7 +75,7 @@ def test_it_keeps_the_contract(example):
 
 
 def test_it_trains_through_lightning_and_logs_text(example, trained):
-    model, losses, root = trained
+    _, losses, root = trained
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5  # from about ln(31) = 3.4 nats a character
     samples = (root / "samples" / "step0000030.txt").read_text().split("\n----\n")
     assert len(samples) == 2 and all(len(s.rstrip("\n")) <= 16 for s in samples)
@@ -146,7 +146,7 @@ def test_the_engine_samples_a_plain_module_without_lightning():
         assert codes.shape == (5, 6) and int(codes.max()) < 3
         print(sorted(name for name in sys.modules if "lightning" in name))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
