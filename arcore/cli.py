@@ -453,9 +453,10 @@ def output_path(path: str | Path, suffix: str) -> Path:
     return check_output(out)
 
 
-def check_fits_in_memory(num_samples: int, codes_per_sample: int) -> None:
-    """Refuse a request whose codes (int64, all kept until written) could not fit in this machine's memory."""
-    need = num_samples * codes_per_sample * 8
+def check_fits_in_memory(num_samples: int, codes_per_sample: int, bytes_per_code: int = 8) -> None:
+    """Refuse a request that could not fit in this machine's memory: its codes (int64, all kept until written) and
+    whatever else the draw holds per code (``bytes_per_code``: a vocoder's conditioning, one row per sample)."""
+    need = num_samples * codes_per_sample * bytes_per_code
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
         raise UsageError(f"{num_samples:,} samples of {codes_per_sample:,} codes need {need / 2 ** 30:,.1f} GiB, more "

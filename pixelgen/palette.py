@@ -10,8 +10,10 @@ tokens back to colours.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -100,10 +102,16 @@ def fit_palette(pixels: torch.Tensor, size: int, *, seed: int = 0, steps: int = 
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     palette = minibatch_kmeans(pixels.cpu(), size, seed=seed, steps=steps, batch_size=batch_size).float()
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(palette, partial)
-    partial.replace(path)  # atomic: a parallel run never reads half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(palette, partial)
+        partial.replace(path)  # atomic: a parallel run never reads half a file
+    except OSError as exc:  # an unwritable cache costs a refit next time, not this run
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        print(f"pixelgen: warning: the fitted palette was not cached in {path.parent} ({exc.strerror or exc}): set "
+              f"PIXELGEN_CACHE (or the model's palette_cache) to a folder you can write to", file=sys.stderr)
     return palette
 
 

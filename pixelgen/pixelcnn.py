@@ -455,7 +455,7 @@ def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:
                          options("model", "image_shape"))
     if getattr(datamodule, "levels", None) is not None and "levels" in model.hparams \
             and datamodule.levels != model.hparams.levels:
-        raise UsageError(f"the data has {datamodule.levels} levels per sub-pixel but the model "
+        raise UsageError(f"the data has {datamodule.levels} values per sub-pixel but the model predicts "
                          f"{model.hparams.levels}: set levels={datamodule.levels}", options("model", "levels"))
     if model.num_labels and model.num_labels < datamodule.num_labels:
         raise UsageError(f"the data has {datamodule.num_labels} classes but the model only "

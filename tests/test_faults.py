@@ -59,6 +59,7 @@ def test_a_signal_mid_epoch_saves_the_step_and_the_resumed_run_ends_with_the_uni
     while not last.is_file() and stopped.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert stopped.poll() is None, f"the run ended before it could be stopped: {stopped.stderr.read()[-500:]}"
+    seen = read_checkpoint(last)["global_step"]
     stopped.send_signal(signum)
     status, err = stopped.wait(timeout=120), stopped.stderr.read()
     assert status == 128 + signum and "Traceback" not in err, err[-3000:]  # 130 for Ctrl-C, 143 for SIGTERM
@@ -67,7 +68,7 @@ def test_a_signal_mid_epoch_saves_the_step_and_the_resumed_run_ends_with_the_uni
     match = re.fullmatch(rf"pixelgen: stopped by {name} at step (\d+) \(epoch (\d+), after batch (\d+) of it\): "
                          rf"saved {re.escape(str(last))}; to resume, run the same command again \(ckpt_path: last "
                          rf"resumes it\)", line)
-    assert match, err[-3000:]
+    assert match, f"signalled when last.ckpt held step {seen}: {err[-3000:]}"
     step = int(match[1])
     saved = read_checkpoint(last)
     assert saved["global_step"] == step and 0 < step < 30 and step % 5, step  # in the middle of an epoch
@@ -209,3 +210,16 @@ def test_a_non_finite_test_metric_is_never_recorded(tmp_path):
     with pytest.raises(UsageError, match=r"the test gave test/bpd nan: nothing was recorded in"):
         record_test_metrics(path, {"test/bpd": torch.tensor(float("nan")), "test/loss": torch.tensor(1.0)}, None)
     assert path.read_bytes() == b"never read"
+
+
+def test_an_unwritable_palette_cache_costs_a_warning_not_the_run(tmp_path, capsys):
+    from pixelgen.palette import fit_palette
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # a cache folder under a file cannot be made, even by root
+    pixels = torch.randint(0, 256, (500, 3), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    palette = fit_palette(pixels, 4, steps=3, cache_dir=blocker / "palettes")
+    assert palette.shape == (4, 3)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"pixelgen: warning: the fitted palette was not cached in {blocker / 'palettes'} (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -185,7 +185,9 @@ def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out
     else:
         paths, clips = _clip_paths(out, args.num_samples), clips * args.num_samples
     _refuse_folders(out, paths)
-    check_fits_in_memory(min(len(clips), args.batch_size), max(map(len, clips)))
+    # the codes and, per sample, the conditioning table (cond_channels floats) and the waveform's float copies
+    check_fits_in_memory(min(len(clips), args.batch_size), max(map(len, clips)),
+                         8 + 4 * (int(model.hparams.get("cond_channels", 0)) + 4))
     speakers = _speakers(args, model, len(clips))
     order = sorted(range(len(clips)), key=lambda i: -len(clips[i]))
     written: list[Path] = []
