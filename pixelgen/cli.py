@@ -17,6 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 from arcore.launch import launch, sample_parser
+from pixelgen import register_models
 
 ABOUT = ("Autoregressive image models: a gated PixelCNN and a small image GPT, trained on MNIST, CIFAR-10 or a folder "
          "of images.")
@@ -49,6 +50,7 @@ def sample_main(argv: Sequence[str]) -> None:
     args = _parser().parse_args(list(argv))
     from pixelgen.sample_cli import sample
 
+    register_models()
     sample(args)
 
 
@@ -57,6 +59,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from arcore.cli import run
     from pixelgen.data import ImageDataModule
 
+    register_models()
     return run("pixelgen", ImageDataModule, sample_main, argv)
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache, previous_code
+from arcore.checkpoint import register_model
 from arcore.errors import UsageError, check_labels, options
 from arcore.lightning_private import attached_datamodule
 from arcore.media import Images
@@ -352,3 +353,6 @@ class ImageGPTSampler(Sampler):
         if hasattr(self.cache, "visible"):
             self.cache.visible[..., :length] = 0.0
         self.cache.position.fill_(length)
+
+
+register_model("pixelgen", ImageGPT)  # the files of pixelgen may name it (arcore.checkpoint.MODELS)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Piece, Sampler, StepCache
+from arcore.checkpoint import register_model
 from arcore.errors import UsageError, check_labels, options
 from arcore.media import Images
 from arcore.module import AutoregressiveModule, Capabilities
@@ -461,3 +462,5 @@ def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:
         raise UsageError(f"the data has {datamodule.num_labels} classes but the model only "
                          f"{model.num_labels}: set num_labels={datamodule.num_labels}", options("model", "num_labels"))
 
+
+register_model("pixelgen", PixelCNN)  # the files of pixelgen may name it (arcore.checkpoint.MODELS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,13 @@ def test_the_commands_the_overview_suggests_run_as_written(tool, tmp_path, capsy
     for argv in commands:
         assert TOOLS[tool][0]([*argv, *smaller]) == 0, (argv, capsys.readouterr().err[-2000:])
         assert Path(argv[argv.index("--out") + 1]).is_file()
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_loads_neither_torch_nor_lightning(tool):
+    """The overview and ``sample --help`` print before anything heavy is imported (both in well under a second)."""
+    probe = (f"import sys; from {tool}.cli import main; main(['--help']); "
+             "exec('try: main([\"sample\", \"--help\"])\\nexcept SystemExit: pass'); "
+             "print(sorted(m for m in ('torch', 'pytorch_lightning', 'jsonargparse') if m in sys.modules))")
+    printed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert printed.stdout.splitlines()[-1] == "[]", printed.stderr

@@ -2,28 +2,56 @@
 
 ``wavegen.load(path)`` gives the trained model in a ``.ckpt`` of ``wavegen fit`` or a ``.safetensors`` of
 ``wavegen export``, ready to ``sample`` (conditioned through :class:`AudioCond`), ``resynthesize`` or score.
+
+The public names load on first use (a module ``__getattr__``, as in :mod:`arcore`), so ``import wavegen`` and the
+``wavegen`` command's help load neither torch nor Lightning. The model module registers its class where it is
+defined (:func:`arcore.checkpoint.register_model`); :func:`register_models` imports it, before a file that may name
+it is read.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from arcore.checkpoint import register_model
-from arcore.module import AutoregressiveModule, load_checkpoint
-from wavegen.data import AudioDataModule
-from wavegen.wavenet import AudioCond, WaveNet
+    from arcore.module import AutoregressiveModule
+    from wavegen.data import AudioDataModule
+    from wavegen.wavenet import AudioCond, WaveNet
 
 __all__ = ["AudioCond", "AudioDataModule", "WaveNet", "load"]
 
-# the model class wavegen checkpoints and weights files may name (an allow-list: arcore.checkpoint.MODELS)
-# the model class that wavegen checkpoints and weights files may name (arcore.checkpoint.MODELS)
-register_model("wavegen", WaveNet)
+_HOMES = {"AudioCond": "wavegen.wavenet", "AudioDataModule": "wavegen.data", "WaveNet": "wavegen.wavenet"}
+MODEL_MODULES = ("wavegen.wavenet",)
+"""The modules whose model classes the files of wavegen may name."""
+
+
+def register_models() -> None:
+    """Import every model module of wavegen, which registers its class."""
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:
     """The model in a checkpoint of ``wavegen fit`` or a weights file of ``wavegen export``, of the class the file
     records, on ``map_location``, in eval mode. Nothing in the file runs; a damaged file, or one of ``pixelgen``, is
     an :class:`arcore.UsageError`."""
+    from arcore.module import load_checkpoint
+
+    register_models()
     return load_checkpoint(path, "wavegen", map_location, command=None).eval()
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'wavegen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 from arcore.launch import launch, sample_parser
+from wavegen import register_models
 
 ABOUT = "WaveNet over 8-bit mu-law audio: speech, spoken digits, and a vocoder that resynthesises log-mel frames."
 SAMPLE = "generate WAV clips, or resynthesise audio from its log-mel frames, from a checkpoint or a .safetensors file"
@@ -54,6 +55,7 @@ def sample_main(argv: Sequence[str]) -> None:
     args = _parser().parse_args(list(argv))
     from wavegen.sample_cli import sample
 
+    register_models()
     sample(args)
 
 
@@ -62,6 +64,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from arcore.cli import run
     from wavegen.data import AudioDataModule
 
+    register_models()
     return run("wavegen", AudioDataModule, sample_main, argv)
 
 

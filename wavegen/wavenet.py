@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arcore.cache import Drawer, Piece, Sampler, StepCache, previous_code
+from arcore.checkpoint import register_model
 from arcore.decoding import Decoding, SampleOptions
 from arcore.errors import UsageError, check_labels, options
 from arcore.lightning_private import attached_datamodule
@@ -598,3 +599,6 @@ def decode_mu_law(codes: torch.Tensor, quantization: int = 256) -> torch.Tensor:
     import torchaudio.functional as AF
 
     return AF.mu_law_decoding(codes, quantization)
+
+
+register_model("wavegen", WaveNet)  # the files of wavegen may name it (arcore.checkpoint.MODELS)
