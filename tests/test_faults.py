@@ -55,10 +55,10 @@ def test_a_signal_mid_epoch_saves_the_step_and_the_resumed_run_ends_with_the_uni
     config.write_text(KILL_CONFIG.format(run=tmp_path / "run", data=data))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     stopped = fit_process(config)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900  # a busy machine can take minutes to start a run
     while not last.is_file() and stopped.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert stopped.poll() is None, f"the run ended before it could be stopped: {stopped.stderr.read()[-500:]}"
+    assert stopped.poll() is None and last.is_file(), f"not stoppable mid-run: {stopped.stderr.read()[-500:]}"
     seen = read_checkpoint(last)["global_step"]
     stopped.send_signal(signum)
     status, err = stopped.wait(timeout=120), stopped.stderr.read()
