@@ -1,9 +1,9 @@
 """A stopped ``fit`` keeps its work and resumes exactly where it stopped, whatever stopped it.
 
 Ctrl-C (SIGINT) and SIGTERM (what ``timeout``, SLURM and ``docker stop`` send) during training finish the step in
-progress (and a validation due after it), save ``last.ckpt`` at that step (atomically, as every save) and end the command with one line saying
-where the checkpoint is and how to resume, exit status 130 or 143 (128 + the signal's number). A second Ctrl-C
-stops at once, without saving.
+progress (and a validation due after it), save ``last.ckpt`` at that step (atomically, as every save) and end the
+command with one line saying where the checkpoint is and how to resume, exit status 130 or 143 (128 + the signal's
+number). A second Ctrl-C stops at once, without saving.
 
 A run that ends in the middle of an epoch (``max_steps``, ``max_time``, a signal) must resume in that epoch, at the
 next batch. Lightning closes the epoch's books when its loop stops early (the epoch counts as done), so a checkpoint
