@@ -296,7 +296,8 @@ DAMAGED_WEIGHTS = {"st_flipped": ST_SHA, "st_truncated": "is cut short", "st_hea
                    "st_setting_edited": "its settings or tensors do not match the SHA-256 recorded in it",
                    "st_nan": "holds non-finite weights (1 NaN or inf values in",
                    "st_huge_settings": "its settings describe a larger model than the weights it holds",
-                   "st_int32": "where its settings build float32"}
+                   "st_int32": "where its settings build float32",
+                   "st_nested_setting": "its settings do not build a PixelCNN"}
 
 
 class Payload:
@@ -380,6 +381,8 @@ def weights_variants(source: Path, folder: Path) -> dict[str, Path]:
     contents["st_huge_settings"] = encode(tensors, {**metadata, "hyper_parameters": json.dumps(
         {**hparams, "layers": 100_000})})
     contents["st_int32"] = encode({**tensors, first: tensors[first].to(torch.int32)}, metadata)
+    contents["st_nested_setting"] = encode(tensors, {**metadata, "hyper_parameters": json.dumps(
+        {**hparams, "hidden": {"nested": {"json": [1, 2]}}})})
     assert contents["st_bad_dtype"] != data and contents["st_setting_edited"] != data
     paths = {}
     for key, content in contents.items():
