@@ -100,7 +100,7 @@ class CodesDataModule(pl.LightningDataModule):
 
     resume_settings: ClassVar[tuple[str, ...]] = ()
     """The settings that change what a model learns (dataset, quantisation, crop sizes): ``fit`` refuses to resume
-    a checkpoint trained with other values (see ``arcore.cli.check_resume_matches_config``)."""
+    a checkpoint trained with other values (see ``arcore.cli.resume.check_resume_matches_config``)."""
 
     @classmethod
     def settings_from_checkpoint(cls, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def launch(tool: str, argv: Sequence[str] | None, *, about: str, sample: str, ex
     """Run one command line of ``tool``; returns the exit status. No command, or ``--help``: :func:`overview`
     (``sample`` is that command's line); ``sample``: ``sample_main`` with the arguments after it, which parses them
     before it imports anything heavy, a bad input printed as one line with exit status 2; anything else:
-    ``run(argv)``, the Lightning commands and ``export`` (:func:`arcore.cli.run`)."""
+    ``run(argv)``, the Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(overview(tool, about, sample, examples))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from arcore.chunks import Chunks, Draw, draw_in_chunks, interrupted_exit
-from arcore.cli import load_for_sampling, pick_device, seeded_generator
+from arcore.cli.sampling import load_for_sampling, pick_device, seeded_generator
 from arcore.decoding import SampleOptions
 from arcore.errors import UsageError
 from arcore.launch import sample_options

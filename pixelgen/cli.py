@@ -55,8 +55,8 @@ def sample_main(argv: Sequence[str]) -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    """The Lightning commands and ``export`` (:func:`arcore.cli.run`)."""
-    from arcore.cli import run
+    """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
+    from arcore.cli.main import run
     from pixelgen.data import ImageDataModule
 
     register_models()

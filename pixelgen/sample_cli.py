@@ -11,7 +11,7 @@ import torch
 
 from arcore.checkpoint import read_checkpoint
 from arcore.chunks import rows
-from arcore.cli import check_fits_in_memory, output_path
+from arcore.cli.sampling import check_fits_in_memory, output_path
 from arcore.errors import UsageError
 from arcore.files import refuse_replacing_inputs
 from arcore.media import save_image_grid

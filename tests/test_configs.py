@@ -10,7 +10,7 @@ import pytest
 import yaml
 from jsonargparse import dict_to_namespace
 
-from arcore.cli import BASE_CONFIG, apply_run_name, checkpoint_folders
+from arcore.cli.runs import BASE_CONFIG, apply_run_name, checkpoint_folders
 from pixelgen.cli import main as pixelgen
 from wavegen.cli import main as wavegen
 
@@ -80,7 +80,7 @@ def test_the_name_is_given_once_for_a_new_run_and_explicit_settings_win(capsys):
 
 
 def test_a_run_command_without_the_base_config_refuses_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("arcore.cli.BASE_CONFIG", tmp_path / "base.yaml")
+    monkeypatch.setattr("arcore.cli.runs.BASE_CONFIG", tmp_path / "base.yaml")
     assert pixelgen(["fit", "--config", str(CONFIGS[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "base.yaml is missing" in err and "pip install -e ." in err

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from arcore.callbacks import SampleLogger
-from arcore.cli import export_main
+from arcore.cli.export import export_main
 from arcore.errors import UsageError
 from arcore.module import load_checkpoint
 from tests.contract import brute_force_log_prob, causality_violations, randomise, step_logit_error

@@ -202,7 +202,7 @@ def test_a_checkpoint_larger_than_memory_is_refused_before_it_is_read(tmp_path, 
 
 
 def test_a_non_finite_test_metric_is_never_recorded(tmp_path):
-    from arcore.cli import record_test_metrics
+    from arcore.cli.runs import record_test_metrics
     from arcore.errors import UsageError
 
     path = tmp_path / "model.safetensors"

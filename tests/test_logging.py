@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from arcore.callbacks import SampleLogger
-from arcore.cli import wandb_offline_unless_configured
+from arcore.cli.runs import wandb_offline_unless_configured
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_palette import COLOURS, patch_images

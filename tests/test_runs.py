@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import arcore.files
 from arcore.callbacks import EMA, NonFiniteGuard
 from arcore.checkpoint import read_checkpoint
-from arcore.cli import AtomicCheckpointIO
+from arcore.cli.runs import AtomicCheckpointIO
 from arcore.errors import UsageError
 from arcore.module import load_checkpoint
 from pixelgen.cli import main as pixelgen

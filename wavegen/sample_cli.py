@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from arcore.chunks import rows
-from arcore.cli import check_fits_in_memory, output_path
+from arcore.cli.sampling import check_fits_in_memory, output_path
 from arcore.decoding import SampleOptions
 from arcore.errors import UsageError
 from arcore.files import check_output, refuse_replacing_inputs

@@ -37,7 +37,7 @@ that. The contract, in the order this file meets it:
 5. **Files.** ``register_model(TOOL, TinyCharModel)`` (:func:`arcore.checkpoint.register_model`, at the end of
    this file) adds the class to the allow-list of classes that checkpoints and weights files may name: loading
    builds only registered classes and imports nothing a file names. ``self.save_hyperparameters()`` records the
-   settings, so a weights file rebuilds the model from them. Then ``arcore.cli.export_main(TOOL, ["--ckpt",
+   settings, so a weights file rebuilds the model from them. Then ``arcore.cli.export.export_main(TOOL, ["--ckpt",
    "last.ckpt", "--out", "tiny.safetensors"])`` writes a weights file and
    ``arcore.module.load_checkpoint("tiny.safetensors", TOOL)`` reads it back, checked and without running anything
    in it.

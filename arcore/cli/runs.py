@@ -1,20 +1,13 @@
-"""Command-line plumbing shared by ``pixelgen`` and ``wavegen``: LightningCLI subcommands plus ``sample``.
-
-``fit | validate | test | predict`` are LightningCLI's own (configs in ``lightning_configs/``); ``sample`` is the
-package's own parser, ``export`` (:func:`export_main`) is shared by both tools. Bad input surfaces as one
-``<tool>: error: ...`` line and exit status 2, never a traceback.
-"""
+"""``fit | validate | test | predict``: LightningCLI's commands, with safe checkpoint reading, atomic writing, the
+run's folder and name, its lock, W&B continuity and the checks made before anything is built
+(:class:`ProjectCLI`)."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import netrc
 import os
-import re
-import signal
 import sys
-from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,17 +16,19 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from arcore import weights
 from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
+from arcore.cli.resume import check_resume_matches_config
 from arcore.errors import UsageError
-from arcore.files import atomic_write, check_output, folder_lock, refuse_replacing_inputs, write_atomically
-from arcore.module import AutoregressiveModule, load_checkpoint, read_model
+from arcore.files import atomic_write, check_output, folder_lock, write_atomically
+from arcore.lightning_private import HookedCLI, last_checkpoints
+from arcore.module import AutoregressiveModule
 from arcore.quiet import quiet_wandb_loggers
-from arcore.stopping import RunStopped, SaveOnStop, check_resume_averaging, check_resume_position, signal_name
+from arcore.stopping import SaveOnStop, check_resume_averaging, check_resume_position
+from arcore.threads import choose_threads, usable_cores
 from arcore.wandb_mode import choose_wandb_mode
 
 
@@ -47,25 +42,6 @@ def wandb_offline_unless_configured() -> None:
     except (FileNotFoundError, netrc.NetrcParseError):
         pass
     os.environ["WANDB_MODE"] = "offline"
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
-    return device
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error as the command line reads it (a library error's Python arguments as flags)."""
-    text = (exc.for_command_line() if isinstance(exc, UsageError) else str(exc)).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -131,13 +107,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 EVALUATING = ("validate", "test", "predict")
 RUN_COMMANDS = ("fit", *EVALUATING)
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "base.yaml"
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "lightning_configs" / "base.yaml"
 """What every run shares (trainer defaults, the W&B logger, checkpoints, the NaN guard), composed by LightningCLI
 under the run's config for every command of :data:`RUN_COMMANDS`; a run command refuses to start without it (an
 install that is not a source checkout or an editable one)."""
 
 
-class ProjectCLI(LightningCLI):
+class ProjectCLI(HookedCLI):
     """LightningCLI whose trainer reads checkpoints safely and writes them atomically (:class:`AtomicCheckpointIO`),
     with these checks and fixes applied before anything is built or written:
 
@@ -146,7 +122,7 @@ class ProjectCLI(LightningCLI):
       refuse to score a model that was never trained (no ``ckpt_path``, or ``last`` finding no checkpoint);
     - ``fit`` resuming a checkpoint (a file or ``last``) of another model, other model settings or other data
       settings is refused in one line naming the setting (LightningCLI would quietly rebuild the checkpoint's model;
-      hooked into its ``_parse_ckpt_path``, pinned Lightning version);
+      hooked into its reading of ``ckpt_path``, :class:`arcore.lightning_private.HookedCLI`);
     - ``fit`` holds a lock on its checkpoint folders: a second ``fit`` into the same folder refuses at start;
     - a ``LearningRateMonitor`` is dropped when the run has no logger (it would refuse to start);
     - a W&B run resumed from a checkpoint continues the run recorded in that checkpoint instead of starting anew;
@@ -172,6 +148,7 @@ class ProjectCLI(LightningCLI):
             choose_wandb_mode(self.package)
         if self.subcommand == "fit":
             _continue_wandb_run(config)
+        use_threads(config.get("threads"), self.package)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -187,6 +164,9 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--name", type=str | None, default=None,
                             help="the run's name: its folder runs/NAME (checkpoints, logs) and its W&B run name")
+        parser.add_argument("--threads", type=int | None, default=None,
+                            help="CPU threads for the run (default: the cores with nothing running on them at the "
+                                 "start, or OMP_NUM_THREADS)")
         parser.add_argument("--record_metrics", type=bool, default=False,
                             help="test only: write the test metrics into the metadata of the .safetensors weights "
                                  "file given as --ckpt_path")
@@ -196,7 +176,7 @@ class ProjectCLI(LightningCLI):
         """``pixelgen`` or ``wavegen``: the tool whose models this CLI builds."""
         return self.datamodule_class.__module__.split(".")[0]
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if subcommand:
             config = self.config[subcommand]
@@ -221,17 +201,17 @@ class ProjectCLI(LightningCLI):
                     self._build_recorded_model(subcommand, checkpoint)
                     return
         with allow_listed():
-            super()._parse_ckpt_path()
+            super().parse_ckpt_path()
 
     def _build_recorded_model(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
         """Have the config build the model a weights file records, as LightningCLI does from a checkpoint's
-        ``hyper_parameters`` (its ``_parse_ckpt_path``, pinned Lightning version, reads those with ``torch.load``,
+        ``hyper_parameters`` (its reading of ``ckpt_path`` reads those with ``torch.load``,
         which a safetensors file is not for)."""
         hparams = dict(checkpoint["hyper_parameters"])
         model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def run_subcommand(self, subcommand: str) -> None:
         config = self.config[subcommand]
         if config.get("ckpt_path") == "last":
             found = last_checkpoint(self.trainer)
@@ -242,7 +222,7 @@ class ProjectCLI(LightningCLI):
                 raise UsageError(f"`{self.package} {subcommand}` scores a trained model, but ckpt_path: last found "
                                  f"no checkpoint in {folders}: train first with `{self.package} fit` and the same "
                                  f"config, or pass --ckpt_path FILE")
-        super()._run_subcommand(subcommand)
+        super().run_subcommand(subcommand)
         if config.get("record_metrics") and self.trainer.is_global_zero:
             record_test_metrics(config.ckpt_path, self.trainer.callback_metrics, self.datamodule)
 
@@ -255,6 +235,16 @@ class ProjectCLI(LightningCLI):
             check_resume_matches_config(config, path, checkpoint, self.datamodule_class)
             check_resume_position(checkpoint, path, (config.get("data") or {}).get("batch_size"))
             check_resume_averaging(checkpoint, path, config.trainer.get("callbacks") or [])
+
+
+def use_threads(requested: int | None, tool: str) -> None:
+    """Set torch's intra-op threads for a run (:mod:`arcore.threads`) and say how many, and why, in one line."""
+    threads, why = choose_threads(requested)
+    if not 1 <= threads <= max(usable_cores(), 1) * 4:
+        raise UsageError(f"--threads must be between 1 and {usable_cores() * 4}, got {threads}")
+    torch.set_num_threads(threads)
+    if first_process():
+        print(f"{tool}: {threads} CPU thread{'s' if threads > 1 else ''} ({why})", file=sys.stderr)
 
 
 def check_recording(subcommand: str, path: Any, limit: Any = None) -> None:
@@ -318,9 +308,9 @@ def checkpoint_folders(config: Any) -> list[Path]:
 
 def last_checkpoint(trainer: pl.Trainer) -> Path | None:
     """The checkpoint ``ckpt_path: last`` resumes: the newest ``last*.ckpt`` of the trainer's ``ModelCheckpoint``
-    callbacks, found as Lightning finds it (pinned Lightning version), or None."""
-    found = [Path(p) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
-             for p in c._find_last_checkpoints(trainer)]
+    callbacks, found as Lightning finds it (:func:`arcore.lightning_private.last_checkpoints`), or None."""
+    found = [p for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
+             for p in last_checkpoints(c, trainer)]
     return max((p for p in found if p.exists()), key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -349,75 +339,6 @@ def _continue_wandb_run(config: Any) -> None:
         logger.init_args.id = run_id
 
 
-def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]], None],
-        argv: Sequence[str] | None = None) -> int:
-    """Entry point of a package's console script; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if args and args[0] == "sample":
-            sample_main(args[1:])
-            return 0
-        if args and args[0] == "export":
-            export_main(tool, args[1:])
-            return 0
-        wandb_offline_unless_configured()
-        if not BASE_CONFIG.is_file():
-            raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the "
-                             f"project from a source checkout (pip install -e .)")
-        base = {"default_config_files": [str(BASE_CONFIG)]}
-        try:
-            ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
-                       args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself
-                       save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
-                       auto_configure_optimizers=False,
-                       parser_kwargs={"exit_on_error": False, **{command: base for command in RUN_COMMANDS}})
-        finally:
-            _finish_wandb_run()
-        return 0
-    except RunStopped as exc:
-        print(f"{tool}: {exc.message}", file=sys.stderr)
-        return exc.exit_status
-    except (KeyboardInterrupt, SystemExit) as exc:
-        signum = stopped_by(exc)
-        if signum is None:
-            raise
-        print(f"{tool}: stopped by {signal_name(signum)}: nothing new was saved (files written before are whole)",
-              file=sys.stderr)
-        return 128 + signum
-    except argparse.ArgumentError as exc:  # jsonargparse's parse errors: a usage text and a tree of causes
-        print(f"{tool}: error: {parse_error_line(str(exc))} (see `{tool} {args[0] if args else 'fit'} --help`)",
-              file=sys.stderr)
-        return 2
-    except UsageError as exc:
-        print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # a constructor's UsageError, wrapped by jsonargparse
-        usage = usage_error_in(exc)
-        if usage is None:
-            raise
-        print(f"{tool}: error: {_one_line(usage)}", file=sys.stderr)
-        return 2
-    except MisconfigurationException as exc:  # Lightning's own refusal of a trainer setting
-        print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        if "state_dict" not in str(exc):
-            raise
-        print(f"{tool}: error: the checkpoint does not match this model's configuration "
-              f"({_one_line(exc)}); resume with the config it was trained with", file=sys.stderr)
-        return 2
-
-
-def stopped_by(exc: BaseException) -> int | None:
-    """The signal behind an exception that ends a command, or None: Ctrl-C's ``KeyboardInterrupt`` (Lightning turns
-    one inside a trainer into ``sys.exit(1)``, raised while handling it) and Lightning's ``SIGTERMException``."""
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    if isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt):
-        return signal.SIGINT
-    return signal.SIGTERM if isinstance(exc, SIGTERMException) else None
-
-
 def _finish_wandb_run() -> None:
     """End the W&B run this command started, if any: called from Python (a notebook, the tests), a run left open
     would be reused by the next command's logger, which would then log into the wrong run."""
@@ -426,139 +347,20 @@ def _finish_wandb_run() -> None:
         wandb.finish()
 
 
-def parse_error_line(message: str) -> str:
-    """jsonargparse's nested parse error as one line: the option it is about and the innermost cause, e.g.
-    ``--model.init_args.lr: expected a float, got nan``."""
-    keys: list[str] = []
-    for line in message.splitlines():
-        text = line.strip().lstrip("-").strip()
-        key = re.fullmatch(r'Parser key "([^"]+)":', text)
-        if key:
-            keys.append(key.group(1))
-        elif text.startswith("Problem with given class_path"):
-            keys.append("init_args")
-        elif text and not text.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
-            detail = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", text)
-            detail = re.sub(r"^Expected a (\w+)\. Got value: (.*)$",
-                            lambda m: f"expected {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]}, got {m[2]}", detail)
-            return f"--{'.'.join(keys)}: {detail}" if keys else detail
-    return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
-
-
-def output_path(path: str | Path, suffix: str) -> Path:
-    """Check an output file name before any work (:func:`arcore.files.check_output`); creates nothing."""
-    out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise UsageError(f"--out must name a {suffix} file, got {path}")
-    return check_output(out)
-
-
-def check_fits_in_memory(num_samples: int, codes_per_sample: int, bytes_per_code: int = 8) -> None:
-    """Refuse a request that could not fit in this machine's memory: its codes (int64, all kept until written) and
-    whatever else the draw holds per code (``bytes_per_code``: a vocoder's conditioning, one row per sample)."""
-    need = num_samples * codes_per_sample * bytes_per_code
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        raise UsageError(f"{num_samples:,} samples of {codes_per_sample:,} codes need {need / 2 ** 30:,.1f} GiB, more "
-                         f"than this machine's {have / 2 ** 30:,.0f} GiB of memory: ask for fewer or shorter samples")
-
-
-def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def load_for_sampling(ckpt: str, package: str, device: torch.device) -> AutoregressiveModule:
-    model = load_checkpoint(ckpt, package, map_location=device)
-    return model.to(device).eval()
-
-
-def export_main(tool: str, argv: Sequence[str]) -> None:
-    """``<tool> export --ckpt run.ckpt --out model.safetensors``: the weights ``sample`` and ``test`` use (the EMA
-    average when the run kept one) and the settings to rebuild the model, in a safetensors file for sharing
-    (:mod:`arcore.weights`); no optimiser or training state. The output path is checked before any work and the
-    file written atomically."""
-    parser = argparse.ArgumentParser(prog=f"{tool} export", description="Write a checkpoint's model as a "
-                                     "safetensors weights file that sample, test and load accept.")
-    parser.add_argument("--ckpt", required=True, help=f"checkpoint written by `{tool} fit` (e.g. .../last.ckpt)")
-    parser.add_argument("--out", required=True, help="the .safetensors file to write")
-    parser.add_argument("--half-weights", action="store_true",
-                        help="round the sampling step's weights to float16 values (WaveNet: its fused CPU step "
-                             "then holds them as float16, about 2x faster; test the file to measure the change)")
-    args = parser.parse_args(list(argv))
-    out = output_path(args.out, weights.SUFFIX)
-    refuse_replacing_inputs([out], [("--ckpt", args.ckpt)])
-    model, checkpoint = read_model(args.ckpt, tool, command="export", what="--ckpt")
-    if checkpoint.get("weights_only"):
-        raise UsageError(f"--ckpt {args.ckpt} is already a weights file; export reads a .ckpt written by "
-                         f"`{tool} fit`")
-    metadata = weights.metadata_of(checkpoint, model, args.ckpt, tool)
-    if args.half_weights:
-        if not model.capabilities.half_weights:
-            raise UsageError(f"--half-weights: a {type(model).__name__} has no float16 sampling step (WaveNet has)")
-        print(f"weights rounded to float16 values (largest change {model.round_weights_to_half():.2g})")
-        metadata["weight_values"] = "float16"
-    data = weights.encode(model.state_dict(), metadata)
-    write_atomically(out, data)
-    count = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}: {type(model).__name__}, {count:,} weights ({metadata['weights']}), "
-          f"{len(data) / 2 ** 20:.2f} MiB")
-
-
-def usage_error_in(exc: BaseException) -> UsageError | None:
-    """The :class:`UsageError` behind ``exc``, if any: jsonargparse re-raises a model's or data module's
-    constructor error as a many-line ``ValueError`` (every type it tried), with the original as its context."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, UsageError):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """Config values as plain data, so a tuple from the command line equals the list stored in a checkpoint."""
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {k: _plain(v) for k, v in dict(value.items()).items()}
-    return value
-
-
-def _a(name: str) -> str:
-    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
-
-
-def check_resume_matches_config(config: Any, path: str | Path, checkpoint: dict[str, Any],
-                                datamodule_class: type) -> None:
-    """Refuse, in one line, a ``fit`` resuming a checkpoint of another model, other model settings or other data
-    settings than the config's (``config`` is the subcommand's parsed config; ``path`` a file or what
-    ``ckpt_path: last`` found).
-
-    Given a checkpoint file, LightningCLI rebuilds the model from the hyperparameters stored in it and silently
-    drops the config's, so another model class, width or palette asked for would quietly train the checkpoint's
-    model instead; with ``last`` the config's model is built and the checkpoint's weights loaded into it. Of the data
-    settings, those that change what is learned (``datamodule_class.resume_settings``: dataset, binarisation, bits,
-    sample rate, crop sizes) must match too; the data's location may move.
-    ``validate``/``test``/``predict`` evaluate the checkpoint's own model, which is what they are for.
-    """
-    how = "resume with the config it was trained with, or start a new run in another folder"
-    hparams = checkpoint.get("hyper_parameters") or {}
-    stored_class = hparams.get("_class_path") or checkpoint.get("model_class")
-    wanted_class = config.model.get("class_path") if config.get("model") else None
-    if stored_class and wanted_class and stored_class != wanted_class:
-        raise UsageError(f"{path} holds {_a(stored_class.rsplit('.', 1)[-1])} but the config builds "
-                         f"{_a(wanted_class.rsplit('.', 1)[-1])}: {how}")
-    for kind, stored, wanted, keys in (
-            ("model", hparams, (config.get("model") or {}).get("init_args"), None),
-            ("data", datamodule_class.settings_from_checkpoint(checkpoint.get("datamodule_hyper_parameters") or {}),
-             config.get("data"), datamodule_class.resume_settings)):
-        stored = {k: _plain(v) for k, v in stored.items() if not k.startswith("_")}
-        wanted = _plain(wanted or {})
-        differ = sorted(k for k in wanted.keys() & stored.keys() if (keys is None or k in keys)
-                        and wanted[k] != stored[k])
-        if differ:
-            prefix = "--data." if kind == "data" else ""
-            raise UsageError(f"{path} was trained with {', '.join(f'{prefix}{k}={stored[k]}' for k in differ)}, "
-                             f"the config asks for {', '.join(f'{prefix}{k}={wanted[k]}' for k in differ)}: {how}")
+def lightning_command(tool: str, datamodule_class: type, args: list[str], from_sys_argv: bool) -> None:
+    """Run ``fit | validate | test | predict`` with ``args`` (LightningCLI reads ``sys.argv`` itself when
+    ``from_sys_argv``), over the base config of every run (:data:`BASE_CONFIG`); W&B logs offline unless an
+    account or a mode is configured."""
+    wandb_offline_unless_configured()
+    if not BASE_CONFIG.is_file():
+        raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the "
+                         f"project from a source checkout (pip install -e .)")
+    base = {"default_config_files": [str(BASE_CONFIG)]}
+    try:
+        ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
+                   args=None if from_sys_argv else args,  # None: LightningCLI reads sys.argv itself
+                   save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
+                   auto_configure_optimizers=False,
+                   parser_kwargs={"exit_on_error": False, **{command: base for command in RUN_COMMANDS}})
+    finally:
+        _finish_wandb_run()

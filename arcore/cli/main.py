@@ -1,0 +1,112 @@
+"""The entry point of both console scripts: ``run`` dispatches ``sample``, ``export`` and the Lightning
+commands, and turns bad input into one ``<tool>: error: ...`` line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from arcore.cli.export import export_main
+from arcore.cli.runs import lightning_command
+from arcore.errors import UsageError
+from arcore.stopping import RunStopped, signal_name
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error as the command line reads it (a library error's Python arguments as flags)."""
+    text = (exc.for_command_line() if isinstance(exc, UsageError) else str(exc)).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]], None],
+        argv: Sequence[str] | None = None) -> int:
+    """Entry point of a package's console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "sample":
+            sample_main(args[1:])
+            return 0
+        if args and args[0] == "export":
+            export_main(tool, args[1:])
+            return 0
+        lightning_command(tool, datamodule_class, args, from_sys_argv=argv is None)
+        return 0
+    except RunStopped as exc:
+        print(f"{tool}: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except (KeyboardInterrupt, SystemExit) as exc:
+        signum = stopped_by(exc)
+        if signum is None:
+            raise
+        print(f"{tool}: stopped by {signal_name(signum)}: nothing new was saved (files written before are whole)",
+              file=sys.stderr)
+        return 128 + signum
+    except argparse.ArgumentError as exc:  # jsonargparse's parse errors: a usage text and a tree of causes
+        print(f"{tool}: error: {parse_error_line(str(exc))} (see `{tool} {args[0] if args else 'fit'} --help`)",
+              file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a constructor's UsageError, wrapped by jsonargparse
+        usage = usage_error_in(exc)
+        if usage is None:
+            raise
+        print(f"{tool}: error: {_one_line(usage)}", file=sys.stderr)
+        return 2
+    except MisconfigurationException as exc:  # Lightning's own refusal of a trainer setting
+        print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise
+        print(f"{tool}: error: the checkpoint does not match this model's configuration "
+              f"({_one_line(exc)}); resume with the config it was trained with", file=sys.stderr)
+        return 2
+
+
+def stopped_by(exc: BaseException) -> int | None:
+    """The signal behind an exception that ends a command, or None: Ctrl-C's ``KeyboardInterrupt`` (Lightning turns
+    one inside a trainer into ``sys.exit(1)``, raised while handling it) and Lightning's ``SIGTERMException``."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt):
+        return signal.SIGINT
+    return signal.SIGTERM if isinstance(exc, SIGTERMException) else None
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's nested parse error as one line: the option it is about and the innermost cause, e.g.
+    ``--model.init_args.lr: expected a float, got nan``."""
+    keys: list[str] = []
+    for line in message.splitlines():
+        text = line.strip().lstrip("-").strip()
+        key = re.fullmatch(r'Parser key "([^"]+)":', text)
+        if key:
+            keys.append(key.group(1))
+        elif text.startswith("Problem with given class_path"):
+            keys.append("init_args")
+        elif text and not text.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
+            detail = re.sub(r"<class '(?:[\w]+\.)*(\w+)'>", r"\1", text)
+            detail = re.sub(r"^Expected a (\w+)\. Got value: (.*)$",
+                            lambda m: f"expected {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]}, got {m[2]}", detail)
+            return f"--{'.'.join(keys)}: {detail}" if keys else detail
+    return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+
+
+def usage_error_in(exc: BaseException) -> UsageError | None:
+    """The :class:`UsageError` behind ``exc``, if any: jsonargparse re-raises a model's or data module's
+    constructor error as a many-line ``ValueError`` (every type it tried), with the original as its context."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UsageError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
