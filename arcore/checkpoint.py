@@ -128,6 +128,17 @@ def register_model(tool: str, cls: type) -> type:
     return cls
 
 
+def sibling_packages() -> set[str]:
+    """The top-level packages installed with ``arcore`` in one distribution (``pixelgen`` and ``wavegen`` here),
+    read from the installed metadata without importing any: a file naming one of their classes is known to belong
+    to that tool even where the tool's models were never imported."""
+    from importlib.metadata import packages_distributions
+
+    found = packages_distributions()
+    ours = set(found.get("arcore", ()))
+    return {name for name, owners in found.items() if name != "arcore" and ours & set(owners)}
+
+
 def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base: type,
                 command: str | None = "sample") -> type:
     """The model class a checkpoint records, looked up in :data:`MODELS` under the tool ``package`` and checked to
@@ -141,7 +152,7 @@ def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base
     tool, cls = MODELS.get(name, (None, None)) if isinstance(name, str) else (None, None)
     top = name.split(".")[0] if isinstance(name, str) else ""
     homes = {registered.split(".")[0]: owner for registered, (owner, _) in MODELS.items()}
-    other = tool or homes.get(top)
+    other = tool or homes.get(top) or (top if top in sibling_packages() else None)
     if other is not None and other != package:
         use = f"`{other} {command}`" if command else f"{other}.load"
         raise UsageError(f"{path} holds a {other} model ({name.rsplit('.', 1)[-1]}); use {use} for it")
