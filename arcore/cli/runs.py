@@ -243,8 +243,8 @@ def use_threads(requested: int | None, tool: str) -> None:
     if not 1 <= threads <= max(usable_cores(), 1) * 4:
         raise UsageError(f"--threads must be between 1 and {usable_cores() * 4}, got {threads}")
     torch.set_num_threads(threads)
-    if first_process():
-        print(f"{tool}: {threads} CPU thread{'s' if threads > 1 else ''} ({why})", file=sys.stderr)
+    if first_process():  # progress goes to stdout: stderr holds a failing command's one line alone
+        print(f"{tool}: {threads} CPU thread{'s' if threads > 1 else ''} ({why})")
 
 
 def check_recording(subcommand: str, path: Any, limit: Any = None) -> None:
