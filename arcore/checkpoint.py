@@ -13,6 +13,7 @@ against the SHA-256 it records and parsed as raw tensors and JSON, so it is acce
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import pathlib
@@ -139,6 +140,21 @@ def sibling_packages() -> set[str]:
     return {name for name, owners in found.items() if name != "arcore" and ours & set(owners)}
 
 
+def register_tool(package: str) -> None:
+    """Have the caller's own tool (a package installed beside ``arcore``, named by the code that loads, never by the
+    file) register its models, so a lower-level loader in a fresh process knows them as ``pixelgen.load`` would."""
+    if package in MODELS_OF_TOOLS or package not in sibling_packages():
+        return
+    register = getattr(importlib.import_module(package), "register_models", None)
+    if callable(register):
+        register()
+    MODELS_OF_TOOLS.add(package)
+
+
+MODELS_OF_TOOLS: set[str] = set()
+"""The tools whose models :func:`register_tool` has registered."""
+
+
 def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base: type,
                 command: str | None = "sample") -> type:
     """The model class a checkpoint records, looked up in :data:`MODELS` under the tool ``package`` and checked to
@@ -148,6 +164,7 @@ def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base
     name = checkpoint.get("model_class") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not name:
         raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
+    register_tool(package)
     shown = repr(name)[:80]
     tool, cls = MODELS.get(name, (None, None)) if isinstance(name, str) else (None, None)
     top = name.split(".")[0] if isinstance(name, str) else ""

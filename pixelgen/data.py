@@ -178,7 +178,7 @@ class ImageDataModule(CodesDataModule):
     def _classes(self) -> list[str]:
         train = self.root / "train"
         if not train.is_dir():
-            raise UsageError(f"folder dataset needs {train}/<class>/<images> (ImageFolder layout); "
+            raise UsageError(f"a folder of images needs {train}/<class>/<images> (ImageFolder layout); "
                              f"set root to the folder that holds train/ (and test/)", options("data", "root"))
         return sorted(p.name for p in train.iterdir() if p.is_dir())
 
@@ -189,7 +189,7 @@ class ImageDataModule(CodesDataModule):
             if self.dataset == "folder":
                 folder = self.root / key
                 if not folder.is_dir():
-                    raise UsageError(f"{folder} does not exist: the folder dataset needs train/ and test/ "
+                    raise UsageError(f"{folder} does not exist: a folder of images needs train/ and test/ "
                                      f"under root", options("data", "root"))
                 classes = self._classes()
                 unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)

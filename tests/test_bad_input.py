@@ -41,9 +41,9 @@ ROWS = [
     # unknown paths
     ("missing ckpt", "pixelgen", "sample --ckpt {missing}/last.ckpt --out {out}.png", "does not exist"),
     ("missing data root", "pixelgen", "fit --config {pixelcnn} --data.root {missing}",
-     "{missing}/train does not exist: the folder dataset needs train/ and test/ under --data.root"),
+     "{missing}/train does not exist: a folder of images needs train/ and test/ under --data.root"),
     ("missing prime data", "pixelgen", ("sample --ckpt {pixelcnn_ckpt} --out {out}.png --prime-rows 3 "
-                                      "--data-root {missing}"), "the folder dataset needs train/ and test/"),
+                                      "--data-root {missing}"), "a folder of images needs train/ and test/ under --data-root"),
     ("missing ckpt", "wavegen", "sample --ckpt {missing}/last.ckpt --out {out}.wav", "does not exist"),
     ("missing data root", "wavegen", "fit --config {wavenet} --data.root {missing}", "is not a folder of audio"),
     ("missing prime", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --prime {missing}/a.wav",
