@@ -3,6 +3,7 @@ here instead of the next person who measures. The figures of a tiny run mean not
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -12,12 +13,18 @@ from benchmarks import bench_capture, bench_igpt, bench_pixelcnn, bench_wavenet
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads_and_steps(monkeypatch):
-    """The benchmarks set torch's thread count and switch the fused steps on and off: put both back."""
-    for name in ("ARCORE_FUSED", "PIXELGEN_FUSED", "WAVEGEN_FUSED"):
-        monkeypatch.delenv(name, raising=False)
+def _restore_threads_and_steps():
+    """The benchmarks set torch's thread count and switch the fused steps on and off in ``os.environ``: put both
+    back as they were (monkeypatch would not undo a variable the benchmark sets that was unset before)."""
+    names = ("ARCORE_FUSED", "PIXELGEN_FUSED", "WAVEGEN_FUSED")
+    saved = {name: os.environ.pop(name, None) for name in names}
     threads = torch.get_num_threads()
     yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     torch.set_num_threads(threads)
 
 
