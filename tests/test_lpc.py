@@ -16,9 +16,9 @@ from tests.contract import causality_violations, randomise, sample_both_ways, st
 from tests.test_vocoder import RATE, TINY, random_cond, speech_like
 from wavegen import lpc
 from wavegen.data import mu_law_encode
-from wavegen.wavenet_step import FusedStep
 from wavegen.quality import baselines, griffin_lim, pesq_score, score, stoi_joined, stoi_score
 from wavegen.wavenet import AudioCond, WaveNet, decode_mu_law
+from wavegen.wavenet_step import FusedStep
 
 
 def predictive(dtype: torch.dtype = torch.float64, **kwargs) -> WaveNet:

@@ -22,9 +22,9 @@ from tests.test_wavegen_cli import read_pcm, tiny_config
 from tests.tiny_configs import untrained_checkpoint
 from wavegen.cli import main
 from wavegen.data import AudioDataModule, mu_law_encode
-from wavegen.wavenet_step import FusedStep
 from wavegen.quality import VocoderQuality, mel_distance, pesq_score, stoi_score
 from wavegen.wavenet import AudioCond, Upsampler, WaveNet, decode_mu_law, upsample_factors
+from wavegen.wavenet_step import FusedStep
 
 RATE = 8000
 TINY = {"residual_channels": 6, "gate_channels": 8, "skip_channels": 5, "head_channels": 7, "quantization": 16}

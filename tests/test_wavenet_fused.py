@@ -10,8 +10,8 @@ from arcore.engine import stepper
 from arcore.errors import UsageError
 from tests.contract import randomise, sample_both_ways
 from tests.test_native import no_compiler
-from wavegen.wavenet_step import FusedStep, gate_folded, kernel, weight_dtype
 from wavegen.wavenet import AudioCond, WaveNet
+from wavegen.wavenet_step import FusedStep, gate_folded, kernel, weight_dtype
 
 # widths that are not multiples of the kernel's 16-column panels, so the padding is exercised too
 WIDTHS = {"residual_channels": 20, "gate_channels": 36, "skip_channels": 17, "head_channels": 33, "quantization": 40}
