@@ -13,15 +13,18 @@ def two_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
 
-def loadavg(monkeypatch, running: int) -> None:
-    """Make /proc/loadavg report ``running`` runnable tasks (this process among them)."""
+def loadavg(monkeypatch, *running: int) -> None:
+    """Make successive reads of /proc/loadavg report these runnable-task counts (this process among them); the last
+    one repeats."""
+    counts = list(running)
     real_open = open
 
     def fake_open(path, *args, **kwargs):
         if path == "/proc/loadavg":
             from io import StringIO
 
-            return StringIO(f"5.00 4.00 3.00 {running}/300 12345\n")
+            count = counts.pop(0) if len(counts) > 1 else counts[0]
+            return StringIO(f"5.00 4.00 3.00 {count}/300 12345\n")
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", fake_open)
@@ -52,15 +55,5 @@ def test_without_proc_loadavg_every_core_counts_as_free(two_cores, monkeypatch):
 
 
 def test_the_median_reading_ignores_a_passing_burst(monkeypatch):
-    readings = iter(["9/300", "1/300", "1/300", "2/300", "1/300"])
-    real_open = open
-
-    def fake_open(path, *args, **kwargs):
-        if path == "/proc/loadavg":
-            from io import StringIO
-
-            return StringIO(f"0.1 0.1 0.1 {next(readings)} 1\n")
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", fake_open)
+    loadavg(monkeypatch, 9, 1, 1, 2, 1)
     assert threads.busy_cores(interval=0) == 0
