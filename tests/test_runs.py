@@ -207,7 +207,10 @@ class SlowSteps(pl.Callback):
 
 
 def fit_process(config: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pixelgen.cli", "fit", "--config", str(config), *args], cwd=ROOT,
+    """A ``fit`` in its own process, on one thread: runs compared bit for bit must add their sums in one order, and
+    the automatic choice would give each run the cores that were free when it started."""
+    return subprocess.Popen([sys.executable, "-m", "pixelgen.cli", "fit", "--config", str(config), "--threads", "1",
+                             *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
