@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 Capture = bool | str | Callable[..., Any]  # False: eager; True: the device's default; else a compile backend
 
 OPTIONS = {**options("", "temperature", "top_k", "top_p"), "greedy=True": "--greedy"}
+MIN_TEMPERATURE = 1e-3  # the smallest temperature a draw accepts; greedy is the limit below it
 """The ``sample`` commands' spelling of these settings, for errors (:class:`arcore.errors.UsageError`)."""
 
 
@@ -41,7 +42,7 @@ class Decoding:
     """How to pick a code from logits: a draw from the tempered, top-k / top-p filtered softmax, or the most
     likely code when ``greedy``."""
 
-    temperature: float = option(1.0, "> 0: below 1 sharpens each step's distribution, above 1 flattens it",
+    temperature: float = option(1.0, ">= 0.001: below 1 sharpens each step's distribution, above 1 flattens it",
                                 type=float)
     top_k: int | None = option(None, "draw from the K most likely codes only (default: all codes)", type=int)
     top_p: float | None = option(
@@ -57,6 +58,9 @@ class Decoding:
                              f"code at each step)", OPTIONS)
         if not math.isfinite(self.temperature):
             raise UsageError(f"temperature must be finite, got {self.temperature}", OPTIONS)
+        if self.temperature < MIN_TEMPERATURE:  # logits divided by it would overflow to ties of inf
+            raise UsageError(f"temperature must be at least {MIN_TEMPERATURE:g}, got {self.temperature:g} (use "
+                             f"greedy=True for the most likely code at each step)", OPTIONS)
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"top_k must be >= 1, got {self.top_k}", OPTIONS)
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:

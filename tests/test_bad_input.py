@@ -115,6 +115,8 @@ ROWS = [
      "temperature must be finite, got inf"),
     ("temperature negative", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --temperature -1",
      "temperature must be > 0, got -1.0"),
+    ("temperature denormal", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --temperature 1e-45",
+     "--temperature must be at least 0.001, got 1e-45 (use --greedy for"),
     ("top-k 0", "pixelgen", "sample --ckpt {pixelcnn_ckpt} --out {out}.png --top-k 0", "--top-k must be >= 1"),
     # non-finite, absurd or out-of-range numbers
     ("batch size 0", "wavegen", "sample --ckpt {wavenet_ckpt} --out {out}.wav --speaker 0 --batch-size 0",
