@@ -12,9 +12,10 @@ without an edit to this module.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 from typing import Any
 
 from arcore.decoding import SampleOptions
@@ -103,21 +104,53 @@ def sample_options(args: argparse.Namespace, settings: type = SampleOptions, **f
     return replace(settings(**values), **fixed)
 
 
-def launch(tool: str, argv: Sequence[str] | None, *, about: str, sample: str, examples: Sequence[str],
-           sample_main: Callable[[Sequence[str]], None], run: Callable[[Sequence[str] | None], int]) -> int:
-    """Run one command line of ``tool``; returns the exit status. No command, or ``--help``: :func:`overview`
-    (``sample`` is that command's line); ``sample``: ``sample_main`` with the arguments after it, which parses them
-    before it imports anything heavy, a bad input printed as one line with exit status 2; anything else:
-    ``run(argv)``, the Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(overview(tool, about, sample, examples))
+@dataclass(frozen=True)
+class Tool:
+    """One console script (``pixelgen``, ``wavegen``): its help texts, its ``sample`` parser, and where the code of
+    its commands lives, named as ``"module:attribute"`` so that it is imported only once the arguments parse."""
+
+    name: str
+    about: str  # the first line of ``--help``
+    sample: str  # the ``sample`` command's line in ``--help``
+    examples: Sequence[str]  # commands ``--help`` suggests, each runnable as written from the project's folder
+    parser: Callable[[], argparse.ArgumentParser]  # the ``sample`` options (:func:`sample_parser` plus the tool's)
+    sample_run: str  # what draws once the ``sample`` options parse, e.g. ``"pixelgen.sample_cli:sample"``
+    data_module: str  # the LightningDataModule of the Lightning commands, e.g. ``"pixelgen.data:ImageDataModule"``
+    register_models: Callable[[], None]  # imports the model modules whose classes the tool's files may name
+
+    def sample_main(self, argv: Sequence[str]) -> None:
+        """``sample``: the options parsed (``--help`` prints here), then the draw, which loads torch."""
+        args = self.parser().parse_args(list(argv))
+        draw = _resolve(self.sample_run)
+        self.register_models()
+        draw(args)
+
+    def run(self, argv: Sequence[str] | None) -> int:
+        """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
+        from arcore.cli.main import run
+
+        data_module = _resolve(self.data_module)
+        self.register_models()
+        return run(self.name, data_module, self.sample_main, argv)
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """Run one command line; returns the exit status. No command, or ``--help``: :func:`overview`; ``sample``:
+        :meth:`sample_main`, a bad input printed as one line with exit status 2; anything else: :meth:`run`."""
+        args = list(sys.argv[1:] if argv is None else argv)
+        if not args or args[0] in ("-h", "--help"):
+            print(overview(self.name, self.about, self.sample, self.examples))
+            return 0
+        if args[0] != "sample":
+            return self.run(argv)
+        try:
+            self.sample_main(args[1:])
+        except UsageError as exc:
+            print(f"{self.name}: error: {exc.for_command_line().strip().splitlines()[0]}", file=sys.stderr)
+            return 2
         return 0
-    if args[0] != "sample":
-        return run(argv)
-    try:
-        sample_main(args[1:])
-    except UsageError as exc:
-        print(f"{tool}: error: {exc.for_command_line().strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-    return 0
+
+
+def _resolve(target: str) -> Any:
+    """The attribute named by ``"module:attribute"``, its module imported."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from arcore.lazy import lazy_names
 
 if TYPE_CHECKING:
     import torch
@@ -46,13 +48,4 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Autoregr
     return load_checkpoint(path, "pixelgen", map_location, command=None).eval()
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'pixelgen' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, __all__)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from arcore.launch import launch, sample_parser
+from arcore.launch import Tool, sample_parser
 from pixelgen import register_models
 
 ABOUT = ("Autoregressive image models: a gated PixelCNN and a small image GPT, trained on MNIST, CIFAR-10 or a folder "
@@ -44,28 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_main(argv: Sequence[str]) -> None:
-    """``pixelgen sample``: the options parsed (``--help`` prints here), then the draw (:mod:`pixelgen.sample_cli`,
-    which loads torch)."""
-    args = _parser().parse_args(list(argv))
-    from pixelgen.sample_cli import sample
-
-    register_models()
-    sample(args)
-
-
-def _run(argv: Sequence[str] | None) -> int:
-    """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
-    from arcore.cli.main import run
-    from pixelgen.data import ImageDataModule
-
-    register_models()
-    return run("pixelgen", ImageDataModule, sample_main, argv)
+TOOL = Tool("pixelgen", ABOUT, SAMPLE, EXAMPLES, _parser, sample_run="pixelgen.sample_cli:sample",
+            data_module="pixelgen.data:ImageDataModule", register_models=register_models)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``pixelgen``; returns the exit status (2 with one error line for bad input)."""
-    return launch("pixelgen", argv, about=ABOUT, sample=SAMPLE, examples=EXAMPLES, sample_main=sample_main, run=_run)
+    return TOOL.main(argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[t
 
 
 def sample(args: argparse.Namespace) -> None:
-    """``pixelgen sample`` once its options are parsed (:func:`pixelgen.cli.sample_main`): a PNG grid of samples,
+    """``pixelgen sample`` once its options are parsed (:mod:`pixelgen.cli`): a PNG grid of samples,
     completions or beam-search completions from a checkpoint."""
     check_sample_args(args)
     if args.beams < 0 or args.prime_rows < 0:

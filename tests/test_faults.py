@@ -19,20 +19,7 @@ from arcore.checkpoint import read_checkpoint
 from arcore.files import write_atomically
 from pixelgen.cli import main as pixelgen
 from tests.test_pixelgen_cli import make_folder_dataset
-from tests.test_runs import KILL_CONFIG, fit_process
-
-
-def same_training_state(a: dict, b: dict) -> None:
-    """The raw weights, the EMA average, the optimiser moments and the schedule of two checkpoints are equal."""
-    assert a["global_step"] == b["global_step"]
-    for key in ("state_dict", "current_model_state"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after the resume"
-    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer_states"][0]["state"].values(),
-                                                             b["optimizer_states"][0]["state"].values())]
-    assert moments and all(torch.equal(x, y) for x, y in moments)
-    assert a["lr_schedulers"] == b["lr_schedulers"]
+from tests.test_runs import KILL_CONFIG, fit_process, same_training_state
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,19 @@ def fit_process(config: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def same_training_state(a: dict, b: dict) -> None:
+    """The raw weights, the EMA average, the optimiser moments and the schedule of two checkpoints are equal."""
+    assert a["global_step"] == b["global_step"]
+    for key in ("state_dict", "current_model_state"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after the resume"
+    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer_states"][0]["state"].values(),
+                                                             b["optimizer_states"][0]["state"].values())]
+    assert moments and all(torch.equal(x, y) for x, y in moments)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
 def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     data = make_folder_dataset(tmp_path / "data")
     configs = {}
@@ -238,15 +251,8 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
     a = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     b = read_checkpoint(last)
-    assert a["global_step"] == b["global_step"] == 6 * 5  # 20 training images, batch 4, 6 epochs
-    for key in ("state_dict", "current_model_state"):  # EMA weights and raw weights
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after the resume"
-    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer_states"][0]["state"].values(),
-                                                             b["optimizer_states"][0]["state"].values())]
-    assert moments and all(torch.equal(x, y) for x, y in moments)
-    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert a["global_step"] == 6 * 5  # 20 training images, batch 4, 6 epochs
+    same_training_state(a, b)
 
 
 class PoisonGradient(pl.Callback):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from arcore.launch import launch, sample_parser
+from arcore.launch import Tool, sample_parser
 from wavegen import register_models
 
 ABOUT = "WaveNet over 8-bit mu-law audio: speech, spoken digits, and a vocoder that resynthesises log-mel frames."
@@ -49,28 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_main(argv: Sequence[str]) -> None:
-    """``wavegen sample``: the options parsed (``--help`` prints here), then the draw (:mod:`wavegen.sample_cli`,
-    which loads torch)."""
-    args = _parser().parse_args(list(argv))
-    from wavegen.sample_cli import sample
-
-    register_models()
-    sample(args)
-
-
-def _run(argv: Sequence[str] | None) -> int:
-    """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
-    from arcore.cli.main import run
-    from wavegen.data import AudioDataModule
-
-    register_models()
-    return run("wavegen", AudioDataModule, sample_main, argv)
+TOOL = Tool("wavegen", ABOUT, SAMPLE, EXAMPLES, _parser, sample_run="wavegen.sample_cli:sample",
+            data_module="wavegen.data:AudioDataModule", register_models=register_models)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``wavegen``; returns the exit status (2 with one error line for bad input)."""
-    return launch("wavegen", argv, about=ABOUT, sample=SAMPLE, examples=EXAMPLES, sample_main=sample_main, run=_run)
+    return TOOL.main(argv)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def _clip_paths(out: Path, n: int) -> list[Path]:
 
 
 def sample(args: argparse.Namespace) -> None:
-    """``wavegen sample`` once its options are parsed (:func:`wavegen.cli.sample_main`): draw clips from a checkpoint
+    """``wavegen sample`` once its options are parsed (:mod:`wavegen.cli`): draw clips from a checkpoint
     with the cached engine and write 16-bit PCM WAVs, or resynthesise ``--mel-from`` inputs with a vocoder."""
     check_sample_args(args)
     for option, seconds in (("--seconds", args.seconds), ("--prime-seconds", args.prime_seconds)):
