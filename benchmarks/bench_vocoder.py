@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine
+from benchmarks.common import load_vocoders, machine, speech_like, tiny_vocoder
 
 
 def rows(data_root: str, models: dict[str, Any], temperatures: list[float], clips: int, seconds: float
@@ -55,21 +55,13 @@ def rows(data_root: str, models: dict[str, Any], temperatures: list[float], clip
 
 def tiny_setup(folder: Path) -> tuple[str, dict[str, Any]]:
     """A speech-like folder in ``folder`` and an untrained predictive 2-layer vocoder."""
-    import numpy as np
     import soundfile
-
-    from wavegen.wavenet import WaveNet
 
     audio = folder / "audio"
     audio.mkdir()
-    t = np.arange(8000) / 8000
     for i in range(40):
-        voice = sum(np.sin(2 * np.pi * k * (120 + 5 * i) * t) / k for k in range(1, 8)) * (np.sin(6 * np.pi * t) > 0)
-        soundfile.write(audio / f"clip{i}.wav", (0.3 * voice).astype(np.float32), 8000)
-    model = WaveNet(dilations=[1, 2], residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
-                    n_mels=80, hop_length=80, cond_channels=4, upsample="transposed", cond_layers=1, lpc_order=8,
-                    preemphasis=0.85)
-    return str(audio), {"untrained": model.eval()}
+        soundfile.write(audio / f"clip{i}.wav", speech_like(120 + 5 * i, 1.0), 8000)
+    return str(audio), {"untrained": tiny_vocoder()}
 
 
 def table(result: list[tuple[str, float, float, float, float | None]]) -> str:
@@ -96,9 +88,7 @@ def main(argv: list[str] | None = None) -> str:
         if args.tiny:
             root, models = tiny_setup(Path(tmp))
         else:
-            import wavegen
-
-            root, models = args.data_root, {Path(path).name: wavegen.load(path) for path in args.models}
+            root, models = args.data_root, load_vocoders(args.models)
         if not root or not models:
             parser.error("--data-root and --models are required (or --tiny)")
         clips, seconds = (2, 0.5) if args.tiny else (args.clips, args.seconds)

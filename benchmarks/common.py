@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -84,3 +85,27 @@ def write_section(path: Path, title: str, body: str) -> None:
     pattern = re.compile(rf"^## {re.escape(title.split(' (')[0])}.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def speech_like(pitch: float, seconds: float, rate: int = 8000) -> np.ndarray:
+    """A voiced buzz (seven harmonics of ``pitch`` Hz) switched on and off three times a second: float32 audio for
+    the tiny smoke runs of the vocoder benchmarks."""
+    t = np.arange(round(seconds * rate)) / rate
+    voice = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in range(1, 8)) * (np.sin(6 * np.pi * t) > 0)
+    return (0.3 * voice).astype(np.float32)
+
+
+def tiny_vocoder() -> torch.nn.Module:
+    """An untrained predictive 2-layer WaveNet vocoder (8 kHz, 80 mels), in eval mode: the tiny runs' model."""
+    from wavegen.wavenet import WaveNet
+
+    return WaveNet(dilations=[1, 2], residual_channels=4, gate_channels=4, skip_channels=4, head_channels=4,
+                   n_mels=80, hop_length=80, cond_channels=4, upsample="transposed", cond_layers=1, lpc_order=8,
+                   preemphasis=0.85).eval()
+
+
+def load_vocoders(paths: list[str]) -> dict[str, torch.nn.Module]:
+    """Each weights file or checkpoint of ``paths`` loaded (``wavegen.load``), by its file name."""
+    import wavegen
+
+    return {Path(path).name: wavegen.load(path) for path in paths}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import bench_capture, bench_igpt, bench_pixelcnn, bench_wavenet
+from tests.test_audio_data import SHARED_AUDIO
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +112,62 @@ def test_bench_vocoder_runs_tiny_with_its_baselines():
     ceiling, baseline, untrained = (number(table[i][1]) for i in range(3))
     assert ceiling > baseline > untrained  # an untrained vocoder is below Griffin-Lim
     assert all(number(row[4]) > 0 for row in table[2:])
+
+
+def test_bench_digits_runs_tiny_through_the_recogniser():
+    from benchmarks import bench_digits
+
+    report = bench_digits.main(["--tiny"])
+    table = rows(report, "recognised")
+    assert [row[0] for row in table] == ["original", "8-bit mu-law round trip (ceiling)",
+                                         "Griffin-Lim, 100 iterations (baseline)", "`untrained`, temperature 0.6"]
+    counts = [tuple(map(int, row[1].split("/"))) for row in table]
+    assert all(files == 20 and 0 <= right <= 20 for right, files in counts)  # one take of 2 speakers x 10 digits
+    if counts[0][0]:
+        assert [float(row[2]) for row in table] == [round(right / counts[0][0], 2) for right, _ in counts]
+    assert table[0][3:] == ["-", "-"]  # the originals are the reference
+    assert number(table[1][3]) > number(table[3][3])  # the mu-law ceiling above an untrained vocoder
+
+
+def test_digit_recogniser_answers_a_digit_or_nothing():
+    from benchmarks.bench_digits import DIGITS, Recogniser
+
+    recognise = Recogniser()
+    noise = 0.3 * torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    assert recognise(noise, 8000) in (*DIGITS, None)
+    assert recognise(torch.zeros(8000), 8000) is None  # silence holds no word
+    assert recognise(noise, 16000) in (*DIGITS, None)  # at the model's rate already: no resampling
+
+
+@pytest.mark.parametrize(("names", "flags", "message"), [
+    ([], [], "--data-root .* holds no audio files"),
+    (["hello.wav", "1_ann_0.wav"], [], "--data-root .*1 audio file\\(s\\) not named DIGIT_SPEAKER_TAKE.*hello.wav"),
+    (["1_ann_0.wav"], ["--takes", "3"], "--takes 3: no file of --data-root"),
+    (["1_ann_0.wav"], ["--temperatures", "0"], "--temperatures must be > 0"),
+])
+def test_bench_digits_refuses_bad_input_in_one_line(tmp_path, capsys, names, flags, message):
+    import soundfile
+
+    from benchmarks import bench_digits
+    from benchmarks.common import speech_like
+
+    for name in names:
+        soundfile.write(tmp_path / name, speech_like(120, 0.5), 8000)
+    with pytest.raises(SystemExit) as exit_:
+        bench_digits.main(["--data-root", str(tmp_path), "--models", "pretrained/wavenet_vocoder.safetensors",
+                           *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(f"^bench_digits: error: {message}", err), err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason="no shared real audio on this machine")
+def test_digit_recogniser_understands_most_real_digits():
+    from benchmarks.bench_digits import DIGITS, Recogniser
+    from wavegen.data import read_audio
+
+    recognise = Recogniser()
+    files = sorted((SHARED_AUDIO / "spoken-digits").glob("*_0.wav"))
+    right = sum(recognise(read_audio(path, 8000), 8000) == DIGITS[int(path.name[0])] for path in files)
+    assert len(files) == 60 and right >= 40  # 49 of the 60 first takes with pocketsphinx 5.1.1

@@ -144,12 +144,19 @@ def resynthesize_all(model: WaveNet, clips: Sequence[torch.Tensor], speakers: Se
     return out  # type: ignore[return-value]
 
 
+def baseline_audio(model: WaveNet, clips: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The two baselines of each clip of codes as float audio: the mu-law round trip (the codes decoded) and
+    Griffin-Lim from the clip's own log-mel frames (what the vocoder is given)."""
+    decoded = [decode_mu_law(c.cpu().long(), model.num_classes) for c in clips]
+    made = [griffin_lim(model, model.log_mel(c.to(model.device).long()[None])[0], len(c)) for c in clips]
+    return decoded, made
+
+
 def baselines(model: WaveNet, clips: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
               stage: str) -> dict[str, float]:
     """``stage/*_griffin_lim`` of Griffin-Lim from each clip's frames and ``stage/*_mulaw`` of the mu-law round
     trip, both against the references."""
-    decoded = [decode_mu_law(c.cpu().long(), model.num_classes) for c in clips]
-    made = [griffin_lim(model, model.log_mel(c.to(model.device).long()[None])[0], len(c)) for c in clips]
+    decoded, made = baseline_audio(model, clips)
     return {**score(model, references, made).as_metrics(stage, "_griffin_lim"),
             **score(model, references, decoded).as_metrics(stage, "_mulaw")}
 
