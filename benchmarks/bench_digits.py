@@ -165,7 +165,7 @@ def table(result: list[Row]) -> str:
     originals = result[0][1]
     lines = ["| recognised | digits understood | of the originals | PESQ | STOI |", "|---|---|---|---|---|"]
     for what, right, files, pesq, stoi in result:
-        ratio = f"{right / originals:.2f}" if originals else "-"
+        ratio = f"{right / originals:.3f}" if originals else "-"
         scores = ("-", "-") if pesq is None or stoi is None else \
             tuple("-" if math.isnan(v) else f"{v:{f}}" for v, f in ((pesq, ".2f"), (stoi, ".3f")))
         lines.append(f"| {what} | {right}/{files} | {ratio} | {scores[0]} | {scores[1]} |")
