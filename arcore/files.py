@@ -222,7 +222,8 @@ def _acquire(lock: Path, folder: Path, holder: str) -> int:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise UsageError(f"cannot lock {folder} for this run ({exc.strerror or exc})") from None
+            raise UsageError(f"cannot lock {folder} for this run ({exc.strerror or exc}): run from a folder you can "
+                             f"write to, or name one with --trainer.default_root_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -69,6 +69,8 @@ ROWS = [
     ("record a part of the test set", "pixelgen",
      "test --config {pixelcnn} --ckpt_path {model_st} --record_metrics true --trainer.limit_test_batches 0.01",
      "--record_metrics true records a score of the whole test set, but --trainer.limit_test_batches 0.01 tests part"),
+    ("fit in a read-only folder", "pixelgen", "fit --config {pixelcnn} --trainer.default_root_dir {readonly}/run",
+     "run from a folder you can write to, or name one with --trainer.default_root_dir"),
     ("validation fraction below one batch", "pixelgen", "fit --config {pixelcnn} --trainer.limit_val_batches 0.01",
      "limit_val_batches"),
     ("the base class as the model", "pixelgen",

@@ -456,7 +456,7 @@ def test_two_fits_in_one_folder_the_second_refuses_at_start_and_every_checkpoint
     assert holder.poll() is None, "both fits ended before one was let go"
     err = refused.stderr.read().strip().splitlines()
     assert refused.returncode == 2 and len(err) == 1 and "Traceback" not in err[0], err
-    assert err[0] == (f"pixelgen: error: {tmp_path / 'run' / 'checkpoints'} is in use by another `pixelgen fit` "
+    assert err[0] == (f"pixelgen: error: {tmp_path / 'run'} is in use by another `pixelgen fit` "
                       f"(pid {holder.pid}): wait for it to end, or give this run its own folder "
                       f"(--trainer.default_root_dir and the checkpoint dirpath)")
     release.touch()

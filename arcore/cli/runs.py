@@ -182,7 +182,9 @@ class ProjectCLI(HookedCLI):
             config = self.config[subcommand]
             apply_run_name(config, self.package)
             if subcommand == "fit" and first_process():  # before anything is printed, read or built
-                self._held.enter_context(folder_lock(checkpoint_folders(config), f"{self.package} fit"))
+                root = config.trainer.get("default_root_dir")  # config.yaml and the logs: writable before anything
+                folders = checkpoint_folders(config) + ([Path(root)] if root else [])
+                self._held.enter_context(folder_lock(folders, f"{self.package} fit"))
             path = config.get("ckpt_path")
             if subcommand in EVALUATING and path in (None, "best"):
                 raise UsageError(f"`{self.package} {subcommand}` scores a trained model: pass --ckpt_path FILE "
