@@ -25,7 +25,7 @@ if [ "$STAGE" != ship ]; then
   ) &
   $W fit --config lightning_configs/wavenet_vocoder.yaml "${SPEECH[@]}"  # the config's 5,000 steps
   $W fit --config lightning_configs/wavenet_speech.yaml "${SPEECH[@]}" --trainer.max_steps 867 --trainer.max_time $LONG
-  $P fit --config lightning_configs/pixelcnn_mnist.yaml --data.root "$DATA_ROOT" --trainer.max_steps 4000
+  $P fit --config lightning_configs/pixelcnn_mnist.yaml --data.root "$DATA_ROOT" --trainer.max_steps 4000 --data.batch_size 64
   wait
 fi
 
