@@ -23,7 +23,8 @@ if [ "$STAGE" != ship ]; then
     $P fit --config lightning_configs/pixelcnn_cifar10.yaml "${CIFAR[@]}" --trainer.max_epochs 8 --trainer.max_time $LONG
     $P fit --config lightning_configs/igpt_mnist.yaml "${IGPT[@]}" --trainer.max_steps 980 --trainer.max_time $LONG
   ) &
-  $W fit --config lightning_configs/wavenet_vocoder.yaml "${SPEECH[@]}"  # the config's 5,000 steps
+  $W fit --config lightning_configs/wavenet_vocoder.yaml "${SPEECH[@]}"  # the config's 5,000 steps, then resumed
+  $W fit --config lightning_configs/wavenet_vocoder.yaml "${SPEECH[@]}" --trainer.max_steps 10000  # for a 2nd cosine
   $W fit --config lightning_configs/wavenet_speech.yaml "${SPEECH[@]}" --trainer.max_steps 867 --trainer.max_time $LONG
   $P fit --config lightning_configs/pixelcnn_mnist.yaml --data.root "$DATA_ROOT" --trainer.max_steps 4000 --data.batch_size 64
   wait
