@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 Capture = bool | str | Callable[..., Any]  # False: eager; True: the device's default; else a compile backend
 
 OPTIONS = {**options("", "temperature", "top_k", "top_p"), "greedy=True": "--greedy"}
-MIN_TEMPERATURE = 1e-3  # the smallest temperature a draw accepts; greedy is the limit below it
 """The ``sample`` commands' spelling of these settings, for errors (:class:`arcore.errors.UsageError`)."""
+MIN_TEMPERATURE = 1e-3
+"""The smallest temperature a draw accepts: logits divided by less can overflow to ties of inf (greedy is the limit
+below it)."""
 
 
 def option(default: Any, help: str, *, type: Callable[[str], Any] | None = None, flag: str | None = None) -> Any:
@@ -58,7 +60,7 @@ class Decoding:
                              f"code at each step)", OPTIONS)
         if not math.isfinite(self.temperature):
             raise UsageError(f"temperature must be finite, got {self.temperature}", OPTIONS)
-        if self.temperature < MIN_TEMPERATURE:  # logits divided by it would overflow to ties of inf
+        if self.temperature < MIN_TEMPERATURE:
             raise UsageError(f"temperature must be at least {MIN_TEMPERATURE:g}, got {self.temperature:g} (use "
                              f"greedy=True for the most likely code at each step)", OPTIONS)
         if self.top_k is not None and self.top_k < 1:
