@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported by the command line's front, before torch loads (see arcore.launch)
+if TYPE_CHECKING:  # imported by the command line's front, before torch loads (see arcore.cli.launch)
     import torch
 
 GROUPS = {"": "--", "data": "--data.", "model": "--model.init_args."}

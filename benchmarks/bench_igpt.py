@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from arcore.engine import stepper
+from arcore.sampling.engine import stepper
 from benchmarks.common import best_time, machine, matmul_flops, table, top_ops, training_step_seconds, write_section
 from pixelgen.igpt import ImageGPT, ImageGPTSampler
 from pixelgen.igpt_step import MAX_BATCH, FusedStep

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from arcore.decoding import Decoding
-from arcore.engine import stepper
+from arcore.sampling.decoding import Decoding
+from arcore.sampling.engine import stepper
 from benchmarks.common import (
     best_time,
     machine,

@@ -4,14 +4,13 @@
 ``pixelgen export``, ready to ``sample``, ``beam_search`` or score with ``log_prob`` (README, "From Python").
 
 The public names load on first use (a module ``__getattr__``, as in :mod:`arcore`), so ``import pixelgen`` and the
-``pixelgen`` command's help load neither torch nor Lightning. Each model module registers its class where it is
-defined (:func:`arcore.checkpoint.register_model`); :func:`register_models` imports them all, before a file that
-may name any of them is read.
+``pixelgen`` command's help load neither torch nor Lightning. The models are declared in the entry-point group
+``pixelgen.models`` (``pyproject.toml``), where a model of another installed distribution joins them
+(:mod:`arcore.files.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from arcore.lazy import lazy_names
 if TYPE_CHECKING:
     import torch
 
-    from arcore.module import AutoregressiveModule
+    from arcore.contract import Model
     from pixelgen.data import ImageDataModule
     from pixelgen.igpt import ImageGPT
     from pixelgen.pixelcnn import PixelCNN
@@ -28,23 +27,14 @@ if TYPE_CHECKING:
 __all__ = ["ImageDataModule", "ImageGPT", "PixelCNN", "load"]
 
 _HOMES = {"ImageDataModule": "pixelgen.data", "ImageGPT": "pixelgen.igpt", "PixelCNN": "pixelgen.pixelcnn"}
-MODEL_MODULES = ("pixelgen.pixelcnn", "pixelgen.igpt")
-"""The modules whose model classes the files of pixelgen may name."""
 
 
-def register_models() -> None:
-    """Import every model module of pixelgen, which registers its class."""
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
     """The model in a checkpoint of ``pixelgen fit`` or a weights file of ``pixelgen export``, of the class the file
     records, on ``map_location``, in eval mode. Nothing in the file runs; a damaged file, or one of ``wavegen``, is
     an :class:`arcore.UsageError`."""
-    from arcore.module import load_checkpoint
+    from arcore.files.registry import load_checkpoint
 
-    register_models()
     return load_checkpoint(path, "pixelgen", map_location, command=None).eval()
 
 

@@ -3,7 +3,7 @@
 ``fit | validate | test | predict`` are LightningCLI's (:mod:`arcore.cli`, configs in ``lightning_configs/``),
 ``export`` is shared with ``wavegen``, and ``sample`` draws a PNG grid (:mod:`pixelgen.sample_cli`). This module
 imports neither torch nor Lightning, so ``pixelgen --help`` and ``pixelgen sample --help`` print at once
-(:mod:`arcore.launch`)::
+(:mod:`arcore.cli.launch`)::
 
     pixelgen sample --ckpt pretrained/pixelcnn_mnist.safetensors --out samples.png
     pixelgen fit --config lightning_configs/pixelcnn_mnist.yaml --data.root ./data
@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from arcore.launch import Tool, sample_parser
-from pixelgen import register_models
+from arcore.cli.launch import Tool, sample_parser
 
 ABOUT = ("Autoregressive image models: a gated PixelCNN and a small image GPT, trained on MNIST, CIFAR-10 or a folder "
          "of images.")
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 TOOL = Tool("pixelgen", ABOUT, SAMPLE, EXAMPLES, _parser, sample_run="pixelgen.sample_cli:sample",
-            data_module="pixelgen.data:ImageDataModule", register_models=register_models)
+            data_module="pixelgen.data:ImageDataModule")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.data import CodesDataModule, EpochShuffle, ResumableLoader, Split, scan, warn
 from arcore.errors import UsageError, options
-from arcore.files import nothing_left_on_failure
+from arcore.files.atomic import nothing_left_on_failure
+from arcore.training.data import CodesDataModule, EpochShuffle, ResumableLoader, Split, scan, warn
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import Piece, Sampler, StepCache, previous_code
-from arcore.checkpoint import register_model
+from arcore.contract import Capabilities
 from arcore.errors import UsageError, check_labels, options
-from arcore.lightning_private import attached_datamodule
-from arcore.media import Images
-from arcore.module import AutoregressiveModule, Capabilities
+from arcore.files.media import Images
+from arcore.sampling.cache import Piece, Sampler, StepCache, previous_code
+from arcore.training.lightning_private import attached_datamodule
+from arcore.training.module import AutoregressiveModule
 from pixelgen import palette as pal
 from pixelgen.igpt_step import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
@@ -218,6 +218,11 @@ class ImageGPT(AutoregressiveModule):
     capabilities = Capabilities(completion=True)
     prime_axis = 2
 
+    @property
+    def prime_extent(self) -> int:
+        """The rows of a data image (its tokens come from a resized copy of it)."""
+        return self.image_shape[1]
+
     def prime_from_data(self, data: torch.Tensor, length: int) -> torch.Tensor:
         """The codes of the top ``length`` image rows (scaled to the model's resolution) of 8-bit images ``data``."""
         return self.encode_images(data)[:, : round(length * self.event_shape[0] / self.image_shape[1])]
@@ -353,6 +358,3 @@ class ImageGPTSampler(Sampler):
         if hasattr(self.cache, "visible"):
             self.cache.visible[..., :length] = 0.0
         self.cache.position.fill_(length)
-
-
-register_model("pixelgen", ImageGPT)  # the files of pixelgen may name it (arcore.checkpoint.MODELS)

@@ -2,8 +2,8 @@
 
 At small batches a step of the PyTorch path is a few dozen small operations per layer whose per-call overhead costs
 as much as their arithmetic. The C++ step runs a whole step in one call: every weight streamed once, split over the
-intra-op threads, no allocation. It is compiled on first use by :mod:`arcore.native` (about 20 s on 2 cores, then
-cached); where that is impossible, sampling keeps the PyTorch step (one warning). ``PIXELGEN_FUSED=0`` (or
+intra-op threads, no allocation. It is compiled on first use by :mod:`arcore.sampling.native` (about 20 s on 2 cores,
+then cached); where that is impossible, sampling keeps the PyTorch step (one warning). ``PIXELGEN_FUSED=0`` (or
 ``ARCORE_FUSED=0``) turns it off.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from arcore import native
+from arcore.sampling import native
 
 if TYPE_CHECKING:
     from pixelgen.igpt import ImageGPT

@@ -20,7 +20,7 @@ and the current input row of the horizontal stack. The vertical stack advances o
 engine runs at every row boundary); each sub-pixel step pushes only the new pixel's column through the horizontal
 stack: a handful of matrix products per layer, independent of the image size (with the mixture, once per pixel; the
 pixel's channels then only evaluate its mixture). Both pieces index by the device-side
-position only, so each is captured once and replayed (:mod:`arcore.cache`); primed rows are consumed by one
+position only, so each is captured once and replayed (:mod:`arcore.sampling.cache`); primed rows are consumed by one
 teacher-forced pass (:meth:`PixelCNNSampler.prefill`).
 """
 
@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import Piece, Sampler, StepCache
-from arcore.checkpoint import register_model
+from arcore.contract import Capabilities
 from arcore.errors import UsageError, check_labels, options
-from arcore.media import Images
-from arcore.module import AutoregressiveModule, Capabilities
+from arcore.files.media import Images
+from arcore.sampling.cache import Piece, Sampler, StepCache
+from arcore.training.module import AutoregressiveModule
 from pixelgen import mixture
 
 
@@ -461,6 +461,3 @@ def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:
     if model.num_labels and model.num_labels < datamodule.num_labels:
         raise UsageError(f"the data has {datamodule.num_labels} classes but the model only "
                          f"{model.num_labels}: set num_labels={datamodule.num_labels}", options("model", "num_labels"))
-
-
-register_model("pixelgen", PixelCNN)  # the files of pixelgen may name it (arcore.checkpoint.MODELS)

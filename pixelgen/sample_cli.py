@@ -1,5 +1,5 @@
 """What ``pixelgen sample`` does once its options are parsed (:mod:`pixelgen.cli`): a PNG grid of samples,
-completions of real images' top rows, or beam-search completions, drawn through :class:`arcore.sample_cli.SampleRun`.
+completions of real images' top rows, or beam-search completions, drawn through :class:`arcore.cli.sample.SampleRun`.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ import math
 
 import torch
 
-from arcore.checkpoint import read_checkpoint
-from arcore.chunks import rows
-from arcore.cli.sampling import check_fits_in_memory, output_path
+from arcore.cli.chunks import rows
+from arcore.cli.sample import SampleRun, check_fits_in_memory, check_sample_args, output_path
 from arcore.errors import UsageError
-from arcore.files import refuse_replacing_inputs
-from arcore.media import save_image_grid
-from arcore.sample_cli import SampleRun, check_sample_args
+from arcore.files.atomic import refuse_replacing_inputs
+from arcore.files.checkpoint import read_checkpoint
+from arcore.files.media import save_image_grid
 from pixelgen.data import OPTIONS, ImageDataModule
 
 DATA_OPTIONS = {**{phrase: flag.replace("--data.", "data.") for phrase, flag in OPTIONS.items()},
@@ -55,7 +54,7 @@ def sample(args: argparse.Namespace) -> None:
     sampling = SampleRun("pixelgen", args)
     model, device, n = sampling.model, sampling.device, args.num_samples
     check_fits_in_memory(n, model.num_codes)
-    height = model.image_shape[1]
+    height = model.prime_extent
     if args.prime_rows and not args.prime_rows < height:
         raise UsageError(f"--prime-rows must be between 1 and {height - 1} (the images have {height} rows), "
                          f"got {args.prime_rows}")

@@ -21,8 +21,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from arcore.checkpoint import read_checkpoint
-from arcore.media import save_wav, spectrogram_image
+from arcore.files.checkpoint import read_checkpoint
+from arcore.files.media import save_wav, spectrogram_image
 from pixelgen.cli import main as pixelgen
 from wavegen.cli import main as wavegen
 

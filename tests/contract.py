@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from arcore.engine import stepper
+from arcore.sampling.engine import stepper
 
 
 def causality_violations(model, codes: torch.Tensor, cond=None) -> list[tuple[int, int]]:

@@ -19,8 +19,8 @@ from safetensors import safe_open
 import arcore
 import pixelgen
 import wavegen
-from arcore.checkpoint import read_checkpoint
 from arcore.errors import UsageError
+from arcore.files.checkpoint import read_checkpoint
 from pixelgen.cli import main as pixelgen_main
 from tests.contract import randomise
 from tests.test_pixelgen_cli import make_folder_dataset, tiny_config
@@ -41,8 +41,8 @@ def test_the_public_names_import_and_are_the_modules_own():
     for package in (arcore, pixelgen, wavegen):
         assert all(hasattr(package, name) for name in package.__all__)
     assert issubclass(PixelCNN, AutoregressiveModule) and issubclass(WaveNet, AutoregressiveModule)
-    assert sample.__module__ == beam_search.__module__ == "arcore.engine" and Decoding.__module__ == "arcore.decoding"
-    assert StepCache.__module__ == Sampler.__module__ == "arcore.cache"
+    assert sample.__module__ == beam_search.__module__ == "arcore.sampling.engine" and Decoding.__module__ == "arcore.sampling.decoding"
+    assert StepCache.__module__ == Sampler.__module__ == "arcore.sampling.cache"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         arcore.nothing  # noqa: B018
 
@@ -148,7 +148,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = make_folder_dataset(root / "images")
     config = tiny_config(root, data)
     config.write_text(config.read_text().replace("  callbacks:\n", "  callbacks:\n    - class_path: "
-                                                 "arcore.callbacks.EMA\n      init_args: {decay: 0.5}\n"))
+                                                 "arcore.training.callbacks.EMA\n      init_args: {decay: 0.5}\n"))
     assert pixelgen_main(["fit", "--config", str(config)]) == 0
     last = root / "run" / "checkpoints" / "last.ckpt"
     shared = root / "model.safetensors"

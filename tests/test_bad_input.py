@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 import pixelgen
 from arcore.errors import UsageError
-from arcore.module import load_checkpoint
+from arcore.files.registry import load_checkpoint
 from pixelgen.cli import main as pixelgen_main
 from tests.test_audio_data import make_audio_folder, tone
 from tests.test_pixelgen_cli import make_folder_dataset
@@ -74,7 +74,7 @@ ROWS = [
     ("validation fraction below one batch", "pixelgen", "fit --config {pixelcnn} --trainer.limit_val_batches 0.01",
      "limit_val_batches"),
     ("the base class as the model", "pixelgen",
-     ("fit --model arcore.module.AutoregressiveModule --data.dataset folder --data.root {missing} --trainer.logger "
+     ("fit --model arcore.training.module.AutoregressiveModule --data.dataset folder --data.root {missing} --trainer.logger "
       "false --trainer.default_root_dir {out}"), "--model: AutoregressiveModule is the base of the models, not one"),
     # outputs that would replace (or join) the inputs
     ("resynthesis over its recording", "wavegen",
@@ -193,7 +193,7 @@ ROWS = [
     ("test, no checkpoint yet", "pixelgen", "test --config {pixelcnn}",
      "ckpt_path: last found no checkpoint in {pixelcnn_dir}/run/checkpoints"),
     ("predict, no checkpoint yet", "pixelgen", ("predict --config {pixelcnn} "
-                                               "--trainer.callbacks+=arcore.callbacks.LikelihoodWriter "
+                                               "--trainer.callbacks+=arcore.training.callbacks.LikelihoodWriter "
                                                "--trainer.callbacks.path {keep_csv}"), "found no checkpoint"),
     ("validate, no checkpoint yet", "wavegen", "validate --config {wavenet}", "found no checkpoint"),
     ("test, no ckpt_path", "pixelgen", "test --config {pixelcnn} --ckpt_path null", "scores a trained model"),
@@ -350,7 +350,7 @@ def weights_variants(source: Path, folder: Path) -> dict[str, Path]:
     from safetensors.torch import load as load_tensors
     from safetensors.torch import save as save_tensors
 
-    from arcore.weights import encode
+    from arcore.files.weights import encode
 
     data = source.read_bytes()
     header = 8 + int.from_bytes(data[:8], "little")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.callbacks import SampleLogger
-from arcore.engine import stepper
-from arcore.media import Images
-from arcore.module import AutoregressiveModule
+from arcore.files.media import Images
+from arcore.sampling.engine import stepper
+from arcore.training.callbacks import SampleLogger
+from arcore.training.module import AutoregressiveModule
 from pixelgen.cli import main as pixelgen_main
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN

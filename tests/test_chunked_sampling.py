@@ -1,4 +1,4 @@
-"""Sampling in chunks (`arcore.chunks`, `--batch-size`): order, one generator across chunks, halving on
+"""Sampling in chunks (`arcore.cli.chunks`, `--batch-size`): order, one generator across chunks, halving on
 out-of-memory, and Ctrl-C keeping the finished samples, for `pixelgen sample` and `wavegen sample`."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import soundfile
 import torch
 from PIL import Image
 
-from arcore.chunks import draw_in_chunks, is_out_of_memory
+from arcore.cli.chunks import draw_in_chunks, is_out_of_memory
 from arcore.errors import UsageError
-from arcore.media import image_grid
+from arcore.files.media import image_grid
 from pixelgen.cli import main as pixelgen_main
 from pixelgen.pixelcnn import PixelCNN
 from tests.tiny_configs import untrained_checkpoint

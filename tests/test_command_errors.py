@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arcore.checkpoint import read_checkpoint
+from arcore.files.checkpoint import read_checkpoint
 from pixelgen.cli import main as pixelgen
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_audio_data import make_audio_folder
@@ -24,6 +24,7 @@ from wavegen.wavenet import WaveNet
 MAINS = {"pixelgen": pixelgen, "wavegen": wavegen}
 FLAG = re.compile(r"(?<![\w.-])--[a-z][\w.-]*[\w]")
 MODELS = {"pixelgen": ("PixelCNN", "ImageGPT"), "wavegen": ("WaveNet",)}
+DATA = {"pixelgen": "ImageDataModule", "wavegen": "AudioDataModule"}
 
 
 def printed_help(tool: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -38,13 +39,16 @@ def printed_help(tool: str, argv: list[str], capsys: pytest.CaptureFixture[str])
 
 
 def flags_of(tool: str, command: str, capsys: pytest.CaptureFixture[str]) -> set[str]:
-    """The flags ``tool command`` takes, read from its own help (a Lightning command's model settings from the help
-    of each model class, spelled ``--model.init_args.NAME`` as well as ``--model.NAME``)."""
+    """The flags ``tool command`` takes, read from its own help (a Lightning command's model and data settings from
+    the help of each model class and of the tool's data module, spelled ``--model.init_args.NAME`` as well as
+    ``--model.NAME``)."""
     text = printed_help(tool, [command, "--help"], capsys)
     if command != "sample" and command != "export":
         text += "".join(printed_help(tool, [command, "--model.help", name], capsys) for name in MODELS[tool])
+        text += printed_help(tool, [command, "--data.help", DATA[tool]], capsys)
     flags = set(FLAG.findall(text))
-    return flags | {flag.replace("--model.", "--model.init_args.") for flag in flags if flag.startswith("--model.")}
+    return flags | {flag.replace(f"--{group}.", f"--{group}.init_args.") for flag in flags for group in ("model", "data")
+                    if flag.startswith(f"--{group}.")}
 
 
 @pytest.fixture(scope="module")

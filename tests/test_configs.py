@@ -1,8 +1,9 @@
-"""The shipped configs: each gives only what differs from ``lightning_configs/base.yaml``, names its run once, and
+"""The shipped configs: each gives only what differs from ``arcore/cli/base.yaml``, names its run once, and
 composes over the base into the trainer, logger, checkpoints and callbacks a run needs."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -10,14 +11,15 @@ import pytest
 import yaml
 from jsonargparse import dict_to_namespace
 
-from arcore.cli.runs import BASE_CONFIG, apply_run_name, checkpoint_folders
+from arcore.cli.run_folder import apply_run_name, checkpoint_folders
+from arcore.cli.runs import BASE_CONFIG
 from pixelgen.cli import main as pixelgen
 from wavegen.cli import main as wavegen
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "lightning_configs").glob("*.yaml")
                  if p != BASE_CONFIG)
-SHARED = ["pytorch_lightning.callbacks.LearningRateMonitor", "arcore.callbacks.NonFiniteGuard",
-          "arcore.callbacks.LikelihoodWriter", "pytorch_lightning.callbacks.ModelCheckpoint"]
+SHARED = ["pytorch_lightning.callbacks.LearningRateMonitor", "arcore.training.callbacks.NonFiniteGuard",
+          "arcore.training.callbacks.LikelihoodWriter", "pytorch_lightning.callbacks.ModelCheckpoint"]
 
 
 def composed(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
@@ -84,3 +86,18 @@ def test_a_run_command_without_the_base_config_refuses_in_one_line(tmp_path, mon
     assert pixelgen(["fit", "--config", str(CONFIGS[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "base.yaml is missing" in err and "pip install -e ." in err
+
+
+def test_a_config_naming_the_callbacks_by_their_old_paths_still_runs(tmp_path, capsys):
+    """Configs written before arcore was laid out by job name ``arcore.callbacks.EMA``: the same classes."""
+    shipped = next(p for p in CONFIGS if p.stem == "pixelcnn_mnist")
+    old = tmp_path / "old.yaml"
+    old.write_text(shipped.read_text().replace("arcore.training.callbacks.", "arcore.callbacks."))
+    assert "arcore.callbacks.SampleLogger" in old.read_text() and "arcore.callbacks.EMA" in old.read_text()
+    callbacks = composed(old, capsys)["trainer"]["callbacks"]
+    from arcore.training.callbacks import EMA, SampleLogger
+
+    named = {c["class_path"].rsplit(".", 1)[-1]: c["class_path"] for c in callbacks}
+    for cls in (EMA, SampleLogger):
+        module, _, name = named[cls.__name__].rpartition(".")
+        assert getattr(importlib.import_module(module), name) is cls

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from arcore.decoding import Decoding
-from arcore.engine import stepper
+from arcore.sampling.decoding import Decoding
+from arcore.sampling.engine import stepper
 from tests.test_capture import MODELS, PIECES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from arcore.cache import StepCache
-from arcore.decoding import Decoding, SampleOptions, gumbel, top_p_filter
-from arcore.engine import stepper
 from arcore.errors import UsageError
+from arcore.sampling.cache import StepCache
+from arcore.sampling.decoding import Decoding, SampleOptions, gumbel, top_p_filter
+from arcore.sampling.engine import stepper
 from pixelgen.pixelcnn import PixelCNN
 from tests.contract import randomise
 
@@ -79,12 +79,12 @@ def test_same_seed_same_samples_other_seed_other_samples():
 def test_noise_drawn_in_blocks_is_the_noise_drawn_per_position(monkeypatch):
     """The CPU engine draws a block of positions' noise per generator call: the codes, and where the generator's
     stream ends, are those of one call per position."""
-    import arcore.engine
+    import arcore.sampling.engine
 
     model = tiny((1, 5, 5), levels=4)
     blocked_gen = torch.Generator().manual_seed(5)
     blocked = model.sample(3, generator=blocked_gen)
-    monkeypatch.setattr(arcore.engine, "NOISE_BLOCK", 1)  # one position per call
+    monkeypatch.setattr(arcore.sampling.engine, "NOISE_BLOCK", 1)  # one position per call
     single_gen = torch.Generator().manual_seed(5)
     single = model.sample(3, generator=single_gen)
     assert torch.equal(blocked, single) and len(blocked.unique()) == 4
@@ -93,7 +93,7 @@ def test_noise_drawn_in_blocks_is_the_noise_drawn_per_position(monkeypatch):
         torch.empty(3, 4).uniform_(generator=stream)
     assert torch.equal(blocked_gen.get_state(), stream.get_state())
     assert torch.equal(single_gen.get_state(), stream.get_state())
-    monkeypatch.setattr(arcore.engine, "NOISE_BLOCK", 3 * 4 * 7)  # blocks of 7 positions: 25 = 3 x 7 + 4
+    monkeypatch.setattr(arcore.sampling.engine, "NOISE_BLOCK", 3 * 4 * 7)  # blocks of 7 positions: 25 = 3 x 7 + 4
     assert torch.equal(model.sample(3, generator=torch.Generator().manual_seed(5)), blocked)
 
 
@@ -219,8 +219,8 @@ def test_a_new_setting_is_a_field_and_reaches_the_command_line_from_there():
     import argparse
     from dataclasses import dataclass
 
-    from arcore.decoding import option
-    from arcore.launch import add_sample_options, sample_options
+    from arcore.cli.launch import add_sample_options, sample_options
+    from arcore.sampling.decoding import option
 
     @dataclass(frozen=True)
     class WithMinP(SampleOptions):

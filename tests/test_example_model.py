@@ -15,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.callbacks import SampleLogger
 from arcore.cli.export import export_main
 from arcore.errors import UsageError
-from arcore.module import load_checkpoint
+from arcore.training.callbacks import SampleLogger
+from arcore.files.registry import load_checkpoint
 from tests.contract import brute_force_log_prob, causality_violations, randomise, step_logit_error
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "tiny_char_model.py"
@@ -114,10 +114,10 @@ def test_the_engine_samples_a_plain_module_without_lightning():
         import sys
         import torch
         from torch import nn
-        from arcore.cache import ForwardSampler
-        from arcore.engine import sample
+        from arcore.sampling.cache import ForwardSampler
+        from arcore.sampling.engine import sample
 
-        class Bigram(nn.Module):  # p(x_t | x_t-1): the contract of arcore.engine.Autoregressive, nothing more
+        class Bigram(nn.Module):  # p(x_t | x_t-1): the contract of arcore.sampling.engine.Autoregressive, nothing more
             num_classes = 3
 
             def __init__(self):

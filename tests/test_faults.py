@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from arcore.checkpoint import read_checkpoint
-from arcore.files import write_atomically
+from arcore.files.atomic import write_atomically
+from arcore.files.checkpoint import read_checkpoint
 from pixelgen.cli import main as pixelgen
 from tests.test_pixelgen_cli import make_folder_dataset
 from tests.test_runs import KILL_CONFIG, fit_process, same_training_state
@@ -69,13 +69,13 @@ def test_a_signal_mid_epoch_saves_the_step_and_the_resumed_run_ends_with_the_uni
         f"it at an epoch's end), or start a new run")
 
     plain = tmp_path / "no_ema.yaml"  # the trained weights would be dropped for the average
-    plain.write_text(config.read_text().replace("    - class_path: arcore.callbacks.EMA\n      init_args: {decay: 0.9}\n",
+    plain.write_text(config.read_text().replace("    - class_path: arcore.training.callbacks.EMA\n      init_args: {decay: 0.9}\n",
                                                 ""))
     assert plain.read_text() != config.read_text()
     assert pixelgen(["fit", "--config", str(plain)]) == 2
     assert capfd.readouterr().err.strip().splitlines()[-1] == (
         f"pixelgen: error: {last} was trained with EMA (a weight average): resuming without it would go on from the "
-        f"average and drop the trained weights; add --trainer.callbacks+=arcore.callbacks.EMA, or start a new run")
+        f"average and drop the trained weights; add --trainer.callbacks+=arcore.training.callbacks.EMA, or start a new run")
     resumed = fit_process(config)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
     same_training_state(whole, read_checkpoint(last))
@@ -189,7 +189,7 @@ def test_a_checkpoint_larger_than_memory_is_refused_before_it_is_read(tmp_path, 
 
 
 def test_a_non_finite_test_metric_is_never_recorded(tmp_path):
-    from arcore.cli.runs import record_test_metrics
+    from arcore.cli.record import record_test_metrics
     from arcore.errors import UsageError
 
     path = tmp_path / "model.safetensors"

@@ -14,8 +14,8 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from arcore.engine import stepper
 from arcore.errors import UsageError
+from arcore.sampling.engine import stepper
 from pixelgen.cli import main
 from pixelgen.data import ImageDataModule
 from pixelgen.igpt import ImageGPT
@@ -256,7 +256,7 @@ def test_checkpoint_samples_the_same_images_in_a_fresh_process_without_data(tmp_
         for path in sorted(folder.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
     out = tmp_path / "sampled.pt"
-    script = ("import sys, torch; from arcore.module import load_checkpoint; "
+    script = ("import sys, torch; from arcore.files.registry import load_checkpoint; "
               "model = load_checkpoint(sys.argv[1], 'pixelgen').eval(); "
               "codes = model.sample(3, cond=torch.tensor([0, 1, 1]), generator=torch.Generator().manual_seed(7)); "
               "torch.save(model.render_samples(codes).pixels, sys.argv[2])")
@@ -269,7 +269,7 @@ def test_pixelgen_cli_fits_tests_and_completes_images(tmp_path, capsys):
     data = make_folder_data(tmp_path / "images")
     config = tmp_path / "igpt.yaml"
     ema = """
-    - class_path: arcore.callbacks.EMA"""  # as in the shipped configs: its average must carry the fitted palette
+    - class_path: arcore.training.callbacks.EMA"""  # as in the shipped configs: its average must carry the fitted palette
     config.write_text(trainer_yaml(tmp_path / "run", max_steps=2, callbacks=ema) + f"""
 model:
   class_path: pixelgen.igpt.ImageGPT

@@ -1,4 +1,4 @@
-"""The private Lightning names this project relies on (arcore.lightning_private): the installed Lightning is the
+"""The private Lightning names this project relies on (arcore.training.lightning_private): the installed Lightning is the
 pinned one and still has every one of them, and no other module of the project reaches into Lightning's privates."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
-from arcore import lightning_private
-from arcore.lightning_private import TOUCHED, attached_datamodule, attached_trainer, average_model
+from arcore.training import lightning_private
+from arcore.training.lightning_private import TOUCHED, attached_datamodule, attached_trainer, average_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.callbacks import SampleLogger
-from arcore.cli.runs import wandb_offline_unless_configured
+from arcore.cli.wandb_run import wandb_offline_unless_configured
+from arcore.training.callbacks import SampleLogger
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_palette import COLOURS, patch_images
@@ -72,7 +72,7 @@ def fit_briefly(model: pl.LightningModule, codes: torch.Tensor, logger, root: Pa
 
 
 def tiles(path: Path, size: int, count: int, per_row: int) -> list[np.ndarray]:
-    """The first ``count`` square tiles of a grid PNG written by ``arcore.media`` (2 pixels of padding)."""
+    """The first ``count`` square tiles of a grid PNG written by ``arcore.files.media`` (2 pixels of padding)."""
     grid = np.asarray(Image.open(path))
     corners = [(2 + r * (size + 2), 2 + q * (size + 2)) for r, q in (divmod(i, per_row) for i in range(count))]
     return [grid[y: y + size, x: x + size] for y, x in corners]
@@ -142,7 +142,7 @@ def test_tensorboard_gets_the_pictures_and_audio_and_files_land_in_its_log_dir(k
 def test_a_fit_prints_its_own_lines_and_real_warnings_but_no_third_party_noise(tmp_path):
     """A tiny fit over the base config (the W&B logger, offline; checkpoints that save last.ckpt; ckpt_path: last
     with nothing to resume yet), run as a user runs it: Lightning's litlogger tip, torch's LeafSpec deprecation,
-    W&B's anonymous-setting warning and Lightning's save_last hint are gone (arcore.quiet), a real warning of
+    W&B's anonymous-setting warning and Lightning's save_last hint are gone (arcore.training.quiet), a real warning of
     Lightning's (too few batches for the logging interval) is still there."""
     config = tmp_path / "run.yaml"
     config.write_text(f"""

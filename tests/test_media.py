@@ -7,7 +7,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from arcore.media import image_grid, save_wav, spectrogram_image
+from arcore.files.media import image_grid, save_wav, spectrogram_image
 
 
 def test_image_grid_tiles_grey_and_colour_images():

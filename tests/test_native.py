@@ -1,4 +1,4 @@
-"""The native-build helper (arcore.native): builds that never block each other, the fallback, the switches."""
+"""The native-build helper (arcore.sampling.native): builds that never block each other, the fallback, the switches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from arcore import native
+from arcore.sampling import native
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
@@ -26,7 +26,7 @@ PyMODINIT_FUNC INIT(TORCH_EXTENSION_NAME)(void) {
   return module;
 }
 """
-LOAD = "import sys; from pathlib import Path; from arcore import native; native.load('probe', Path(sys.argv[1]), " \
+LOAD = "import sys; from pathlib import Path; from arcore.sampling import native; native.load('probe', Path(sys.argv[1]), " \
        "what='the probe')"
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from arcore.engine import stepper
 from arcore.errors import UsageError
+from arcore.sampling.engine import stepper
 from pixelgen.cli import main
 from pixelgen.pixelcnn import PixelCNN
 from tests.contract import brute_force_log_prob, causality_violations, randomise, sample_both_ways, step_logit_error

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from arcore.checkpoint import read_checkpoint
 from arcore.errors import UsageError
+from arcore.files.checkpoint import read_checkpoint
 from pixelgen.cli import main
 from pixelgen.data import ImageDataModule, quantise
 from pixelgen.pixelcnn import PixelCNN
@@ -40,7 +40,7 @@ def make_folder_dataset(root: Path, size: int = 8, per_class: int = 12) -> Path:
 def tiny_config(tmp_path: Path, data_root: Path) -> Path:
     config = tmp_path / "tiny.yaml"
     sample_logger = """
-    - class_path: arcore.callbacks.SampleLogger
+    - class_path: arcore.training.callbacks.SampleLogger
       init_args: {num_samples: 4}"""
     config.write_text(trainer_yaml(tmp_path / "run", callbacks=sample_logger) + f"""
 model:

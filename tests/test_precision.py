@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from arcore.module import AutoregressiveModule
+from arcore.training.module import AutoregressiveModule
 from pixelgen.cli import main as pixelgen
 from tests.test_audio_data import make_audio_folder
 from tests.test_igpt import tiny as tiny_igpt

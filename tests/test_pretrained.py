@@ -17,7 +17,7 @@ import torch
 
 import pixelgen
 import wavegen
-from arcore.weights import split
+from arcore.files.weights import split
 from pixelgen.cli import main as pixelgen_main
 from wavegen.cli import main as wavegen_main
 

@@ -23,12 +23,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-import arcore.files
-from arcore.callbacks import EMA, NonFiniteGuard
-from arcore.checkpoint import read_checkpoint
+import arcore.files.atomic
 from arcore.cli.runs import AtomicCheckpointIO
 from arcore.errors import UsageError
-from arcore.module import load_checkpoint
+from arcore.files.checkpoint import read_checkpoint
+from arcore.training.callbacks import EMA, NonFiniteGuard
+from arcore.files.registry import load_checkpoint
 from pixelgen.cli import main as pixelgen
 from pixelgen.data import ImageDataModule
 from pixelgen.pixelcnn import PixelCNN
@@ -105,7 +105,7 @@ def test_offline_wandb_run_records_metrics_config_and_media(tool, tmp_path, offl
         config, main, media = tiny_audio_config(tmp_path, make_audio_folder(tmp_path / "data")), wavegen, "audio"
     save_dir = tmp_path / "logs"
     extra = ["--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor",
-             "--trainer.callbacks+=arcore.callbacks.EMA", "--trainer.logger.init_args.log_model", "true"]
+             "--trainer.callbacks+=arcore.training.callbacks.EMA", "--trainer.logger.init_args.log_model", "true"]
     assert main(["fit", "--config", str(config), "--config", str(wandb_yaml(tmp_path / "wandb.yaml", save_dir)),
                  *extra]) == 0
     wandb.finish()
@@ -184,7 +184,7 @@ trainer:
   callbacks:
     - class_path: pytorch_lightning.callbacks.ModelCheckpoint
       init_args: {{dirpath: {run}/checkpoints, save_last: true, every_n_train_steps: 2}}
-    - class_path: arcore.callbacks.EMA
+    - class_path: arcore.training.callbacks.EMA
       init_args: {{decay: 0.9}}
     - class_path: tests.test_runs.SlowSteps
 model:
@@ -326,7 +326,7 @@ def test_predict_writes_each_test_examples_exact_likelihood(tmp_path, capsys):
     config = tiny_image_config(tmp_path, make_folder_dataset(tmp_path / "data"))
     assert pixelgen(["fit", "--config", str(config)]) == 0
     out = tmp_path / "scores" / "likelihoods.csv"
-    predict = ["predict", "--config", str(config), "--trainer.callbacks+=arcore.callbacks.LikelihoodWriter",
+    predict = ["predict", "--config", str(config), "--trainer.callbacks+=arcore.training.callbacks.LikelihoodWriter",
                "--trainer.callbacks.path", str(out)]
     out.parent.mkdir()
     out.write_text("an earlier file\n")
@@ -420,7 +420,7 @@ def test_a_full_disk_while_sample_overwrites_a_good_file_keeps_it_whole(tool, tm
     ckpt = untrained_checkpoint(model, tmp_path / "model.ckpt")
     assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--seed", "1", *extra]) == 0
     good = out.read_bytes()
-    monkeypatch.setattr(arcore.files, "open", lambda fd, mode: FullDisk(builtins.open(fd, mode), 20),  # noqa: SIM115
+    monkeypatch.setattr(arcore.files.atomic, "open", lambda fd, mode: FullDisk(builtins.open(fd, mode), 20),  # noqa: SIM115
                         raising=False)
     capfd.readouterr()
     assert main(["sample", "--ckpt", str(ckpt), "--out", str(out), "--seed", "2", *extra]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arcore import threads
+from arcore.training import threads
 
 
 @pytest.fixture

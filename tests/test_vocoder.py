@@ -15,7 +15,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from arcore.callbacks import SampleLogger
+from arcore.training.callbacks import SampleLogger
 from tests.contract import causality_violations, randomise, sample_both_ways, step_logit_error
 from tests.test_audio_data import make_audio_folder, tone
 from tests.test_wavegen_cli import read_pcm, tiny_config

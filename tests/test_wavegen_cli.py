@@ -26,7 +26,7 @@ def tiny_config(tmp_path: Path, data_root: Path, *, speakers: int = 0, n_mels: i
     conditioned on mel frames); ``callbacks`` are more list items, as for :func:`trainer_yaml`."""
     config = tmp_path / "tiny.yaml"
     sample_logger = """
-    - class_path: arcore.callbacks.SampleLogger
+    - class_path: arcore.training.callbacks.SampleLogger
       init_args: {num_samples: 2, audio_seconds: 0.04, num_completions: 2}"""
     config.write_text(trainer_yaml(tmp_path / "run", callbacks=sample_logger + callbacks) + f"""
 model:

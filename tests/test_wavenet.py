@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from arcore.engine import stepper
 from arcore.errors import UsageError
+from arcore.sampling.engine import stepper
 from tests.contract import (
     brute_force_log_prob,
     causality_violations,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arcore.decoding import Decoding
-from arcore.engine import stepper
 from arcore.errors import UsageError
+from arcore.sampling.decoding import Decoding
+from arcore.sampling.engine import stepper
 from tests.contract import randomise, sample_both_ways
 from tests.test_native import no_compiler
 from wavegen.wavenet import AudioCond, WaveNet

@@ -4,14 +4,13 @@
 ``wavegen export``, ready to ``sample`` (conditioned through :class:`AudioCond`), ``resynthesize`` or score.
 
 The public names load on first use (a module ``__getattr__``, as in :mod:`arcore`), so ``import wavegen`` and the
-``wavegen`` command's help load neither torch nor Lightning. The model module registers its class where it is
-defined (:func:`arcore.checkpoint.register_model`); :func:`register_models` imports it, before a file that may name
-it is read.
+``wavegen`` command's help load neither torch nor Lightning. The models are declared in the entry-point group
+``wavegen.models`` (``pyproject.toml``), where a model of another installed distribution joins them
+(:mod:`arcore.files.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,30 +19,21 @@ from arcore.lazy import lazy_names
 if TYPE_CHECKING:
     import torch
 
-    from arcore.module import AutoregressiveModule
+    from arcore.contract import Model
     from wavegen.data import AudioDataModule
     from wavegen.wavenet import AudioCond, WaveNet
 
 __all__ = ["AudioCond", "AudioDataModule", "WaveNet", "load"]
 
 _HOMES = {"AudioCond": "wavegen.wavenet", "AudioDataModule": "wavegen.data", "WaveNet": "wavegen.wavenet"}
-MODEL_MODULES = ("wavegen.wavenet",)
-"""The modules whose model classes the files of wavegen may name."""
 
 
-def register_models() -> None:
-    """Import every model module of wavegen, which registers its class."""
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> AutoregressiveModule:
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
     """The model in a checkpoint of ``wavegen fit`` or a weights file of ``wavegen export``, of the class the file
     records, on ``map_location``, in eval mode. Nothing in the file runs; a damaged file, or one of ``pixelgen``, is
     an :class:`arcore.UsageError`."""
-    from arcore.module import load_checkpoint
+    from arcore.files.registry import load_checkpoint
 
-    register_models()
     return load_checkpoint(path, "wavegen", map_location, command=None).eval()
 
 

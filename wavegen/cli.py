@@ -3,7 +3,7 @@
 ``fit | validate | test | predict`` are LightningCLI's (:mod:`arcore.cli`, configs in ``lightning_configs/``),
 ``export`` is shared with ``pixelgen``, and ``sample`` writes WAV files (:mod:`wavegen.sample_cli`). This module
 imports neither torch nor Lightning, so ``wavegen --help`` and ``wavegen sample --help`` print at once
-(:mod:`arcore.launch`)::
+(:mod:`arcore.cli.launch`)::
 
     wavegen sample --ckpt pretrained/wavenet_speech.safetensors --seconds 2 --out clip.wav
     wavegen sample --ckpt pretrained/wavenet_vocoder.safetensors --mel-from docs/wavenet_vocoder_original.wav \
@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from arcore.launch import Tool, sample_parser
-from wavegen import register_models
+from arcore.cli.launch import Tool, sample_parser
 
 ABOUT = "WaveNet over 8-bit mu-law audio: speech, spoken digits, and a vocoder that resynthesises log-mel frames."
 SAMPLE = "generate WAV clips, or resynthesise audio from its log-mel frames, from a checkpoint or a .safetensors file"
@@ -50,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 TOOL = Tool("wavegen", ABOUT, SAMPLE, EXAMPLES, _parser, sample_run="wavegen.sample_cli:sample",
-            data_module="wavegen.data:AudioDataModule", register_models=register_models)
+            data_module="wavegen.data:AudioDataModule")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from arcore.data import CodesDataModule, EpochDraws, ResumableLoader, Split, run_seed, scan, warn
 from arcore.errors import UsageError, options
-from arcore.files import nothing_left_on_failure
+from arcore.files.atomic import nothing_left_on_failure
+from arcore.training.data import CodesDataModule, EpochDraws, ResumableLoader, Split, run_seed, scan, warn
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 DIGITS_PATTERN = r"^\d+_(?P<speaker>[^_]+)_\d+$"  # DIGIT_SPEAKER_TAKE, the spoken-digits naming
@@ -112,8 +112,8 @@ def _speaker_of(path: Path, pattern: re.Pattern[str] | None) -> str | None:
 class CropDataset(Dataset):
     """Random crops of ``length`` samples from clips (drawn in proportion to their length), ``size`` per epoch.
 
-    The crop of index ``i`` is drawn from ``(seed, i)`` alone, and :class:`arcore.data.EpochDraws` hands epoch ``e``
-    the indices ``e * size + i``: fresh crops every epoch, the same ones after a resume, in any worker process.
+    The crop of index ``i`` is drawn from ``(seed, i)`` alone, and :class:`arcore.training.data.EpochDraws` hands epoch
+    ``e`` the indices ``e * size + i``: fresh crops every epoch, the same ones after a resume, in any worker process.
     """
 
     def __init__(self, clips: list[Clip], length: int, size: int, seed: int | None = None) -> None:

@@ -181,8 +181,8 @@ class VocoderQuality(pl.Callback):
     ``temperature``, and (``baselines``) of Griffin-Lim and the mu-law round trip on the same clips: logged as
     ``test/*`` at the end of ``wavegen test`` and as ``val/*`` at every ``every_n_validations``-th validation of
     ``fit`` (0: never). The held-out clips and the baselines' scores are computed once and kept. Nothing happens for
-    a model without mel conditioning. Listed before :class:`arcore.callbacks.EMA` it scores the averaged weights,
-    as validation does. Under DDP rank 0 scores alone."""
+    a model without mel conditioning. Listed before :class:`arcore.training.callbacks.EMA` it scores the averaged
+    weights, as validation does. Under DDP rank 0 scores alone."""
 
     def __init__(self, clips: int = 8, seconds: float = 2.0, every_n_validations: int = 0, batch_size: int = 8,
                  temperature: float = 1.0, seed: int = 0, baselines: bool = True) -> None:

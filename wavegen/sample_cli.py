@@ -1,6 +1,6 @@
 """What ``wavegen sample`` does once its options are parsed (:mod:`wavegen.cli`): WAV clips drawn from a WaveNet,
 continued from a prime, or resynthesised by a vocoder from the log-mel frames of ``--mel-from`` inputs, through
-:class:`arcore.sample_cli.SampleRun`.
+:class:`arcore.cli.sample.SampleRun`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 
-from arcore.chunks import rows
-from arcore.cli.sampling import check_fits_in_memory, output_path
-from arcore.decoding import SampleOptions
+from arcore.cli.chunks import rows
+from arcore.cli.sample import SampleRun, check_fits_in_memory, check_sample_args, output_path
 from arcore.errors import UsageError
-from arcore.files import check_output, refuse_replacing_inputs
-from arcore.media import save_wav
-from arcore.sample_cli import SampleRun, check_sample_args
+from arcore.files.atomic import check_output, refuse_replacing_inputs
+from arcore.files.media import save_wav
+from arcore.sampling.decoding import SampleOptions
 from wavegen.data import AUDIO_SUFFIXES, mu_law_encode, read_audio, why_unusable
 from wavegen.wavenet import WaveNet
 from wavegen.wavenet_step import FusedStep, weight_dtype

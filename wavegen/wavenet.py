@@ -25,8 +25,8 @@ Cached sampling (fast-wavenet, Paine et al. 2016): one flat ring buffer holds, p
    the residual and skip weights;
 4. every layer's new input goes into the ring with one ``index_copy_``; all skips are one matrix product.
 
-The step is one piece (:mod:`arcore.cache`): it reads its position from ``cache.position`` and the previous code
-from the engine's buffer by device index, writes only the ring, and never reads a tensor back to the host, so it
+The step is one piece (:mod:`arcore.sampling.cache`): it reads its position from ``cache.position`` and the previous
+code from the engine's buffer by device index, writes only the ring, and never reads a tensor back to the host, so it
 can be captured once and replayed at every position. A primed prefix fills the rings from one
 teacher-forced pass (:meth:`WaveNetSampler.prefill`). On the CPU in float32 the step is the fused C++ one
 (:mod:`wavegen.wavenet_step`, one call per sample for the whole batch), which keeps the same state.
@@ -43,13 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import Drawer, Piece, Sampler, StepCache, previous_code
-from arcore.checkpoint import register_model
-from arcore.decoding import Decoding, SampleOptions
+from arcore.contract import Capabilities
 from arcore.errors import UsageError, check_labels, options
-from arcore.lightning_private import attached_datamodule
-from arcore.media import Audio
-from arcore.module import AutoregressiveModule, Capabilities
+from arcore.files.media import Audio
+from arcore.sampling.cache import Drawer, Piece, Sampler, StepCache, previous_code
+from arcore.sampling.decoding import Decoding, SampleOptions
+from arcore.training.lightning_private import attached_datamodule
+from arcore.training.module import AutoregressiveModule
 from wavegen import lpc
 from wavegen.wavenet_step import FusedStep, gate_folded
 
@@ -599,6 +599,3 @@ def decode_mu_law(codes: torch.Tensor, quantization: int = 256) -> torch.Tensor:
     import torchaudio.functional as AF
 
     return AF.mu_law_decoding(codes, quantization)
-
-
-register_model("wavegen", WaveNet)  # the files of wavegen may name it (arcore.checkpoint.MODELS)

@@ -17,7 +17,7 @@ Two things take it past the per-call and cache limits of a CPU core:
   registers: the reference model's 1.94 MiB become 0.97 MiB, which stay in a 2 MiB L2 cache from one step to the
   next instead of streaming from the L3.
 
-It is built on first use by :mod:`arcore.native`; ``WAVEGEN_FUSED=0`` (or ``ARCORE_FUSED=0``) turns it off.
+It is built on first use by :mod:`arcore.sampling.native`; ``WAVEGEN_FUSED=0`` (or ``ARCORE_FUSED=0``) turns it off.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from arcore import native
-from arcore.cache import Drawer, StepCache
-from arcore.decoding import Decoding
+from arcore.sampling import native
+from arcore.sampling.cache import Drawer, StepCache
+from arcore.sampling.decoding import Decoding
 
 if TYPE_CHECKING:
     from wavegen.wavenet import WaveNet

@@ -1,21 +1,21 @@
-"""``<tool> export``: a checkpoint's model as a safetensors weights file for sharing (:mod:`arcore.weights`)."""
+"""``<tool> export``: a checkpoint's model as a safetensors weights file for sharing (:mod:`arcore.files.weights`)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from arcore import weights
-from arcore.cli.sampling import output_path
+from arcore.cli.sample import output_path
 from arcore.errors import UsageError
-from arcore.files import refuse_replacing_inputs, write_atomically
-from arcore.module import read_model
+from arcore.files import weights
+from arcore.files.atomic import refuse_replacing_inputs, write_atomically
+from arcore.files.registry import read_model
 
 
 def export_main(tool: str, argv: Sequence[str]) -> None:
     """``<tool> export --ckpt run.ckpt --out model.safetensors``: the weights ``sample`` and ``test`` use (the EMA
     average when the run kept one) and the settings to rebuild the model, in a safetensors file for sharing
-    (:mod:`arcore.weights`); no optimiser or training state. The output path is checked before any work and the
+    (:mod:`arcore.files.weights`); no optimiser or training state. The output path is checked before any work and the
     file written atomically."""
     parser = argparse.ArgumentParser(prog=f"{tool} export", description="Write a checkpoint's model as a "
                                      "safetensors weights file that sample, test and load accept.")

@@ -14,7 +14,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from arcore.cli.export import export_main
 from arcore.cli.runs import lightning_command
 from arcore.errors import UsageError
-from arcore.stopping import RunStopped, signal_name
+from arcore.files.registry import load_models
+from arcore.training.stopping import RunStopped, signal_name
 
 
 def _one_line(exc: BaseException) -> str:
@@ -28,6 +29,7 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
     """Entry point of a package's console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        load_models(tool)  # the model classes a config may name, by their short name too (--model PixelCNN)
         if args and args[0] == "sample":
             sample_main(args[1:])
             return 0

@@ -45,7 +45,7 @@ def check_resume_matches_config(config: Any, path: str | Path, checkpoint: dict[
     for kind, stored, wanted, keys in (
             ("model", hparams, (config.get("model") or {}).get("init_args"), None),
             ("data", datamodule_class.settings_from_checkpoint(checkpoint.get("datamodule_hyper_parameters") or {}),
-             config.get("data"), datamodule_class.resume_settings)):
+             (config.get("data") or {}).get("init_args"), datamodule_class.resume_settings)):
         stored = {k: _plain(v) for k, v in stored.items() if not k.startswith("_")}
         wanted = _plain(wanted or {})
         differ = sorted(k for k in wanted.keys() & stored.keys() if (keys is None or k in keys)

@@ -1,12 +1,11 @@
-"""``fit | validate | test | predict``: LightningCLI's commands, with safe checkpoint reading, atomic writing, the
-run's folder and name, its lock, W&B continuity and the checks made before anything is built
-(:class:`ProjectCLI`)."""
+"""``fit | validate | test | predict``: LightningCLI's commands, with safe checkpoint reading, atomic writing and the
+checks made before anything is built (:class:`ProjectCLI`), over the settings every run shares (:data:`BASE_CONFIG`);
+the run's folder and lock (:mod:`arcore.cli.run_folder`), its W&B run (:mod:`arcore.cli.wandb_run`) and recorded test
+metrics (:mod:`arcore.cli.record`) each have a module of their own."""
 
 from __future__ import annotations
 
-import math
-import netrc
-import os
+import importlib
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,33 +14,25 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from arcore import weights
-from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
+from arcore.cli.record import check_recording, record_test_metrics
 from arcore.cli.resume import check_resume_matches_config
+from arcore.cli.run_folder import apply_run_name, checkpoint_folders, first_process, last_checkpoint
+from arcore.cli.wandb_run import continue_wandb_run, finish_wandb_run, wandb_offline_unless_configured
 from arcore.errors import UsageError
-from arcore.files import atomic_write, check_output, folder_lock, write_atomically
-from arcore.lightning_private import HookedCLI, last_checkpoints
-from arcore.module import AutoregressiveModule
-from arcore.quiet import quiet_wandb_loggers
-from arcore.stopping import SaveOnStop, check_resume_averaging, check_resume_position
-from arcore.threads import choose_threads, usable_cores
-from arcore.wandb_mode import choose_wandb_mode
-
-
-def wandb_offline_unless_configured() -> None:
-    """Log to W&B offline (sync later with ``wandb sync``) unless the user has an account or chose a mode."""
-    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
-        return
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    os.environ["WANDB_MODE"] = "offline"
+from arcore.files import weights
+from arcore.files.atomic import atomic_write, folder_lock
+from arcore.files.checkpoint import allow_listed, load_checkpoint_bytes, read_checkpoint, read_checkpoint_bytes
+from arcore.files.registry import model_class
+from arcore.training.data import CodesDataModule
+from arcore.training.lightning_private import HookedCLI
+from arcore.training.module import AutoregressiveModule
+from arcore.training.quiet import quiet_wandb_loggers
+from arcore.training.stopping import SaveOnStop, check_resume_averaging, check_resume_position
+from arcore.training.threads import choose_threads, usable_cores
+from arcore.training.wandb_mode import choose_wandb_mode
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -83,10 +74,10 @@ class ConfigToLoggers(SaveConfigCallback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written atomically (:func:`arcore.files.atomic_write`: a temporary file with a unique name in the
-    target's own folder, flushed to disk, renamed over the target), so a kill, a full disk or a second writer
-    mid-save leaves the previous checkpoint whole; and read safely (:func:`arcore.checkpoint.read_checkpoint`: CRCs
-    checked, weights-only). Lightning's default writes through a temporary file in the system temp folder, whose
+    """Checkpoints written atomically (:func:`arcore.files.atomic.atomic_write`: a temporary file with a unique name in
+    the target's own folder, flushed to disk, renamed over the target), so a kill, a full disk or a second writer
+    mid-save leaves the previous checkpoint whole; and read safely (:func:`arcore.files.checkpoint.read_checkpoint`:
+    CRCs checked, weights-only). Lightning's default writes through a temporary file in the system temp folder, whose
     move is a plain copy when that folder is on another disk, and reads without checking the archive."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
@@ -107,10 +98,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 EVALUATING = ("validate", "test", "predict")
 RUN_COMMANDS = ("fit", *EVALUATING)
-BASE_CONFIG = Path(__file__).resolve().parents[2] / "lightning_configs" / "base.yaml"
+BASE_CONFIG = Path(__file__).with_name("base.yaml")
 """What every run shares (trainer defaults, the W&B logger, checkpoints, the NaN guard), composed by LightningCLI
-under the run's config for every command of :data:`RUN_COMMANDS`; a run command refuses to start without it (an
-install that is not a source checkout or an editable one)."""
+under the run's config for every command of :data:`RUN_COMMANDS`; shipped inside the package (its package data), so
+an installed tool finds it wherever it runs, and a run command refuses to start without it (a damaged install)."""
 
 
 class ProjectCLI(HookedCLI):
@@ -122,16 +113,25 @@ class ProjectCLI(HookedCLI):
       refuse to score a model that was never trained (no ``ckpt_path``, or ``last`` finding no checkpoint);
     - ``fit`` resuming a checkpoint (a file or ``last``) of another model, other model settings or other data
       settings is refused in one line naming the setting (LightningCLI would quietly rebuild the checkpoint's model;
-      hooked into its reading of ``ckpt_path``, :class:`arcore.lightning_private.HookedCLI`);
+      hooked into its reading of ``ckpt_path``, :class:`arcore.training.lightning_private.HookedCLI`);
     - ``fit`` holds a lock on its checkpoint folders: a second ``fit`` into the same folder refuses at start;
     - a ``LearningRateMonitor`` is dropped when the run has no logger (it would refuse to start);
     - a W&B run resumed from a checkpoint continues the run recorded in that checkpoint instead of starting anew;
     - a ``.safetensors`` weights file (``export``) is a ``ckpt_path`` for ``validate``/``test``/``predict`` (its
       model is built from the settings it records) but not for ``fit`` (it holds no training state);
       ``test --record_metrics true`` writes the test metrics into that file's metadata.
+
+    The data module is the tool's own unless the config names another (``data: class_path: ...``, a
+    :class:`arcore.training.data.CodesDataModule`): a model of another distribution brings its own data.
+
+    Args:
+        tool: the tool whose models this CLI builds (``pixelgen``, ``wavegen``).
+        data: the tool's data module, the default of ``data: class_path``.
+        args, kwargs: LightningCLI's.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tool: str, data: type[CodesDataModule], **kwargs: Any) -> None:
+        self.package, self.default_data = tool, data
         with ExitStack() as self._held:  # the run folder lock of a fit, released on any way out
             super().__init__(*args, **kwargs)
 
@@ -147,7 +147,7 @@ class ProjectCLI(HookedCLI):
         if str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
             choose_wandb_mode(self.package)
         if self.subcommand == "fit":
-            _continue_wandb_run(config)
+            continue_wandb_run(config)
         use_threads(config.get("threads"), self.package)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
@@ -170,11 +170,8 @@ class ProjectCLI(HookedCLI):
         parser.add_argument("--record_metrics", type=bool, default=False,
                             help="test only: write the test metrics into the metadata of the .safetensors weights "
                                  "file given as --ckpt_path")
-
-    @property
-    def package(self) -> str:
-        """``pixelgen`` or ``wavegen``: the tool whose models this CLI builds."""
-        return self.datamodule_class.__module__.split(".")[0]
+        data = self.default_data
+        parser.set_defaults({"data": {"class_path": f"{data.__module__}.{data.__qualname__}"}})
 
     def parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -197,7 +194,7 @@ class ProjectCLI(HookedCLI):
                 checkpoint = read_checkpoint(path, "--ckpt_path")
                 self._check_checkpoint(path, checkpoint, config, subcommand)
                 if checkpoint.get("weights_only"):
-                    cls = model_class(checkpoint, path, self.package, AutoregressiveModule, subcommand)
+                    cls = model_class(checkpoint, path, self.package, subcommand)
                     settings = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
                     weights.build_checked(cls, settings, checkpoint["state_dict"], f"--ckpt_path {path}")
                     self._build_recorded_model(subcommand, checkpoint)
@@ -229,18 +226,20 @@ class ProjectCLI(HookedCLI):
             record_test_metrics(config.ckpt_path, self.trainer.callback_metrics, self.datamodule)
 
     def _check_checkpoint(self, path: str | Path, checkpoint: dict[str, Any], config: Any, subcommand: str) -> None:
-        model_class(checkpoint, path, self.package, AutoregressiveModule, subcommand)
+        model_class(checkpoint, path, self.package, subcommand)
         if subcommand == "fit" and checkpoint.get("weights_only"):
             raise UsageError(f"{path} is a weights file: it holds no optimiser or training state, so `fit` cannot "
                              f"resume it; resume a .ckpt written by `{self.package} fit`")
         if subcommand == "fit":
-            check_resume_matches_config(config, path, checkpoint, self.datamodule_class)
-            check_resume_position(checkpoint, path, (config.get("data") or {}).get("batch_size"))
+            data_class, data_settings = configured_data(config)
+            check_resume_matches_config(config, path, checkpoint, data_class)
+            check_resume_position(checkpoint, path, data_settings.get("batch_size"))
             check_resume_averaging(checkpoint, path, config.trainer.get("callbacks") or [])
 
 
 def use_threads(requested: int | None, tool: str) -> None:
-    """Set torch's intra-op threads for a run (:mod:`arcore.threads`) and say how many, and why, in one line."""
+    """Set torch's intra-op threads for a run (:mod:`arcore.training.threads`) and say how many, and why, in one
+    line."""
     threads, why = choose_threads(requested)
     if not 1 <= threads <= max(usable_cores(), 1) * 4:
         raise UsageError(f"--threads must be between 1 and {usable_cores() * 4}, got {threads}")
@@ -249,120 +248,38 @@ def use_threads(requested: int | None, tool: str) -> None:
         print(f"{tool}: {threads} CPU thread{'s' if threads > 1 else ''} ({why})")
 
 
-def check_recording(subcommand: str, path: Any, limit: Any = None) -> None:
-    """Refuse ``--record_metrics true``, before any work, unless ``test`` is to score a weights file it can
-    rewrite, on the whole test set (``limit``: ``limit_test_batches``)."""
-    if subcommand != "test":
-        raise UsageError(f"--record_metrics applies to `test` only, not to `{subcommand}`")
-    if limit not in (None, 1.0):
-        raise UsageError(f"--record_metrics true records a score of the whole test set, but "
-                         f"--trainer.limit_test_batches {limit} tests part of it: drop one of the two")
-    if not (path and str(path).endswith(weights.SUFFIX)):
-        raise UsageError(f"--record_metrics true writes the test metrics into the .safetensors weights file being "
-                         f"tested: pass one as --ckpt_path (`export` writes one), got {path}")
-    check_output(path, "--ckpt_path")
+def configured_data(config: Any) -> tuple[type[CodesDataModule], dict[str, Any]]:
+    """The data module class a run's parsed ``config`` names and its settings. The class was imported when the
+    config was parsed (the config names it: the user's own consent), so this only looks it up."""
+    data = config.get("data") or {}
+    module, _, name = str(data.get("class_path")).rpartition(".")
+    cls = getattr(sys.modules.get(module) or importlib.import_module(module), name)
+    return cls, dict(data.get("init_args") or {})
 
 
-def record_test_metrics(path: str | Path, metrics: dict[str, Any], datamodule: Any) -> None:
-    """Write the ``test/*`` values of ``metrics`` (a trainer's ``callback_metrics``) and the settings of the data
-    they were measured on into the metadata of the weights file ``path`` (:func:`arcore.weights.with_test_metrics`),
-    atomically."""
-    tested = {name: float(value) for name, value in metrics.items() if name.startswith("test/")}
-    broken = sorted(name for name, value in tested.items() if not math.isfinite(value))
-    if broken:
-        raise UsageError(f"the test gave {', '.join(f'{k} {tested[k]}' for k in broken)}: nothing was recorded in "
-                         f"{path} (its weights or the test data hold non-finite values)")
-    data = read_checkpoint_bytes(path, "--ckpt_path")
-    write_atomically(path, weights.with_test_metrics(data, path, tested, getattr(datamodule, "hparams", {}),
-                                                     "--ckpt_path"))
-    print(f"recorded {', '.join(f'{k} {v:.4f}' for k, v in sorted(tested.items()))} in {path}")
-
-
-def apply_run_name(config: Any, tool: str) -> None:
-    """Fill in what a run's name decides and its config leaves unset: ``default_root_dir`` ``runs/NAME``, the W&B
-    logger's ``save_dir``, ``name`` and ``project`` (the tool), and each ``ModelCheckpoint``'s ``dirpath``
-    (``<default_root_dir>/checkpoints``, also without a name, which is where ``ckpt_path: last`` looks)."""
-    trainer, name = config.trainer, config.get("name")
-    if name and not trainer.get("default_root_dir"):
-        trainer.default_root_dir = f"runs/{name}"
-    root = trainer.get("default_root_dir")
-    logger = trainer.get("logger")
-    if name and root and str(getattr(logger, "class_path", "")).endswith("WandbLogger"):
-        args = logger.init_args
-        if args.get("save_dir") in (None, "."):
-            args.save_dir = root
-        args.name = args.get("name") or name
-        args.project = args.get("project") or tool
-    for callback in trainer.get("callbacks") or []:
-        if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and not callback.init_args.get(
-                "dirpath"):
-            callback.init_args.dirpath = f"{root or '.'}/checkpoints"
-
-
-def checkpoint_folders(config: Any) -> list[Path]:
-    """The folders a run's checkpoints go to, from its parsed config: each ``ModelCheckpoint``'s ``dirpath``, or
-    ``<default_root_dir>/checkpoints`` for one that names none or when the config lists none."""
-    default = Path(config.trainer.get("default_root_dir") or ".") / "checkpoints"
-    folders = [Path(c.init_args.get("dirpath") or default) for c in config.trainer.get("callbacks") or []
-               if str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
-    return folders or [default]
-
-
-def last_checkpoint(trainer: pl.Trainer) -> Path | None:
-    """The checkpoint ``ckpt_path: last`` resumes: the newest ``last*.ckpt`` of the trainer's ``ModelCheckpoint``
-    callbacks, found as Lightning finds it (:func:`arcore.lightning_private.last_checkpoints`), or None."""
-    found = [p for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
-             for p in last_checkpoints(c, trainer)]
-    return max((p for p in found if p.exists()), key=lambda p: p.stat().st_mtime, default=None)
-
-
-def first_process() -> bool:
-    """Whether this is the first process of a run (the one that launches the others under DDP, or rank 0 of one
-    started by torchrun or SLURM): only it takes the run's folder lock."""
-    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
-
-
-def _continue_wandb_run(config: Any) -> None:
-    """Set the W&B logger's run id to the one stored in the checkpoint being resumed (``ckpt_path``)."""
-    logger = config.trainer.logger
-    if not str(getattr(logger, "class_path", "")).endswith("WandbLogger") or logger.init_args.get("id"):
-        return
-    path = config.ckpt_path
-    if path == "last":
-        path = next((folder / "last.ckpt" for folder in checkpoint_folders(config)
-                     if (folder / "last.ckpt").is_file()), None)
-    if not path or not Path(path).is_file():
-        return
-    try:
-        run_id = read_checkpoint(path).get("wandb_run_id")
-    except UsageError:  # an unreadable checkpoint is reported when the run checks or loads it
-        return
-    if run_id:
-        logger.init_args.id = run_id
-
-
-def _finish_wandb_run() -> None:
-    """End the W&B run this command started, if any: called from Python (a notebook, the tests), a run left open
-    would be reused by the next command's logger, which would then log into the wrong run."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
-
-
-def lightning_command(tool: str, datamodule_class: type, args: list[str], from_sys_argv: bool) -> None:
+def lightning_command(tool: str, datamodule_class: type[CodesDataModule], args: list[str], from_sys_argv: bool
+                      ) -> None:
     """Run ``fit | validate | test | predict`` with ``args`` (LightningCLI reads ``sys.argv`` itself when
     ``from_sys_argv``), over the base config of every run (:data:`BASE_CONFIG`); W&B logs offline unless an
-    account or a mode is configured."""
+    account or a mode is configured.
+
+    Args:
+        tool: the tool running it, e.g. ``pixelgen``.
+        datamodule_class: the tool's data module, used unless the config names another.
+        args: the command line after the tool's name.
+        from_sys_argv: whether ``args`` are ``sys.argv``'s (LightningCLI then reads them itself).
+    """
     wandb_offline_unless_configured()
     if not BASE_CONFIG.is_file():
-        raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the "
-                         f"project from a source checkout (pip install -e .)")
+        raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the project "
+                         f"again (pip install -e .)")
     base = {"default_config_files": [str(BASE_CONFIG)]}
     try:
-        ProjectCLI(AutoregressiveModule, datamodule_class, subclass_mode_model=True,
+        ProjectCLI(AutoregressiveModule, CodesDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   tool=tool, data=datamodule_class,
                    args=None if from_sys_argv else args,  # None: LightningCLI reads sys.argv itself
                    save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
                    auto_configure_optimizers=False,
                    parser_kwargs={"exit_on_error": False, **{command: base for command in RUN_COMMANDS}})
     finally:
-        _finish_wandb_run()
+        finish_wandb_run()

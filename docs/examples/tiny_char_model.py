@@ -4,43 +4,43 @@ Nothing in ``arcore``, ``pixelgen`` or ``wavegen`` knows this file. Importing it
 train, log, sample (cached and cache-free), export and reload it; ``tests/test_example_model.py`` does all of
 that. The contract, in the order this file meets it:
 
-1. **The distribution.** A model is a subclass of :class:`arcore.module.AutoregressiveModule` that sets
+1. **The distribution.** A model is a subclass of :class:`arcore.training.module.AutoregressiveModule` that sets
    ``num_classes`` (how many values a code takes: here the characters of :data:`ALPHABET`) and ``event_shape`` (the
    shape of one sample's codes: here ``(length,)`` characters), and writes ``forward(codes, cond) -> logits
    [B, *event_shape, num_classes]``: the teacher-forced pass, where the logits at a position depend only on the codes
    before it. Here the input at position t is the code at t - 1 (a start symbol at 0), and every layer is a causal
    convolution of kernel 2 whose left padding is its dilation. The base class derives the rest from ``forward``:
    the exact ``log_prob``, bits per character, the training, validation and test steps, ``sample`` and
-   ``beam_search`` through the shared engine (:mod:`arcore.engine`), and the checkpoint's identity.
+   ``beam_search`` through the shared engine (:mod:`arcore.sampling.engine`), and the checkpoint's identity.
 
-2. **What the codes stand for.** ``render_samples(codes)`` returns a typed value of :mod:`arcore.media`: here
-   :class:`arcore.media.Text`, one string per sample (``Images`` for pictures, ``Audio`` for clips). The sample
-   logger (:class:`arcore.callbacks.SampleLogger`) writes and logs whatever kind it gets: text goes to
+2. **What the codes stand for.** ``render_samples(codes)`` returns a typed value of :mod:`arcore.files.media`: here
+   :class:`arcore.files.media.Text`, one string per sample (``Images`` for pictures, ``Audio`` for clips). The sample
+   logger (:class:`arcore.training.callbacks.SampleLogger`) writes and logs whatever kind it gets: text goes to
    ``samples/stepNNNNNNN.txt`` and to W&B or TensorBoard.
 
 3. **What else it offers**, declared, never guessed from attribute names: ``capabilities``
-   (:class:`arcore.module.Capabilities`). Here ``completion=True``: a prime cut from a data batch
+   (:class:`arcore.training.module.Capabilities`). Here ``completion=True``: a prime cut from a data batch
    (``prime_from_data``, by default the first ``length`` codes along ``prime_axis`` of the batch's codes, which is
    right for a model whose data are its codes) is a meaningful start of a sample, so the sample logger also logs
    validation lines completed from their first half beside the originals. A vocoder would declare ``resynthesis``,
    a model with a float16 sampling step ``half_weights``, an audio model its ``codes_per_second``.
 
 4. **The cached path (optional).** Without ``sampler`` a model samples through the cache-free reference
-   (:class:`arcore.cache.ForwardSampler`: the teacher-forced pass at every position). ``sampler(batch, cond,
-   event_shape)`` returns a :class:`arcore.cache.Sampler` whose step costs the same at every position:
+   (:class:`arcore.sampling.cache.ForwardSampler`: the teacher-forced pass at every position). ``sampler(batch, cond,
+   event_shape)`` returns a :class:`arcore.sampling.cache.Sampler` whose step costs the same at every position:
    :class:`TinyCharSampler` keeps, per layer, a ring buffer of the last ``dilation + 1`` inputs in a
-   :class:`arcore.cache.StepCache`, reads the position from the device (``cache.position``) and the previous code
-   by device index (:func:`arcore.cache.previous_code`), so the step can also be captured once and replayed
-   (``sample(compile=True)``). The engine draws the same Gumbel noise at the same positions on every path, so the
-   cached and cache-free paths give the same samples from the same seed.
+   :class:`arcore.sampling.cache.StepCache`, reads the position from the device (``cache.position``) and the previous
+   code by device index (:func:`arcore.sampling.cache.previous_code`), so the step can also be captured once and
+   replayed (``sample(compile=True)``). The engine draws the same Gumbel noise at the same positions on every path, so
+   the cached and cache-free paths give the same samples from the same seed.
 
-5. **Files.** ``register_model(TOOL, TinyCharModel)`` (:func:`arcore.checkpoint.register_model`, at the end of
+5. **Files.** ``register_model(TOOL, TinyCharModel)`` (:func:`arcore.files.checkpoint.register_model`, at the end of
    this file) adds the class to the allow-list of classes that checkpoints and weights files may name: loading
    builds only registered classes and imports nothing a file names. ``self.save_hyperparameters()`` records the
    settings, so a weights file rebuilds the model from them. Then ``arcore.cli.export.export_main(TOOL, ["--ckpt",
    "last.ckpt", "--out", "tiny.safetensors"])`` writes a weights file and
-   ``arcore.module.load_checkpoint("tiny.safetensors", TOOL)`` reads it back, checked and without running anything
-   in it.
+   ``arcore.training.module.load_checkpoint("tiny.safetensors", TOOL)`` reads it back, checked and without running
+   anything in it.
 
 Use::
 
@@ -61,11 +61,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcore.cache import Sampler, StepCache, device_and_dtype, previous_code
-from arcore.checkpoint import register_model
 from arcore.errors import UsageError
-from arcore.media import Text
-from arcore.module import AutoregressiveModule, Capabilities
+from arcore.files.registry import register_model
+from arcore.files.media import Text
+from arcore.sampling.cache import Sampler, StepCache, device_and_dtype, previous_code
+from arcore.training.module import AutoregressiveModule, Capabilities
 
 TOOL = "tinychar"
 """The name its checkpoints and weights files are registered under (the tool that loads them)."""

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from arcore.errors import UsageError
-from arcore.lightning_private import save_last_if_behind
+from arcore.training.lightning_private import save_last_if_behind
 
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -99,7 +99,7 @@ class SaveOnStop(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save the final step before anything changes the weights (Lightning's ``WeightAveraging``, under
-        :class:`arcore.callbacks.EMA`, copies the average over the trained weights when training ends)."""
+        :class:`arcore.training.callbacks.EMA`, copies the average over the trained weights when training ends)."""
         paths = save_last(trainer)
         self._restore_handlers()
         if self.signum is not None:
@@ -136,7 +136,7 @@ class SaveOnStop(pl.Callback):
 def save_last(trainer: pl.Trainer, fallback: bool = False) -> list[Path]:
     """Write ``last.ckpt`` at the trainer's current step unless it holds that step already, and return the paths
     of the last checkpoints: each ``ModelCheckpoint`` with ``save_last`` writes its own
-    (:func:`arcore.lightning_private.save_last_if_behind`); with none, ``fallback`` (a stop) writes
+    (:func:`arcore.training.lightning_private.save_last_if_behind`); with none, ``fallback`` (a stop) writes
     ``<dirpath>/last.ckpt`` of the first ``ModelCheckpoint``, or ``<default_root_dir>/checkpoints/last.ckpt``.
     Lightning's ``ModelCheckpoint`` saves the last state only after a validation or at an epoch's end, so without
     this the steps since then were lost."""
@@ -171,11 +171,11 @@ def check_resume_position(checkpoint: dict[str, Any], path: str | Path, batch_si
 
 
 def check_resume_averaging(checkpoint: dict[str, Any], path: str | Path, callbacks: list[Any]) -> None:
-    """Refuse, in one line, to resume a checkpoint that kept a weight average (:class:`arcore.callbacks.EMA`: its
-    ``state_dict`` is the average, the trained weights are ``current_model_state``) with a config that keeps none:
+    """Refuse, in one line, to resume a checkpoint that kept a weight average (:class:`arcore.training.callbacks.EMA`:
+    its ``state_dict`` is the average, the trained weights are ``current_model_state``) with a config that keeps none:
     Lightning would train on from the average and drop the trained weights."""
     averaging = any(str(getattr(c, "class_path", "")).endswith(("EMA", "WeightAveraging")) for c in callbacks)
     if "current_model_state" in checkpoint and not averaging:
         raise UsageError(f"{path} was trained with EMA (a weight average): resuming without it would go on from the "
-                         f"average and drop the trained weights; add --trainer.callbacks+=arcore.callbacks.EMA, or "
-                         f"start a new run")
+                         f"average and drop the trained weights; add "
+                         f"--trainer.callbacks+=arcore.training.callbacks.EMA, or start a new run")

@@ -18,25 +18,25 @@ from pytorch_lightning.callbacks import BasePredictionWriter, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.errors import UsageError
-from arcore.files import make_parents, unique_temporary
-from arcore.lightning_private import average_model
-from arcore.media import Audio, Images, Media, interleave, save_image_grid, save_text, save_wav, spectrogram_image
+from arcore.files.atomic import make_parents, unique_temporary
+from arcore.files.media import Audio, Images, Media, interleave, save_image_grid, save_text, save_wav, spectrogram_image
+from arcore.training.lightning_private import average_model
 
 
 class SampleLogger(pl.Callback):
     """Draw samples at the end of validation and log them to W&B or TensorBoard when one is the logger; the files
     are always written to ``<log_dir>/samples/``.
 
-    What is logged follows what the model renders (:mod:`arcore.media`) and declares
-    (:class:`arcore.module.Capabilities`): images as one grid, audio as clips plus a spectrogram, text as a file.
-    For a model declaring ``completion``, the first ``num_completions`` validation items are also completed from
-    their first half (:meth:`~arcore.module.AutoregressiveModule.prime_from_data`: the top rows of an image), each
-    beside its original (the real item first). A model declaring ``resynthesis`` (a vocoder, conditioned on log-mel
+    What is logged follows what the model renders (:mod:`arcore.files.media`) and declares
+    (:class:`arcore.training.module.Capabilities`): images as one grid, audio as clips plus a spectrogram, text as a
+    file. For a model declaring ``completion``, the first ``num_completions`` validation items are also completed from
+    their first half (:meth:`~arcore.training.module.AutoregressiveModule.prime_from_data`: the top rows of an image),
+    each beside its original (the real item first). A model declaring ``resynthesis`` (a vocoder, conditioned on log-mel
     frames) resynthesises those items from their own features instead of drawing unconditional samples, and each is
     logged beside its resynthesis (clips captioned ``original_i`` and ``resynthesis_i``, and both spectrograms, the
     original above). Audio samples last ``audio_seconds``. Sampling uses the cached engine and a fixed seed, so
     successive epochs show the same noise through a better model; ``compile`` samples through captured steps (see
-    :func:`arcore.engine.sample`). Under DDP rank 0 samples and logs alone.
+    :func:`arcore.sampling.engine.sample`). Under DDP rank 0 samples and logs alone.
     Listed before :class:`EMA` it samples the averaged weights (EMA swaps the raw ones back at the same hook).
     """
 

@@ -2,7 +2,7 @@
 
 ``pixelgen sample`` and ``wavegen sample`` each add only what differs (labels, image primes, beams and grids;
 speakers, audio primes, mel files and WAVs). Their options are parsed first, without torch
-(:func:`arcore.launch.sample_parser`), then::
+(:func:`arcore.cli.launch.sample_parser`), then::
 
     check_sample_args(args)                                  # the shared checks, one line each, before any work
     run = SampleRun("wavegen", args, WaveNet)                # device, threads, checkpoint, options, seeded generator
@@ -23,17 +23,58 @@ from pathlib import Path
 
 import torch
 
-from arcore.chunks import Chunks, Draw, draw_in_chunks, interrupted_exit
-from arcore.cli.sampling import load_for_sampling, pick_device, seeded_generator
-from arcore.decoding import SampleOptions
+from arcore.cli.chunks import Chunks, Draw, draw_in_chunks, interrupted_exit
+from arcore.cli.launch import sample_options
 from arcore.errors import UsageError
-from arcore.launch import sample_options
-from arcore.module import AutoregressiveModule
+from arcore.files.atomic import check_output
+from arcore.files.registry import load_checkpoint
+from arcore.sampling.decoding import SampleOptions
+from arcore.training.module import AutoregressiveModule
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    return device
+
+
+def output_path(path: str | Path, suffix: str) -> Path:
+    """Check an output file name before any work (:func:`arcore.files.atomic.check_output`); creates nothing."""
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"--out must name a {suffix} file, got {path}")
+    return check_output(out)
+
+
+def check_fits_in_memory(num_samples: int, codes_per_sample: int, bytes_per_code: int = 8) -> None:
+    """Refuse a request that could not fit in this machine's memory: its codes (int64, all kept until written) and
+    whatever else the draw holds per code (``bytes_per_code``: a vocoder's conditioning, one row per sample)."""
+    need = num_samples * codes_per_sample * bytes_per_code
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UsageError(f"{num_samples:,} samples of {codes_per_sample:,} codes need {need / 2 ** 30:,.1f} GiB, more "
+                         f"than this machine's {have / 2 ** 30:,.0f} GiB of memory: ask for fewer or shorter samples")
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def load_for_sampling(ckpt: str, package: str, device: torch.device) -> AutoregressiveModule:
+    model = load_checkpoint(ckpt, package, map_location=device)
+    return model.to(device).eval()
 
 
 def check_sample_args(args: argparse.Namespace) -> None:
     """Refuse, in one line before any work, what every ``sample`` command refuses: counts, seed, the sampling
-    options (:class:`arcore.decoding.SampleOptions`), the thread count."""
+    options (:class:`arcore.sampling.decoding.SampleOptions`), the thread count."""
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.batch_size < 1:
@@ -65,7 +106,7 @@ class SampleRun:
 
     def draw(self, draw: Draw, total: int) -> Chunks:
         """``draw(first, count)`` over ``total`` samples in chunks of ``--batch-size``
-        (:func:`arcore.chunks.draw_in_chunks`: the generator carried across chunks, halved on out-of-memory,
+        (:func:`arcore.cli.chunks.draw_in_chunks`: the generator carried across chunks, halved on out-of-memory,
         stopped by Ctrl-C with what was finished), timed into :attr:`seconds`; a warning line when the decoding
         left the samples empty (:meth:`warn_if_empty`)."""
         start = time.perf_counter()

@@ -2,19 +2,20 @@
 
 Every model is p(x) = prod_t p(x_t | x_<t) over a fixed order (raster row/column/channel for images, time for audio
 and token sequences). The engine owns the loop, the decoding and the schedule of a run; the model only turns the
-codes before ``t`` into logits for ``t``, through a :class:`arcore.cache.Sampler`: its own incremental one
-(``model.sampler``), or the cache-free reference (:class:`arcore.cache.ForwardSampler`, the teacher-forced pass at
-every position). Codes live in a preallocated ``[n, N]`` tensor in generation order; a primed prefix is consumed by
+codes before ``t`` into logits for ``t``, through a :class:`arcore.sampling.cache.Sampler`: its own incremental one
+(``model.sampler``), or the cache-free reference (:class:`arcore.sampling.cache.ForwardSampler`, the teacher-forced pass
+at every position). Codes live in a preallocated ``[n, N]`` tensor in generation order; a primed prefix is consumed by
 the sampler's parallel prefill; nothing in the loop reads a tensor back to the host. A sampler with a drawer
-(:meth:`arcore.cache.Sampler.drawer`: a native call that runs a whole position, choice of the code included) runs
-that instead of its pieces and the engine's decoding, on the same noise.
+(:meth:`arcore.sampling.cache.Sampler.drawer`: a native call that runs a whole position, choice of the code included)
+runs that instead of its pieces and the engine's decoding, on the same noise.
 
 With ``compile=True`` every piece of the sampler is captured once and replayed at every position: as a CUDA graph
 on a GPU (warmed up on a side stream with the state restored afterwards, so capture changes nothing), with
 ``torch.compile(fullgraph=True, dynamic=False)`` elsewhere. ``"cudagraph"``, ``"reduce-overhead"`` (torch.compile's
 CUDA graphs) or a torch.compile backend name or callable may be passed instead of ``True``. A piece its sampler marks as not capturable (a native fused CPU step) runs as it is.
 
-A model used here provides (see ``arcore.module.AutoregressiveModule``):
+A model used here provides (:class:`arcore.contract.Autoregressive`; ``arcore.training.module.AutoregressiveModule``
+provides it all but ``forward``):
 
 - ``num_classes``; ``event_shape_for(length)``: the shape of one sample's codes;
 - ``to_order(x)`` / ``from_order(seq, event_shape)``: between ``[B, *event_shape, ...]`` and ``[B, N, ...]``;
@@ -28,27 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from arcore.cache import ForwardSampler, Piece, Sampler, StepCache
-from arcore.decoding import Capture, SampleOptions, gumbel
+from arcore.contract import Autoregressive
 from arcore.errors import UsageError
-
-
-class Autoregressive(Protocol):
-    num_classes: int
-    training: bool
-
-    def event_shape_for(self, length: int | None) -> tuple[int, ...]: ...
-    def to_order(self, x: torch.Tensor) -> torch.Tensor: ...
-    def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
-    def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
-    def __call__(self, codes: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
-    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler: ...
-    def parameters(self) -> Iterable[torch.nn.Parameter]: ...
-    def train(self, mode: bool = True) -> object: ...
+from arcore.sampling.cache import ForwardSampler, Piece, Sampler, StepCache
+from arcore.sampling.decoding import Capture, SampleOptions, gumbel
 
 
 @dataclass
@@ -207,9 +195,9 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
            length: int | None = None, options: SampleOptions | None = None, generator: torch.Generator | None = None,
            **settings: Any) -> torch.Tensor:
     """Draw ``n`` samples ``[n, *event_shape]``; ``prime`` fixes a prefix of the order. ``options``
-    (:class:`arcore.decoding.SampleOptions`) says how: its ``decoding`` picks each code (``greedy``: the most likely
-    one instead of a draw), ``use_cache`` chooses the model's sampler or the cache-free one, ``compile`` captures the
-    step (module docstring); ``settings`` replace any of them by name (``temperature=0.8``).
+    (:class:`arcore.sampling.decoding.SampleOptions`) says how: its ``decoding`` picks each code (``greedy``: the most
+    likely one instead of a draw), ``use_cache`` chooses the model's sampler or the cache-free one, ``compile`` captures
+    the step (module docstring); ``settings`` replace any of them by name (``temperature=0.8``).
 
     Every path (cached or cache-free, eager or captured) draws the same noise at the same positions, so with the same
     ``generator`` seed they return the same codes (up to float rounding of the logits).

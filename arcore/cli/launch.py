@@ -4,7 +4,7 @@ dispatch to a command, all before torch or Lightning is imported.
 ``pixelgen --help`` (or a bare ``pixelgen``) prints every command with one line and a few commands to try, at once;
 ``pixelgen sample --help`` prints its options, each with its default, as fast; torch and Lightning load only once a
 command runs. The ``sample`` options that set how samples are drawn are the fields of
-:class:`arcore.decoding.SampleOptions` and :class:`arcore.decoding.Decoding` that carry a ``help``
+:class:`arcore.sampling.decoding.SampleOptions` and :class:`arcore.sampling.decoding.Decoding` that carry a ``help``
 (:func:`add_sample_options`), so a new setting appears here, and reaches the engine (:func:`sample_options`),
 without an edit to this module.
 """
@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 from typing import Any
 
-from arcore.decoding import SampleOptions
 from arcore.errors import UsageError
+from arcore.sampling.decoding import SampleOptions
 
 COMMANDS = {
     "fit": "train a model from a config (--config lightning_configs/NAME.yaml); run it again to resume",
@@ -92,7 +92,7 @@ def add_sample_options(parser: argparse.ArgumentParser, settings: type = SampleO
 
 
 def sample_options(args: argparse.Namespace, settings: type = SampleOptions, **fixed: Any) -> Any:
-    """The ``settings`` value (:class:`arcore.decoding.SampleOptions`) that the options of
+    """The ``settings`` value (:class:`arcore.sampling.decoding.SampleOptions`) that the options of
     :func:`add_sample_options` parsed into ``args`` give, with ``fixed`` fields set (``progress=True``)."""
     values = {}
     for spec in fields(settings):
@@ -115,14 +115,12 @@ class Tool:
     examples: Sequence[str]  # commands ``--help`` suggests, each runnable as written from the project's folder
     parser: Callable[[], argparse.ArgumentParser]  # the ``sample`` options (:func:`sample_parser` plus the tool's)
     sample_run: str  # what draws once the ``sample`` options parse, e.g. ``"pixelgen.sample_cli:sample"``
-    data_module: str  # the LightningDataModule of the Lightning commands, e.g. ``"pixelgen.data:ImageDataModule"``
-    register_models: Callable[[], None]  # imports the model modules whose classes the tool's files may name
+    data_module: str  # the Lightning commands' default LightningDataModule, e.g. ``"pixelgen.data:ImageDataModule"``
 
     def sample_main(self, argv: Sequence[str]) -> None:
         """``sample``: the options parsed (``--help`` prints here), then the draw, which loads torch."""
         args = self.parser().parse_args(list(argv))
         draw = _resolve(self.sample_run)
-        self.register_models()
         draw(args)
 
     def run(self, argv: Sequence[str] | None) -> int:
@@ -130,7 +128,6 @@ class Tool:
         from arcore.cli.main import run
 
         data_module = _resolve(self.data_module)
-        self.register_models()
         return run(self.name, data_module, self.sample_main, argv)
 
     def main(self, argv: Sequence[str] | None = None) -> int:

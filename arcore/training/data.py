@@ -131,7 +131,7 @@ class CodesDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        """``predict`` scores the test split example by example (see ``arcore.callbacks.LikelihoodWriter``)."""
+        """``predict`` scores the test split example by example (see ``arcore.training.callbacks.LikelihoodWriter``)."""
         return self._loader("test")
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int

@@ -2,7 +2,7 @@
 the run's other settings (:class:`SampleOptions`: cached or cache-free step, captured or eager, progress bar).
 
 One :class:`SampleOptions` value carries every setting from the ``sample`` command line (each field with a ``help``
-is an option there, :mod:`arcore.launch`) to the engine (:func:`arcore.engine.sample`); ``model.sample(...,
+is an option there, :mod:`arcore.cli.launch`) to the engine (:func:`arcore.sampling.engine.sample`); ``model.sample(...,
 temperature=0.8)`` is sugar for it. A new setting is a field here and the code that reads it, nothing between.
 
 Decoding is tensor arithmetic with no host synchronisation, so it can sit inside a captured sampling step.
@@ -106,7 +106,7 @@ class Decoding:
 @dataclass(frozen=True)
 class SampleOptions:
     """Every setting of a sampling run, as one value: the :class:`Decoding` of each code, and how the engine runs
-    the steps (see :func:`arcore.engine.sample`). :meth:`of` builds one from keyword arguments."""
+    the steps (see :func:`arcore.sampling.engine.sample`). :meth:`of` builds one from keyword arguments."""
 
     decoding: Decoding = Decoding()
     use_cache: bool = option(True, "the cache-free reference sampler: the whole forward pass at every step (slow; "

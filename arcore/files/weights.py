@@ -131,7 +131,7 @@ def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: s
     - ``model_class``, ``hyper_parameters``: the class path and its settings (``load`` builds the model from them);
     - ``data``: the data settings it was trained on, without ``root`` (a path on the trainer's machine; ``sample
       --data-root`` or the data module's ``root=`` names it where the file is used);
-    - ``weights``: ``ema`` (the average of ``arcore.callbacks.EMA``, what validation, test and sample use) or
+    - ``weights``: ``ema`` (the average of ``arcore.training.callbacks.EMA``, what validation, test and sample use) or
       ``trained`` (the weights as trained, when the run kept no average);
     - ``trained``: epoch, step and training seconds when the checkpoint records them;
     - ``metrics``: ``validation``, the score its checkpoint callbacks monitored at the save and the best of the run;

@@ -7,20 +7,18 @@ the archive's CRC-32 of every member (torch's reader does not, so flipped bytes 
 then unpickles with ``torch.load(weights_only=True)``, which builds only tensors and plain values (numbers,
 strings, lists, tuples, dicts, sets), plus the short allow-list :data:`SAFE_GLOBALS`. A file that asks for
 anything else is refused before any of it runs. Every checkpoint ``fit`` writes holds only these types. A
-``.safetensors`` weights file written by ``export`` (:mod:`arcore.weights`) goes through the same functions, checked
-against the SHA-256 it records and parsed as raw tensors and JSON, so it is accepted wherever a checkpoint is.
+``.safetensors`` weights file written by ``export`` (:mod:`arcore.files.weights`) goes through the same functions,
+checked against the SHA-256 it records and parsed as raw tensors and JSON, so it is accepted wherever a checkpoint is.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import pathlib
 import pickle
 import pickletools
 import re
-import sys
 import warnings
 import zipfile
 import zlib
@@ -31,8 +29,8 @@ from typing import Any
 
 import torch
 
-from arcore import weights
 from arcore.errors import UsageError, first_line
+from arcore.files import weights
 
 SAFE_GLOBALS: list[type] = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 """Types beyond torch's weights-only defaults that a checkpoint of this project may hold: paths, which data settings
@@ -64,7 +62,7 @@ def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str 
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
-    if weights.is_weights_file(data, path):  # a .safetensors weights file (arcore.weights), checked likewise
+    if weights.is_weights_file(data, path):  # a .safetensors weights file (arcore.files.weights), checked likewise
         weights.split(data, path, what)
         return data
     try:
@@ -86,7 +84,7 @@ def load_checkpoint_bytes(data: bytes, path: str | Path, what: str = "checkpoint
                           map_location: Any = "cpu") -> dict[str, Any]:
     """Unpickle checked checkpoint bytes with ``weights_only=True`` and :data:`SAFE_GLOBALS`; anything else is
     refused in one line, before it runs. A weights file gives its contents in the shape of a checkpoint
-    (:func:`arcore.weights.checkpoint_from_weights`)."""
+    (:func:`arcore.files.weights.checkpoint_from_weights`)."""
     if weights.is_weights_file(data, path):
         return weights.checkpoint_from_weights(data, path, what)
     try:
@@ -109,80 +107,6 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", hint: str = "") 
     """A checkpoint file, checked (:func:`read_checkpoint_bytes`) and loaded safely (:func:`load_checkpoint_bytes`),
     on the CPU."""
     return load_checkpoint_bytes(read_checkpoint_bytes(path, what, hint), path, what)
-
-
-MODELS: dict[str, tuple[str, type]] = {}
-"""The registry of model classes that checkpoints and weights files may name: the name a file records
-(``module.QualName``) to the tool whose files hold it and the class. Packages add their models with
-:func:`register_model` when they are imported; a file's class name is only ever looked up here, never imported, so
-it is an allow-list as :data:`SAFE_GLOBALS` is."""
-
-
-def register_model(tool: str, cls: type) -> type:
-    """Let checkpoints and weights files of ``tool`` (the command or package that trains and samples them, e.g.
-    ``pixelgen``) name ``cls``; returns ``cls``. Call it where the class is defined or where its package is
-    imported."""
-    name = f"{cls.__module__}.{cls.__qualname__}"
-    if MODELS.get(name, (tool, cls)) != (tool, cls):
-        raise ValueError(f"{name} is already registered for {MODELS[name][0]}")
-    MODELS[name] = (tool, cls)
-    return cls
-
-
-def sibling_packages() -> set[str]:
-    """The top-level packages installed with ``arcore`` in one distribution (``pixelgen`` and ``wavegen`` here),
-    read from the installed metadata without importing any: a file naming one of their classes is known to belong
-    to that tool even where the tool's models were never imported."""
-    from importlib.metadata import packages_distributions
-
-    found = packages_distributions()
-    ours = set(found.get("arcore", ()))
-    return {name for name, owners in found.items() if name != "arcore" and ours & set(owners)}
-
-
-def register_tool(package: str) -> None:
-    """Have the caller's own tool (a package installed beside ``arcore``, named by the code that loads, never by the
-    file) register its models, so a lower-level loader in a fresh process knows them as ``pixelgen.load`` would."""
-    if package in MODELS_OF_TOOLS or package not in sibling_packages():
-        return
-    register = getattr(importlib.import_module(package), "register_models", None)
-    if callable(register):
-        register()
-    MODELS_OF_TOOLS.add(package)
-
-
-MODELS_OF_TOOLS: set[str] = set()
-"""The tools whose models :func:`register_tool` has registered."""
-
-
-def model_class(checkpoint: dict[str, Any], path: str | Path, package: str, base: type,
-                command: str | None = "sample") -> type:
-    """The model class a checkpoint records, looked up in :data:`MODELS` under the tool ``package`` and checked to
-    be a ``base`` subclass; a checkpoint of another registered tool is named as such (``use `wavegen COMMAND```, or
-    ``wavegen.load`` for a Python caller, ``command=None``), and a missing, unknown or malformed class name is one
-    line."""
-    name = checkpoint.get("model_class") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
-    if not name:
-        raise UsageError(f"{path} is not a checkpoint of this project (no model class recorded)")
-    register_tool(package)
-    shown = repr(name)[:80]
-    tool, cls = MODELS.get(name, (None, None)) if isinstance(name, str) else (None, None)
-    top = name.split(".")[0] if isinstance(name, str) else ""
-    homes = {registered.split(".")[0]: owner for registered, (owner, _) in MODELS.items()}
-    other = tool or homes.get(top) or (top if top in sibling_packages() else None)
-    if other is not None and other != package:
-        use = f"`{other} {command}`" if command else f"{other}.load"
-        raise UsageError(f"{path} holds a {other} model ({name.rsplit('.', 1)[-1]}); use {use} for it")
-    if cls is None:
-        module_name, _, class_name = name.rpartition(".") if isinstance(name, str) else ("", "", "")
-        if other is None or not module_name:
-            raise UsageError(f"{path} records the model class {shown}, which is not a {package} model")
-        if getattr(sys.modules.get(module_name), class_name, None) is None:
-            raise UsageError(f"{path} records the model class {shown}, which {package} does not have (written by "
-                             f"another version?)")
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise UsageError(f"{path} records {shown}, which is not a {package} model class")
-    return cls
 
 
 def _failed_crc(data: bytes) -> str | None:

@@ -1,59 +1,38 @@
 """Base LightningModule for every autoregressive model here: likelihood, metrics, optimiser, sampling hooks.
 
 A subclass sets ``num_classes`` and ``event_shape`` and writes two things: ``forward`` (teacher-forced logits,
-classes last) and ``render_samples`` (codes to a typed value of :mod:`arcore.media`: ``Images``, ``Audio`` or
+classes last) and ``render_samples`` (codes to a typed value of :mod:`arcore.files.media`: ``Images``, ``Audio`` or
 ``Text``); with those it trains, scores and samples (through the cache-free step). ``sampler`` (the incremental path,
-:mod:`arcore.cache`) is an optimisation. What else it offers it declares in :attr:`AutoregressiveModule.capabilities`
-(:class:`Capabilities`), which the callbacks and the command lines read instead of probing attribute names: whether
-a prime cut from a data batch (:meth:`AutoregressiveModule.prime_from_data`) makes completions worth logging, whether
-it resynthesises data from its own features (a vocoder), whether its weights may be rounded to float16 values, and
-how many codes make a second of audio. Everything else,
+:mod:`arcore.sampling.cache`) is an optimisation. What else it offers it declares in
+:attr:`AutoregressiveModule.capabilities` (:class:`Capabilities`), which the callbacks and the command lines read
+instead of probing attribute names: whether a prime cut from a data batch (:meth:`AutoregressiveModule.prime_from_data`)
+makes completions worth logging, whether it resynthesises data from its own features (a vocoder), whether its weights
+may be rounded to float16 values, and how many codes make a second of audio. Everything else,
 the exact log-likelihood, bits/dim, the training loop, sampling and beam search through the shared engine, and
 checkpoint identity, is written once here.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from abc import abstractmethod
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from arcore import checkpoint as checkpoint_io
-from arcore import engine, quiet, weights
-from arcore.cache import ForwardSampler, Sampler
-from arcore.decoding import SampleOptions
-from arcore.errors import UsageError, first_line
-from arcore.lightning_private import attached_trainer
-from arcore.media import Media
+from arcore.contract import Capabilities
+from arcore.errors import UsageError
+from arcore.files.media import Media
+from arcore.sampling import engine
+from arcore.sampling.cache import ForwardSampler, Sampler
+from arcore.sampling.decoding import SampleOptions
+from arcore.training import quiet
+from arcore.training.lightning_private import attached_trainer
 
-quiet.install()  # Lightning's advertisements and misleading hints off the console (arcore.quiet)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a model offers beyond the required contract (:attr:`AutoregressiveModule.capabilities`).
-
-    - ``completion``: :meth:`AutoregressiveModule.prime_from_data` cuts a meaningful prime from a data batch, so
-      the sample logger also logs completions of validation data beside the originals;
-    - ``resynthesis``: the model draws data again from features of the data itself (a vocoder from log-mel
-      frames) through ``resynthesize(items, cond, **sampling) -> list of codes``; the sample logger then logs
-      resynthesised validation items instead of unconditional samples, and ``sample`` needs that input;
-    - ``half_weights``: ``round_weights_to_half() -> largest change`` rounds the weights its sampling step reads
-      to float16 values (``export`` / ``sample --half-weights``);
-    - ``codes_per_second``: for audio, codes per second of sound, so lengths can be asked for in seconds.
-    """
-
-    completion: bool = False
-    resynthesis: bool = False
-    half_weights: bool = False
-    codes_per_second: int | None = None
+quiet.install()  # Lightning's advertisements and misleading hints off the console (arcore.training.quiet)
 
 
 class AutoregressiveModule(pl.LightningModule):
@@ -103,12 +82,14 @@ class AutoregressiveModule(pl.LightningModule):
         return seq.reshape(seq.shape[0], *event_shape, *seq.shape[2:])
 
     def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler:
-        """The incremental sampler of one run (see :mod:`arcore.cache`). This default is the cache-free step, correct
-        for any ``forward``; a model overrides it with a cached one, proven equal by the shared contract tests."""
+        """The incremental sampler of one run (see :mod:`arcore.sampling.cache`). This default is the cache-free step,
+        correct for any ``forward``; a model overrides it with a cached one, proven equal by the shared contract
+        tests."""
         return ForwardSampler(self, batch_size, cond, event_shape)
 
+    @abstractmethod
     def render_samples(self, codes: torch.Tensor) -> Media:
-        """Codes ``[B, *event_shape]`` as what they stand for: :class:`arcore.media.Images`, ``Audio`` or
+        """Codes ``[B, *event_shape]`` as what they stand for: :class:`arcore.files.media.Images`, ``Audio`` or
         ``Text``."""
         raise NotImplementedError
 
@@ -126,6 +107,12 @@ class AutoregressiveModule(pl.LightningModule):
         codes of the whole items. By default the data are the codes themselves; a model that encodes its data
         (an image GPT's palette) overrides this."""
         return data.narrow(self.prime_axis, 0, length)
+
+    @property
+    def prime_extent(self) -> int:
+        """How many steps along :attr:`prime_axis` one data item has (an image's rows): the longest prime
+        :meth:`prime_from_data` cuts. By default the data are the codes, so this is their extent."""
+        return self.event_shape[self.prime_axis - 1]
 
     # ----- likelihood -------------------------------------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor) -> None:
@@ -157,16 +144,16 @@ class AutoregressiveModule(pl.LightningModule):
     def sample(self, n: int, *, cond: Any = None, prime: torch.Tensor | None = None, length: int | None = None,
                options: SampleOptions | None = None, generator: torch.Generator | None = None,
                **settings: Any) -> torch.Tensor:
-        """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.engine.sample`), drawn as
-        ``options`` says (:class:`arcore.decoding.SampleOptions`) with ``settings`` by name replacing its values:
-        ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``use_cache``, ``compile``, ``progress``."""
+        """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.sampling.engine.sample`),
+        drawn as ``options`` says (:class:`arcore.sampling.decoding.SampleOptions`) with ``settings`` by name replacing
+        its values: ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``use_cache``, ``compile``, ``progress``."""
         return engine.sample(self, n, cond=cond, prime=prime, length=length, options=options, generator=generator,
                              **settings)
 
     def beam_search(self, n: int = 1, *, beams: int = 4, cond: Any = None, prime: torch.Tensor | None = None,
                     length: int | None = None, options: SampleOptions | None = None,
                     **settings: Any) -> engine.BeamResult:
-        """The most likely completions and their log-likelihoods (see :func:`arcore.engine.beam_search`)."""
+        """The most likely completions and their log-likelihoods (see :func:`arcore.sampling.engine.beam_search`)."""
         return engine.beam_search(self, n, beams=beams, cond=cond, prime=prime, length=length, options=options,
                                   **settings)
 
@@ -249,36 +236,3 @@ class AutoregressiveModule(pl.LightningModule):
             if isinstance(logger, WandbLogger):  # lets a resumed fit continue this W&B run (see arcore.cli)
                 checkpoint["wandb_run_id"] = logger.version
 
-
-def load_checkpoint(path: str | Path, package: str, map_location: str | torch.device = "cpu",
-                    command: str | None = "sample") -> AutoregressiveModule:
-    """Load a model saved by ``fit`` (a ``.ckpt``) or ``export`` (a ``.safetensors`` weights file) and check it
-    belongs to the tool ``package`` (``pixelgen``, ``wavegen`` or another of :data:`arcore.checkpoint.MODELS`); see
-    :func:`read_model`."""
-    return read_model(path, package, map_location, command)[0]
-
-
-def read_model(path: str | Path, package: str, map_location: str | torch.device = "cpu",
-               command: str | None = "sample", what: str = "checkpoint"
-               ) -> tuple[AutoregressiveModule, dict[str, Any]]:
-    """The model in a checkpoint or weights file of ``package``, and the file's contents. The file is read once,
-    checked for damage and read without running anything in it (:mod:`arcore.checkpoint`, :mod:`arcore.weights`).
-    ``command`` names the other tool's command in the error for a file of the other package (None: a Python
-    caller, told to use ``<package>.load``); ``what`` names the file in errors (``--ckpt``)."""
-    hint = f" (pass a .ckpt written by `{package} fit` or a .safetensors written by `{package} export`)"
-    data = checkpoint_io.read_checkpoint_bytes(path, what, hint)
-    checkpoint = checkpoint_io.load_checkpoint_bytes(data, path, what)
-    cls = checkpoint_io.model_class(checkpoint, path, package, AutoregressiveModule, command)
-    try:
-        if checkpoint.get("weights_only"):  # settings and weights, nothing else: build, then fill in
-            model = weights.build_checked(cls, {k: v for k, v in checkpoint["hyper_parameters"].items()
-                                                if not k.startswith("_")}, checkpoint["state_dict"], f"{what} {path}")
-            return model.to(map_location), checkpoint
-        with checkpoint_io.allow_listed():
-            model = cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, weights_only=True)
-        return model, checkpoint
-    except UsageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - settings or weights that do not fit the class, in any way
-        raise UsageError(f"{path}: its stored settings and weights do not build a {cls.__name__} "
-                         f"({type(exc).__name__}: {first_line(exc)})") from None

@@ -9,7 +9,8 @@ warning of the same libraries still shows:
 - W&B's warning that the ``anonymous`` setting has no effect, which Lightning's ``WandbLogger`` causes by passing
   ``anonymous=None`` to ``wandb.init`` (:func:`quiet_wandb_loggers`).
 
-:func:`install` runs when :mod:`arcore.module` imports Lightning, so the tools, the Python API and the tests get it.
+:func:`install` runs when :mod:`arcore.training.module` imports Lightning, so the tools, the Python API and the tests
+get it.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ def install() -> None:
 
 def quiet_wandb_loggers(loggers: Iterable[Any]) -> None:
     """Leave W&B's ``anonymous`` setting unset in every Lightning ``WandbLogger`` of ``loggers`` that has not
-    started its run yet (:func:`arcore.lightning_private.wandb_init_settings`; W&B warns about ``anonymous=None``
-    but not about an unset one, and ignores the setting either way)."""
+    started its run yet (:func:`arcore.training.lightning_private.wandb_init_settings`; W&B warns about
+    ``anonymous=None`` but not about an unset one, and ignores the setting either way)."""
     from pytorch_lightning.loggers import WandbLogger
 
-    from arcore.lightning_private import wandb_init_settings
+    from arcore.training.lightning_private import wandb_init_settings
 
     for logger in loggers:
         init = wandb_init_settings(logger) if isinstance(logger, WandbLogger) else None

@@ -1,5 +1,5 @@
 """What the models make, as typed values, and writing it: PNG grids of images, 16-bit PCM WAV clips and
-spectrogram pictures, UTF-8 text, each written atomically (:func:`arcore.files.atomic_write`): a failed write
+spectrogram pictures, UTF-8 text, each written atomically (:func:`arcore.files.atomic.atomic_write`): a failed write
 leaves the earlier file whole.
 
 A model's ``render_samples(codes)`` returns one of :class:`Images`, :class:`Audio` or :class:`Text` (together
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from arcore.files import write_atomically
+from arcore.files.atomic import write_atomically
 
 
 @dataclass(frozen=True)

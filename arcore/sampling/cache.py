@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from arcore.decoding import Decoding
-    from arcore.engine import Autoregressive
+    from arcore.contract import Autoregressive
+    from arcore.sampling.decoding import Decoding
 
 Piece = Callable[[torch.Tensor], "torch.Tensor | None"]
 Drawer = Callable[[torch.Tensor, "torch.Tensor | None"], None]
@@ -132,7 +132,8 @@ class ForwardSampler(Sampler):
     """The cache-free step every model has: the teacher-forced pass over the whole code buffer, logits taken at
     ``cache.position``. It is the reference of every cached path, and the cached path of a model that writes only
     ``forward`` (static shapes, so it captures too). It needs only the engine's contract
-    (:class:`arcore.engine.Autoregressive`): any ``torch.nn.Module`` that keeps it samples, Lightning or not."""
+    (:class:`arcore.contract.Autoregressive`): any ``torch.nn.Module`` that keeps it samples, Lightning or
+    not."""
 
     def __init__(self, model: Autoregressive, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> None:
         super().__init__(StepCache(batch_size, *device_and_dtype(model)))

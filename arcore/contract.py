@@ -1,0 +1,185 @@
+"""What a model is and may offer: the parts the engine, the tools and the files rely on, as ``Protocol``s beside
+:class:`Capabilities`, and the check every model class passes when it registers (:func:`check_model_class`).
+
+- :class:`Autoregressive`: what the sampling engine needs (any ``torch.nn.Module`` that keeps it samples, Lightning or
+  not);
+- :class:`Model`: what the command lines, the callbacks and the files need besides (``arcore.training.module.
+  AutoregressiveModule`` provides all of it but ``forward`` and ``render_samples``);
+- optional parts, each gated by a flag of :class:`Capabilities`: :class:`Resynthesizer` (``resynthesis``) and
+  :class:`HalfWeights` (``half_weights``). A caller reaches them only through :func:`resynthesizer` and
+  :func:`half_weights`, which check the flag, so nothing is guessed from attribute names.
+
+This module imports nothing at run time but the standard library: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from arcore.files.media import Media
+    from arcore.sampling.cache import Sampler
+    from arcore.sampling.decoding import SampleOptions
+    from arcore.sampling.engine import BeamResult
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model offers beyond the required contract (its ``capabilities``).
+
+    Args:
+        completion: ``prime_from_data`` cuts a meaningful prime from a data batch, so the sample logger also logs
+            completions of validation data beside the originals.
+        resynthesis: the model draws data again from features of the data itself (a vocoder from log-mel frames)
+            through :meth:`Resynthesizer.resynthesize`; the sample logger then logs resynthesised validation items
+            instead of unconditional samples, and ``sample`` needs that input.
+        half_weights: :meth:`HalfWeights.round_weights_to_half` rounds the weights its sampling step reads to float16
+            values (``export`` / ``sample --half-weights``).
+        codes_per_second: for audio, codes per second of sound, so lengths can be asked for in seconds.
+    """
+
+    completion: bool = False
+    resynthesis: bool = False
+    half_weights: bool = False
+    codes_per_second: int | None = None
+
+
+class Autoregressive(Protocol):
+    """What the sampling engine (:mod:`arcore.sampling.engine`) needs of a model: p(x) = prod_t p(x_t | x_<t) over
+    ``event_shape_for(length)`` codes in the order of ``to_order``, each with ``num_classes`` values."""
+
+    num_classes: int
+    training: bool
+
+    def event_shape_for(self, length: int | None) -> tuple[int, ...]: ...
+    def to_order(self, x: torch.Tensor) -> torch.Tensor: ...
+    def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
+    def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
+    def __call__(self, codes: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler: ...
+    def parameters(self) -> Iterable[torch.nn.Parameter]: ...
+    def train(self, mode: bool = True) -> Any: ...
+
+
+class Model(Autoregressive, Protocol):
+    """What the tools, the callbacks and the files need of a model beyond sampling: its shape and labels, what its
+    codes stand for, how a prime is cut from data, its likelihood, and what else it offers."""
+
+    event_shape: tuple[int, ...]
+    num_labels: int
+    prime_axis: int
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+    @property
+    def prime_extent(self) -> int: ...
+    @property
+    def num_codes(self) -> int: ...
+    @property
+    def device(self) -> torch.device: ...
+
+    def render_samples(self, codes: torch.Tensor) -> Media: ...
+    def prime_from_data(self, data: torch.Tensor, length: int) -> torch.Tensor: ...
+    def log_prob(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+    def sample(self, n: int, *, cond: Any = None, prime: torch.Tensor | None = None, length: int | None = None,
+               options: SampleOptions | None = None, generator: torch.Generator | None = None,
+               **settings: Any) -> torch.Tensor: ...
+    def beam_search(self, n: int = 1, *, beams: int = 4, cond: Any = None, prime: torch.Tensor | None = None,
+                    length: int | None = None, options: SampleOptions | None = None,
+                    **settings: Any) -> BeamResult: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+    def eval(self) -> Any: ...
+
+
+class Resynthesizer(Protocol):
+    """The optional part of a model declaring ``resynthesis``: items drawn again from their own features."""
+
+    def resynthesize(self, items: Sequence[torch.Tensor], cond: torch.Tensor | None = None, /, *,
+                     options: SampleOptions | None = None, generator: torch.Generator | None = None,
+                     **settings: Any) -> list[torch.Tensor]: ...
+
+
+class HalfWeights(Protocol):
+    """The optional part of a model declaring ``half_weights``."""
+
+    def round_weights_to_half(self) -> float: ...
+
+
+OPTIONAL_PARTS = {"resynthesis": ("resynthesize", Resynthesizer), "half_weights": ("round_weights_to_half",
+HalfWeights)}
+"""Each capability that promises a method: the method's name and the ``Protocol`` it belongs to."""
+
+
+class ContractError(TypeError):
+    """A model class that does not keep the contract: one line naming the class, what is missing and how to fix it."""
+
+
+def check_model_class(cls: type) -> None:
+    """Refuse, with one :class:`ContractError` line, a model class that leaves a required method unwritten
+    (``forward``, or one its base marks abstract, such as ``render_samples``) or declares a capability in a class
+    attribute ``capabilities`` without the method that capability promises. A ``capabilities`` property (one that
+    depends on the model's settings) is checked on each model that reaches an optional part
+    (:func:`resynthesizer`, :func:`half_weights`).
+
+    Args:
+        cls: the model class, checked without building one.
+    """
+    forward = getattr(cls, "forward", None)
+    if not callable(forward) or getattr(forward, "__name__", "") == "_forward_unimplemented":
+        raise ContractError(f"{cls.__qualname__} does not write forward(codes, cond) -> logits [B, *event_shape, "
+                            f"num_classes]: every model must")
+    unwritten = sorted(name for name, value in inspect.getmembers(cls)
+                       if getattr(value, "__isabstractmethod__", False))
+    if unwritten:
+        raise ContractError(f"{cls.__qualname__} does not write {', '.join(unwritten)}: every model must (see "
+                            f"arcore.contract.Model)")
+    declared = inspect.getattr_static(cls, "capabilities", None)
+    if isinstance(declared, Capabilities):
+        check_capabilities(cls, declared)
+
+
+def check_capabilities(owner: object, capabilities: Capabilities) -> None:
+    """Refuse, with one :class:`ContractError` line, ``capabilities`` that promise a method ``owner`` (a model or
+    its class) does not have.
+
+    Args:
+        owner: a model class or a model.
+        capabilities: what it declares.
+    """
+    cls = owner if isinstance(owner, type) else type(owner)
+    for flag, (method, part) in OPTIONAL_PARTS.items():
+        if getattr(capabilities, flag) and not callable(getattr(cls, method, None)):
+            raise ContractError(f"{cls.__qualname__} declares {flag} in its capabilities but has no {method} method "
+                                f"(arcore.contract.{part.__name__}): write it, or drop {flag}=True")
+
+
+def resynthesizer(model: Model) -> Resynthesizer:
+    """``model`` as a :class:`Resynthesizer`, after checking that it declares ``resynthesis`` and has the method.
+
+    Args:
+        model: the model whose resynthesis a caller wants.
+    """
+    return _optional_part(model, "resynthesis")
+
+
+def half_weights(model: Model) -> HalfWeights:
+    """``model`` as :class:`HalfWeights`, after checking that it declares ``half_weights`` and has the method.
+
+    Args:
+        model: the model whose weights a caller wants rounded.
+    """
+    return _optional_part(model, "half_weights")
+
+
+def _optional_part(model: Model, flag: str) -> Any:
+    capabilities = model.capabilities
+    if not getattr(capabilities, flag):
+        raise ContractError(f"a {type(model).__qualname__} does not declare {flag} in its capabilities")
+    check_capabilities(model, capabilities)
+    return model
