@@ -116,6 +116,10 @@ HalfWeights)}
 """Each capability that promises a method: the method's name and the ``Protocol`` it belongs to."""
 
 
+FRAMEWORKS = ("torch", "pytorch_lightning", "lightning")
+"""Packages whose ``forward`` is a placeholder (``torch.nn.Module``'s raises, ``LightningModule``'s passes it on)."""
+
+
 class ContractError(TypeError):
     """A model class that does not keep the contract: one line naming the class, what is missing and how to fix it."""
 
@@ -130,8 +134,8 @@ def check_model_class(cls: type) -> None:
     Args:
         cls: the model class, checked without building one.
     """
-    forward = getattr(cls, "forward", None)
-    if not callable(forward) or getattr(forward, "__name__", "") == "_forward_unimplemented":
+    owner = next((base for base in cls.__mro__ if "forward" in vars(base)), None)
+    if owner is None or owner.__module__.split(".")[0] in FRAMEWORKS:
         raise ContractError(f"{cls.__qualname__} does not write forward(codes, cond) -> logits [B, *event_shape, "
                             f"num_classes]: every model must")
     unwritten = sorted(name for name, value in inspect.getmembers(cls)

@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from arcore.training.module import AutoregressiveModule
 from benchmarks.common import machine, table, training_step_seconds, write_section
+from pixelgen.igpt import ImageGPT
+from wavegen.wavenet import AudioCond, WaveNet
 
 CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
 SAMPLED = {  # the config each model of the sampling table is built from; WaveNet draws clips of SAMPLES samples
@@ -38,23 +41,23 @@ TINY = {  # model settings of --tiny, by the config's model class
 }
 
 
-def model_from_config(name: str, device: str, tiny: bool = False) -> torch.nn.Module:
+def model_from_config(name: str, device: str, tiny: bool = False) -> AutoregressiveModule:
     """The model a shipped config builds, with random weights (an image GPT gets a stand-in palette); ``tiny``
     shrinks it to the settings of ``TINY``."""
     config = yaml.safe_load((CONFIGS / name).read_text())["model"]
     module_name, cls_name = config["class_path"].rsplit(".", 1)
     cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
     model = cls(**{**config.get("init_args", {}), **(TINY[cls_name] if tiny else {})})
-    if hasattr(model, "palette_fitted"):
+    if isinstance(model, ImageGPT):
         model.palette_fitted.fill_(True)
     return model.to(device).eval()
 
 
-def codes_per_second(model: torch.nn.Module, batch: int, capture: object, device: str, samples: int
+def codes_per_second(model: AutoregressiveModule, batch: int, capture: object, device: str, samples: int
                      ) -> tuple[float, float]:
     """(codes/s of the better of two runs, seconds of the first run, which compiles or captures); a WaveNet draws
     clips of ``samples``."""
-    length = samples if hasattr(model, "sample_rate") else None
+    length = samples if model.capabilities.codes_per_second else None  # audio: clips of any length
 
     def run() -> float:
         if device == "cuda":
@@ -90,13 +93,11 @@ def sampling_table(device: str, batches: list[int], models: list[str], tiny: boo
     return table(header, rows)
 
 
-def random_cond(model: torch.nn.Module, batch: int, length: int, device: str) -> object:
+def random_cond(model: AutoregressiveModule, batch: int, length: int, device: str) -> object:
     """The conditioning a model needs for a batch of ``length`` codes: speaker or class labels, log-mel frames."""
-    labels = torch.arange(batch, device=device) % model.num_labels if getattr(model, "num_labels", 0) else None
-    if not hasattr(model, "sample_rate"):
+    labels = torch.arange(batch, device=device) % model.num_labels if model.num_labels else None
+    if not isinstance(model, WaveNet):
         return labels
-    from wavegen.wavenet import AudioCond
-
     mels = model.hparams.n_mels
     mel = torch.randn(batch, mels, -(-length // model.hop_length), device=device) if mels else None
     return AudioCond(speaker=labels, mel=mel) if labels is not None or mel is not None else None
@@ -112,7 +113,7 @@ def training_table(device: str, tiny: bool = False) -> str:
         data = yaml.safe_load(path.read_text()).get("data", {})
         model = model_from_config(path.name, device, tiny).train()
         batch = 2 if tiny else data.get("batch_size", 16)
-        if hasattr(model, "sample_rate"):
+        if isinstance(model, WaveNet):
             crop = model.receptive_field + (TINY_SAMPLES if tiny else data.get("crop_samples", 2000))
             codes = torch.randint(0, model.num_classes, (batch, crop), device=device)
         else:

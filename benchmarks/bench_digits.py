@@ -115,7 +115,7 @@ def rows(root: str, models: dict[str, Any], temperatures: list[float], takes: Se
         raise UsageError(f"--temperatures must be > 0, got {' '.join(f'{t:g}' for t in temperatures)}")
     first = next(iter(models.values()))
     for name, model in models.items():
-        if not getattr(model, "vocoder", False):
+        if not model.capabilities.resynthesis:
             raise UsageError(f"--models {name} is not a vocoder (it has no mel conditioning)")
         if model.sample_rate != first.sample_rate:
             raise UsageError(f"--models: {name} is for {model.sample_rate} Hz audio, the first for "

@@ -294,12 +294,13 @@ class ImageGPT(AutoregressiveModule):
 class ImageGPTSampler(Sampler):
     """The K/V cache and the step pieces of one run.
 
-    State: ``kv [layers, B, 2, heads, N, head_dim]``, written in place at ``cache.position``; ``visible [1, 1, 1,
-    N]``, the additive attention mask (0 for positions written so far, -inf beyond); ``first [B, width]``, the input
-    at position 0 (``visible`` only for the PyTorch step). There is one step piece per attention span: position ``t`` attends over the first
-    ``ceil(N (j + 1) / SPAN_BUCKETS)`` cached positions for the bucket ``j`` that holds ``t`` (the mask hides the
-    rest), so a step reads ~5/8 of the cache on average and a run has ``SPAN_BUCKETS`` pieces whatever the image
-    size. Small float32 batches on the CPU take the fused C++ step instead (:mod:`pixelgen.igpt_step`).
+    State, each a field of the sampler registered in its cache: ``kv [layers, B, 2, heads, N, head_dim]``, written in
+    place at ``cache.position``; ``visible [1, 1, 1, N]``, the additive attention mask (0 for positions written so far,
+    -inf beyond; the PyTorch step's only); ``first [B, width]``, the input at position 0. There is one step piece per
+    attention span: position ``t`` attends over the first ``ceil(N (j + 1) / SPAN_BUCKETS)`` cached positions for the
+    bucket ``j`` that holds ``t`` (the mask hides the rest), so a step reads ~5/8 of the cache on average and a run
+    has ``SPAN_BUCKETS`` pieces whatever the image size. Small float32 batches on the CPU take the fused C++ step
+    instead (:mod:`pixelgen.igpt_step`).
     """
 
     @torch.no_grad()
@@ -310,14 +311,15 @@ class ImageGPTSampler(Sampler):
         super().__init__(StepCache(batch_size, model.device, model.dtype))
         self.model, self.cond = model, cond
         cache, n, heads, width = self.cache, model.num_codes, model.blocks[0].heads, model.start.shape[0]
-        kv = cache.alloc("kv", (len(model.blocks), batch_size, 2, heads, n, width // heads), batch_dim=1)
+        self.kv = kv = cache.alloc("kv", (len(model.blocks), batch_size, 2, heads, n, width // heads), batch_dim=1)
         self.layer_kv = kv.unbind(0)  # per-layer views, resolved once
-        cache.register("first", model._first_input(cond, batch_size) + model.position_embedding[0])
+        self.first = cache.register("first", model._first_input(cond, batch_size) + model.position_embedding[0])
+        self.visible: torch.Tensor | None = None
         if FusedStep.applies(model, batch_size):  # small batches on the CPU: the whole step in one C++ call
-            self.pieces = [FusedStep(model, kv, cache.first, cache.position)]
+            self.pieces = [FusedStep(model, kv, self.first, cache.position)]
         else:
-            cache.register("visible", torch.full((1, 1, 1, n), float("-inf"), dtype=model.dtype,
-                                                 device=model.device), batch_dim=None)
+            self.visible = cache.register("visible", torch.full((1, 1, 1, n), float("-inf"), dtype=model.dtype,
+                                                                device=model.device), batch_dim=None)
             blocks = torch.get_num_threads() if batch_size <= 8 else 1  # larger batches keep every thread busy
             self.dense = [[BlockedDense(d, blocks) for d in block.dense()] for block in model.blocks]
             self.head = BlockedDense(model.head, blocks)
@@ -340,11 +342,12 @@ class ImageGPTSampler(Sampler):
     def _step(self, span: int, seq: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, palette_size]`` at ``cache.position``, attending over the first ``span`` positions; tokens,
         position embeddings and cache writes are indexed by the device position."""
-        model, cache = self.model, self.cache
+        model, cache, visible = self.model, self.cache, self.visible
+        assert visible is not None  # the PyTorch step's mask (the fused step keeps none)
         index = cache.position.view(1)
-        cache.visible.index_fill_(3, index, 0.0)
-        visible = cache.visible[..., :span]
-        x = torch.where(index == 0, cache.first,
+        visible.index_fill_(3, index, 0.0)
+        visible = visible[..., :span]
+        x = torch.where(index == 0, self.first,
                         F.embedding(previous_code(seq, cache.position), model.token_embedding.weight)
                         + model.position_embedding.index_select(0, index))
         for block, kv, dense in zip(model.blocks, self.layer_kv, self.dense):
@@ -355,6 +358,6 @@ class ImageGPTSampler(Sampler):
     def prefill(self, seq: torch.Tensor, length: int) -> None:
         """Keys and values of the first ``length`` positions from one teacher-forced pass."""
         self.model._teacher_forced(seq[:, :length], self.cond, self.layer_kv)
-        if hasattr(self.cache, "visible"):
-            self.cache.visible[..., :length] = 0.0
+        if self.visible is not None:
+            self.visible[..., :length] = 0.0
         self.cache.position.fill_(length)

@@ -27,6 +27,7 @@ teacher-forced pass (:meth:`PixelCNNSampler.prefill`).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -266,6 +267,18 @@ class PixelCNN(AutoregressiveModule):
         return PixelCNNSampler(self, batch_size, cond, event_shape)
 
 
+@dataclass
+class PixelCNNBuffers:
+    """The per-run state of a :class:`PixelCNNSampler`, each tensor registered in its ``StepCache`` (so beam search
+    reorders it in place) and read through these fields."""
+
+    v_rows: list[torch.Tensor]  # per layer [B, C_in, half + 1, W + 2 half]: the rows its vertical stack still reads
+    h_rows: dict[int, torch.Tensor]  # per layer but the first [B, W + half, C_in]: its input along the current row
+    row_bias: torch.Tensor  # [L, B, W, 2F]: what the vertical stack adds to the current row's horizontal gates
+    cond_v: torch.Tensor  # [L, B, 2F]: the conditioning's bias of each vertical gate
+    cond_h: torch.Tensor  # [L, B, 2F]: the static and conditioning biases of each horizontal gate
+
+
 class PixelCNNSampler(Sampler):
     """Row buffers of both stacks and the masked weights as matrices, built once per run.
 
@@ -294,12 +307,13 @@ class PixelCNNSampler(Sampler):
         self.half = half = model.kernel_size // 2
         cache, width, hidden, n_layers = self.cache, self.width, model.hidden, len(model.layers)
         biases = model._cond_biases(cond, batch_size)
+        v_rows, h_rows = [], {}
         for i, layer in enumerate(model.layers):
             c_in = layer.vertical.in_channels
-            cache.alloc(f"v_rows{i}", (batch_size, c_in, half + 1, width + 2 * half))
+            v_rows.append(cache.alloc(f"v_rows{i}", (batch_size, c_in, half + 1, width + 2 * half)))
             if i:
-                cache.alloc(f"h_row{i}", (batch_size, width + half, c_in))
-        cache.alloc("row_bias", (n_layers, batch_size, width, 2 * hidden), batch_dim=1)
+                h_rows[i] = cache.alloc(f"h_row{i}", (batch_size, width + half, c_in))
+        row_bias = cache.alloc("row_bias", (n_layers, batch_size, width, 2 * hidden), batch_dim=1)
         static_bias = torch.stack([layer.horizontal.bias + layer.vertical_to_horizontal.bias
                                    for layer in model.layers])  # [L, 2F]
         cond_v = torch.zeros(n_layers, batch_size, 2 * hidden, device=model.device, dtype=model.dtype)
@@ -307,9 +321,9 @@ class PixelCNNSampler(Sampler):
         if biases is not None:
             cond_v += biases[:, :, 0].transpose(0, 1)
             cond_h += biases[:, :, 1].transpose(0, 1)
-        cache.register("cond_v", cond_v, batch_dim=1)
-        cache.register("cond_h", cond_h, batch_dim=1)
-        cache.row_bias.copy_(cond_h[:, :, None, :].expand_as(cache.row_bias))
+        self.buffers = PixelCNNBuffers(v_rows, h_rows, row_bias, cache.register("cond_v", cond_v, batch_dim=1),
+                                       cache.register("cond_h", cond_h, batch_dim=1))
+        row_bias.copy_(cond_h[:, :, None, :].expand_as(row_bias))
         # masked weights as [in * window, out] matrices for the one-column products of the horizontal stack
         self.horizontal_w = [layer.horizontal.masked_weight()[:, :, 0].permute(2, 1, 0).flatten(0, 1)
                              for layer in model.layers]
@@ -327,7 +341,7 @@ class PixelCNNSampler(Sampler):
             self.head2_b = self.head2_b.view(self.colours, model.num_classes)
             self.step = self._step
         else:
-            cache.alloc("pixel_params", (batch_size, self.head2_b.numel()))
+            self.pixel_params = cache.alloc("pixel_params", (batch_size, self.head2_b.numel()))  # [B, P]: a pixel's
             self.pixel = self._pixel
             self.channel_steps = tuple(functools.partial(self._channel_step, c) for c in range(self.colours))
 
@@ -347,19 +361,19 @@ class PixelCNNSampler(Sampler):
         finished = seq.index_select(1, self.cache.position - width * self.colours + self.row_codes)
         new_row = model.scale_input(finished).view(-1, width, self.colours).transpose(1, 2)  # [B, C, W]
         for i in range(len(model.layers)):
-            rows = getattr(self.cache, f"v_rows{i}")
+            rows = self.buffers.v_rows[i]
             rows[:, :, :-1] = rows[:, :, 1:].clone()
             rows[:, :, -1, half: half + width] = new_row
             v_pre = self._update_row_bias(i)
-            new_row = GatedLayer.gate(v_pre + self.cache.cond_v[i][:, :, None], 1)
+            new_row = GatedLayer.gate(v_pre + self.buffers.cond_v[i][:, :, None], 1)
 
     def _update_row_bias(self, i: int) -> torch.Tensor:
         """Layer i's vertical pre-activation ``[B, 2F, W]`` of the newest row in ``v_rows{i}``, whose link to the
         horizontal stack becomes the next row's ``row_bias[i]``."""
         layer = self.model.layers[i]
-        v_pre = F.conv2d(getattr(self.cache, f"v_rows{i}"), layer.vertical.weight, layer.vertical.bias)[:, :, 0]
+        v_pre = F.conv2d(self.buffers.v_rows[i], layer.vertical.weight, layer.vertical.bias)[:, :, 0]
         link = F.conv1d(v_pre, layer.vertical_to_horizontal.weight[:, :, 0], None)  # [B, 2F, W]
-        torch.add(link.transpose(1, 2), self.cache.cond_h[i][:, None, :], out=self.cache.row_bias[i])
+        torch.add(link.transpose(1, 2), self.buffers.cond_h[i][:, None, :], out=self.buffers.row_bias[i])
         return v_pre
 
     def _step(self, seq: torch.Tensor) -> torch.Tensor:
@@ -378,19 +392,19 @@ class PixelCNNSampler(Sampler):
         self._store_mixture(self._column(seq))
 
     def _store_mixture(self, out: torch.Tensor) -> None:
-        torch.addmm(self.head2_b, self._head_features(out), self.head2_w, out=self.cache.pixel_params)
+        torch.addmm(self.head2_b, self._head_features(out), self.head2_w, out=self.pixel_params)
 
     def _channel_step(self, channel: int, seq: torch.Tensor) -> torch.Tensor:
         """Logits of ``channel`` of the current pixel, from its mixture and the codes of its earlier channels (the
         ``channel`` codes before ``cache.position``)."""
         earlier = seq.index_select(1, self.cache.position - channel + self.channels[:channel])
-        mix = self.model.pixel_mixture(self.cache.pixel_params)
+        mix = self.model.pixel_mixture(self.pixel_params)
         return mixture.channel_logits(mix, earlier, self.model.num_classes)
 
     def _column(self, seq: torch.Tensor) -> torch.Tensor:
         """The last layer's horizontal output ``[B, F]`` at the pixel of ``cache.position``, writing every layer's
         output there into the next layer's row buffer."""
-        c, model, half, colours = self.cache, self.model, self.half, self.colours
+        c, model, half, colours, buffers = self.cache, self.model, self.half, self.colours, self.buffers
         pixel = torch.div(c.position, colours, rounding_mode="floor")
         col = pixel.remainder(self.width).view(1)
         # layer 0's window: the codes of columns col - half .. col of this row, zero left of the image (the
@@ -401,14 +415,14 @@ class PixelCNNSampler(Sampler):
         window = model.scale_input(codes) * columns.ge(0).repeat_interleave(colours).to(c.dtype)
         for i, layer in enumerate(model.layers):
             if i:
-                row = getattr(c, f"h_row{i}")
+                row = buffers.h_rows[i]
                 window = row.index_select(1, col + self.window).flatten(1)
-            pre = torch.addmm(c.row_bias[i].index_select(1, col).squeeze(1), window, self.horizontal_w[i])
+            pre = torch.addmm(buffers.row_bias[i].index_select(1, col).squeeze(1), window, self.horizontal_w[i])
             out = torch.addmm(layer.residual.bias, GatedLayer.gate(pre, 1), self.residual_w[i])
             if i:
                 out += row.index_select(1, col + half).squeeze(1)
             if i + 1 < len(model.layers):
-                getattr(c, f"h_row{i + 1}").index_copy_(1, col + half, out.unsqueeze(1))
+                buffers.h_rows[i + 1].index_copy_(1, col + half, out.unsqueeze(1))
         return out
 
     @torch.no_grad()
@@ -425,7 +439,7 @@ class PixelCNNSampler(Sampler):
         if model.output != "softmax" and rows_done:  # stepping leaves the last primed pixel's mixture
             self._store_mixture(out[:, :, rows_done - 1, width - 1])
         for i, (v_in, h_in) in enumerate(inputs):
-            buffer = getattr(self.cache, f"v_rows{i}")
+            buffer = self.buffers.v_rows[i]
             for slot in range(half + 1):  # slot half holds row R - 2, slot 0 row R - 2 - half
                 row = rows_done - 2 - half + slot
                 if row >= 0:
@@ -433,7 +447,7 @@ class PixelCNNSampler(Sampler):
             if rows_done >= 2:
                 self._update_row_bias(i)
             if i:
-                getattr(self.cache, f"h_row{i}")[:, half:] = h_in[:, :, rows_done - 1].transpose(1, 2)
+                self.buffers.h_rows[i][:, half:] = h_in[:, :, rows_done - 1].transpose(1, 2)
         self.cache.position.fill_(length)
 
 

@@ -143,7 +143,7 @@ def test_fused_cpu_step_writes_the_same_cache_and_logits_as_the_pytorch_step(mon
     assert uses_fused_step(fused) and not uses_fused_step(plain)
     error = max((fused_step(t, seq) - plain_step(t, seq)).abs().max().item() for t in range(seq.shape[1]))
     assert error < 1e-5
-    fused_kv, plain_kv = fused.cache.kv, plain.cache.kv
+    fused_kv, plain_kv = fused.kv, plain.kv
     assert torch.allclose(fused_kv, plain_kv, atol=1e-6) and fused_kv.abs().min() > 0  # every position written
 
 
@@ -197,15 +197,16 @@ def test_cache_buffers_have_the_designed_shapes_and_stay_in_place():
     buffers = cache.buffers()
     assert buffers["kv"].shape == (3, n, 2, 4, tokens, 6)  # layers, batch, key/value, heads, positions, head dim
     assert buffers["visible"].shape == (1, 1, 1, tokens) and buffers["first"].shape == (n, 24)
+    assert sampler.kv is buffers["kv"] and sampler.visible is buffers["visible"] and sampler.first is buffers["first"]
     before = {name: (tuple(t.shape), t.data_ptr()) for name, t in buffers.items()}
     seq = random_codes(model, n).flatten(1)
     with torch.no_grad():
         for t in range(tokens):
             step(t, seq)
-            kv = cache.kv
+            kv = sampler.kv
             assert kv[:, :, :, :, : t + 1].abs().amax(dim=(0, 1, 2, 3, 5)).min() > 0  # written up to t
             assert not kv[:, :, :, :, t + 1:].any()  # and nothing beyond
-            assert torch.equal(torch.isfinite(cache.visible).flatten(), torch.arange(tokens) <= t)
+            assert torch.equal(torch.isfinite(sampler.visible).flatten(), torch.arange(tokens) <= t)
     assert {name: (tuple(t.shape), t.data_ptr()) for name, t in cache.buffers().items()} == before
     assert cache.nbytes() == (3 * n * 2 * tokens * 24 + tokens + n * 24 + 1) * 8  # float64, position int64
 

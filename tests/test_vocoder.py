@@ -99,9 +99,9 @@ def test_upsampled_conditioning_is_causal_in_the_codes_and_matches_teacher_forci
 def test_the_sampler_holds_one_table_row_per_sample_when_upsampled():
     model = vocoder("transposed")
     sampler = model.sampler(2, random_cond(2, 25), (25,))
-    assert tuple(sampler.cache.mel_frames.shape) == (30, 2, 3)  # 5 frames of 6 samples, one row per sample
+    assert tuple(sampler.buffers.mel_frames.shape) == (30, 2, 3)  # 5 frames of 6 samples, one row per sample
     repeat = vocoder("repeat").sampler(2, random_cond(2, 25), (25,))
-    assert tuple(repeat.cache.mel_frames.shape) == (5, 2, 3)  # one row per frame
+    assert tuple(repeat.buffers.mel_frames.shape) == (5, 2, 3)  # one row per frame
 
 
 @pytest.mark.parametrize("upsample", ["repeat", "transposed"])

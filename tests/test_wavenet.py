@@ -147,7 +147,8 @@ def test_cache_buffers_have_the_designed_shapes_and_stay_put():
     for t in range(length):
         step(t, seq)
     assert {name: (tuple(b.shape), b.data_ptr()) for name, b in cache.buffers().items()} == before
-    assert cache.ring.abs().sum() > 0
+    assert sampler.buffers.ring is buffers["ring"] and sampler.buffers.mel_frames is buffers["mel_frames"]
+    assert sampler.buffers.ring.abs().sum() > 0
 
 
 def test_bad_input_is_a_usage_error():

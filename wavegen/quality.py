@@ -208,7 +208,7 @@ class VocoderQuality(pl.Callback):
         self._log(trainer, pl_module, "test")
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
-        if not getattr(pl_module, "vocoder", False) or not trainer.is_global_zero:
+        if not pl_module.capabilities.resynthesis or not trainer.is_global_zero:
             return
         codes, references, speakers = self._clips(trainer, pl_module, split)
         if not codes:

@@ -51,7 +51,7 @@ from arcore.sampling.decoding import Decoding, SampleOptions
 from arcore.training.lightning_private import attached_datamodule
 from arcore.training.module import AutoregressiveModule
 from wavegen import lpc
-from wavegen.wavenet_step import FusedStep, gate_folded
+from wavegen.wavenet_step import FusedStep, WaveNetBuffers, gate_folded
 
 
 @dataclass
@@ -486,11 +486,11 @@ class WaveNet(AutoregressiveModule):
 class WaveNetSampler(Sampler):
     """Ring buffers and the weights folded for one step (see the module docstring), built once per run.
 
-    State (B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]`` (layer l's input at time t in row
-    ``offset_l + t % size_l``), ``gate_bias [B, L gate]`` and, with mel conditioning, ``mel_frames
-    [rows, B, cond_channels]``, the conditioning table computed once here (row = t // ``model.cond_hop``:
-    frames for ``repeat``, samples for a learned upsampling). Nothing else: a step's intermediate values are
-    its own temporaries.
+    State (:class:`wavegen.wavenet_step.WaveNetBuffers`, B = batch): ``ring [sum_l ((k-1) d_l + 1), B, R]`` (layer
+    l's input at time t in row ``offset_l + t % size_l``), ``gate_bias [B, L gate]`` and, with mel conditioning,
+    ``mel_frames [rows, B, cond_channels]``, the conditioning table computed once here (row = t //
+    ``model.cond_hop``: frames for ``repeat``, samples for a learned upsampling). Nothing else: a step's
+    intermediate values are its own temporaries.
     """
 
     @torch.no_grad()
@@ -519,7 +519,7 @@ class WaveNetSampler(Sampler):
         as_long = (lambda v: torch.tensor(v, dtype=torch.long, device=device))
         self.lags, self.slot_sizes, self.slot_offsets = as_long(lags), as_long(slot_sizes), as_long(slot_offsets)
         self.n_past = n_layers * (k - 1)
-        cache.alloc("ring", (sum(self.sizes), batch_size, res), batch_dim=1)
+        ring = cache.alloc("ring", (sum(self.sizes), batch_size, res), batch_dim=1)
 
         # sigmoid(b) = (1 + tanh(b/2)) / 2: every contribution to the sigmoid half is scaled by 1/2 (gate_folded)
         weights = gate_folded(torch.stack([layer.conv.weight for layer in model.layers]), gate, dim=1)  # [L, G, R, k]
@@ -531,12 +531,12 @@ class WaveNetSampler(Sampler):
         gate_bias = gate_bias.expand(batch_size, -1).clone()
         if speaker is not None:
             gate_bias += gate_folded(model.speaker_embed(speaker), gate, dim=1)
-        cache.register("gate_bias", gate_bias)
-        self.mel = mel is not None
-        if self.mel:
+        mel_frames = None
+        if mel is not None:
             features = model.cond_features(mel, mel_lengths).permute(2, 0, 1).contiguous()  # [rows, B, C]
-            cache.register("mel_frames", features, batch_dim=1)
+            mel_frames = cache.register("mel_frames", features, batch_dim=1)
             self.w_mel = gate_folded(model.mel_proj.weight[:, :, 0], gate).t()
+        self.buffers = WaveNetBuffers(ring, cache.register("gate_bias", gate_bias), mel_frames)
         # the gate gives z = 2 tanh(a) sigmoid(b): the residual and skip 1x1s take half of it
         self.w_res = [0.5 * layer.residual.weight[:, :, 0].t() for layer in model.layers[:-1]]
         self.b_res = [layer.residual.bias for layer in model.layers[:-1]]
@@ -545,7 +545,7 @@ class WaveNetSampler(Sampler):
         self.w_head1, self.b_head1 = model.head1.weight[:, :, 0].t(), model.head1.bias
         self.w_head2, self.b_head2 = model.head2.weight[:, :, 0].t(), model.head2.bias
         self.embed = model.embed.weight
-        self.step = FusedStep(model, cache, model.cond_hop) if FusedStep.applies(model) else self._step
+        self.step = FusedStep(model, cache, self.buffers, model.cond_hop) if FusedStep.applies(model) else self._step
 
     def capturable(self, piece: Piece) -> bool:
         return not isinstance(piece, FusedStep)  # already one call per step
@@ -559,15 +559,15 @@ class WaveNetSampler(Sampler):
         Written without ``out=`` or writes into views: the only write is the ring's, so a compiled step
         (torch.compile functionalises every in-place op on a view into copies of its base) stays as lean as the
         eager one, and a CUDA graph replays the eager kernels."""
-        c, half = self.cache, self.w_cur.shape[2] // 2
+        c, buffers, half = self.cache, self.buffers, self.w_cur.shape[2] // 2
         batch, n_layers = c.batch_size, self.w_cur.shape[0]
         slots = (c.position - self.lags).remainder(self.slot_sizes) + self.slot_offsets
         x = F.embedding(previous_code(seq, c.position), self.embed) * c.position.gt(0)  # silence at position 0
-        taps = c.ring.index_select(0, slots[: self.n_past])  # [L (k-1), B, R]
-        bias = c.gate_bias
-        if self.mel:
+        taps = buffers.ring.index_select(0, slots[: self.n_past])  # [L (k-1), B, R]
+        bias = buffers.gate_bias
+        if buffers.mel_frames is not None:
             row = torch.div(c.position, self.model.cond_hop, rounding_mode="floor").view(1)
-            bias = torch.addmm(bias, c.mel_frames.index_select(0, row)[0], self.w_mel)
+            bias = torch.addmm(bias, buffers.mel_frames.index_select(0, row)[0], self.w_mel)
         taps = taps.view(n_layers, -1, batch, taps.shape[2]).transpose(1, 2).flatten(2)  # [L, B, (k-1) R]
         pre = torch.bmm(taps, self.w_past) + bias.view(batch, n_layers, -1).transpose(0, 1)  # [L, B, G]
         inputs, gates = [], []
@@ -577,7 +577,7 @@ class WaveNetSampler(Sampler):
             gates.append(torch.addcmul(act[:, :half], act[:, :half], act[:, half:]))  # 2 tanh(a) sigmoid(b)
             if i + 1 < n_layers:
                 x = torch.addmm(x + self.b_res[i], gates[-1], self.w_res[i])
-        c.ring.index_copy_(0, slots[self.n_past:], torch.stack(inputs))
+        buffers.ring.index_copy_(0, slots[self.n_past:], torch.stack(inputs))
         skip = torch.addmm(self.b_skip, torch.cat(gates, 1), self.w_skip).relu_()
         hidden = torch.addmm(self.b_head1, skip, self.w_head1).relu_()
         return torch.addmm(self.b_head2, hidden, self.w_head2)
@@ -590,7 +590,7 @@ class WaveNetSampler(Sampler):
         self.model._teacher_forced(seq[:, :length], self.cond, inputs)
         for x, size, offset in zip(inputs, self.sizes, self.offsets):
             times = torch.arange(max(0, length - size), length, device=seq.device)
-            self.cache.ring.index_copy_(0, offset + times % size, x.index_select(2, times).permute(2, 0, 1))
+            self.buffers.ring.index_copy_(0, offset + times % size, x.index_select(2, times).permute(2, 0, 1))
         self.cache.position.fill_(length)
 
 

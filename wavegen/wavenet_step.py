@@ -22,6 +22,7 @@ It is built on first use by :mod:`arcore.sampling.native`; ``WAVEGEN_FUSED=0`` (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
@@ -120,21 +121,32 @@ def weight_dtype(model: WaveNet) -> torch.dtype:
     return packed(model, with_mel=model.n_mels > 0).gate[0].dtype
 
 
+@dataclass
+class WaveNetBuffers:
+    """The per-run state of a WaveNet sampler (``wavegen.wavenet.WaveNetSampler``), each tensor registered in its
+    ``StepCache`` (so beam search reorders it in place) and read through these fields, by the PyTorch step and by
+    :class:`FusedStep` alike."""
+
+    ring: torch.Tensor  # [sum_l ((k-1) d_l + 1), B, R]: every layer's recent inputs
+    gate_bias: torch.Tensor  # [B, L gate]: the gates' biases, the speaker's included
+    mel_frames: torch.Tensor | None  # [rows, B, cond_channels]: the conditioning table (None: no mel conditioning)
+
+
 class FusedStep:
     """The logits piece of a WaveNet sampler on the CPU: ``step(seq) -> logits [B, quantization]`` for position
     ``cache.position``, the previous code read from ``seq``; row ``position // cond_hop`` of the cache's
     conditioning table ``mel_frames`` conditions it. The packed weights are made once per sampling run; the logits
     buffer is overwritten by the next step."""
 
-    def __init__(self, model: WaveNet, cache: StepCache, cond_hop: int) -> None:
-        mel = getattr(cache, "mel_frames", torch.empty(0))
+    def __init__(self, model: WaveNet, cache: StepCache, buffers: WaveNetBuffers, cond_hop: int) -> None:
+        mel = buffers.mel_frames if buffers.mel_frames is not None else torch.empty(0)
         w = packed(model, with_mel=mel.numel() > 0)
         self.weight_dtype = w.gate[0].dtype
         self.plan = kernel().Plan(
             model.embed.weight.detach().contiguous(), list(model.dilations), model.kernel_size, cond_hop, w.gate,
             w.out, w.out_bias, w.head1, w.head1_bias, w.head2, w.head2_bias, cache.batch_size,
             mel.shape[2] if mel.numel() else 0)
-        self.state = (cache.position, cache.gate_bias, mel, cache.ring)
+        self.state = (cache.position, buffers.gate_bias, mel, buffers.ring)
         self.logits = torch.empty(cache.batch_size, model.num_classes)
         self._no_noise = torch.empty(0)
 

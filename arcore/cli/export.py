@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from arcore.cli.sample import output_path
+from arcore.contract import half_weights
 from arcore.errors import UsageError
 from arcore.files import weights
 from arcore.files.atomic import refuse_replacing_inputs, write_atomically
@@ -35,7 +36,7 @@ def export_main(tool: str, argv: Sequence[str]) -> None:
     if args.half_weights:
         if not model.capabilities.half_weights:
             raise UsageError(f"--half-weights: a {type(model).__name__} has no float16 sampling step (WaveNet has)")
-        print(f"weights rounded to float16 values (largest change {model.round_weights_to_half():.2g})")
+        print(f"weights rounded to float16 values (largest change {half_weights(model).round_weights_to_half():.2g})")
         metadata["weight_values"] = "float16"
     data = weights.encode(model.state_dict(), metadata)
     write_atomically(out, data)

@@ -3,10 +3,11 @@
 A model samples through a :class:`Sampler` that it builds once per sampling run (``model.sampler(batch, cond,
 event_shape)``). The sampler owns
 
-- a :class:`StepCache`: every piece of per-sequence state as a named tensor, allocated once at full size and then
-  only written in place (ring buffers of a causal convolution's past inputs, the rows a masked convolution still
-  needs, the keys and values of attention). ``cache.position`` is the index of the code being generated, a 0-d
-  tensor on the device;
+- a :class:`StepCache`: every piece of per-sequence state as a tensor registered under a name, allocated once at
+  full size and then only written in place (ring buffers of a causal convolution's past inputs, the rows a masked
+  convolution still needs, the keys and values of attention). ``cache.position`` is the index of the code being
+  generated, a 0-d tensor on the device. The cache hands each buffer back when it registers it, and the sampler
+  keeps it in a typed field of its own (a dataclass of its buffers), never reading it back by name;
 - its *pieces*: callables ``piece(seq) -> logits [B, num_classes] | None`` over the engine's code buffer ``seq
   [B, N]`` (the same storage for the whole run). A piece reads its position only from ``cache.position`` and earlier
   codes only through device-computed indices into ``seq``, so one piece, captured once (a CUDA graph,
@@ -40,20 +41,29 @@ position's Gumbel noise (None when the decoding takes the argmax)."""
 
 
 class StepCache:
-    """Named, preallocated tensors that carry a model's state from one sampling step to the next.
+    """Preallocated tensors that carry a model's state from one sampling step to the next.
 
-    Every buffer declares which of its dimensions is the batch, so beam search reorders all of them without knowing
-    what they hold. ``scratch`` buffers are work space that a step overwrites before it reads them: not state, so
-    neither reordered nor part of :meth:`state`.
+    Every buffer declares which of its dimensions is the batch, so beam search reorders all of them in place
+    (:meth:`reorder_`) without knowing what they hold, and the tensors a sampler keeps stay the ones registered
+    (a captured step keeps reading the same storage). ``scratch`` buffers are work space that a step overwrites
+    before it reads them: not state, so neither reordered nor part of :meth:`state`. Names serve the accounting
+    (:meth:`buffers`, :meth:`state`) and the errors; :attr:`position` is the one buffer read by attribute.
+
+    Args:
+        batch_size: the rows of every buffer with a batch dimension.
+        device: where the buffers live.
+        dtype: the float type of :meth:`alloc`'s buffers unless told.
     """
 
     def __init__(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
+        self._buffers: dict[str, torch.Tensor] = {}
         self._batch_dims: dict[str, int | None] = {}
         self._scratch: set[str] = set()
-        self.position = self.register("position", torch.zeros((), dtype=torch.long, device=self.device), None)
+        self.position: torch.Tensor = self.register("position", torch.zeros((), dtype=torch.long, device=self.device),
+                                                    None)
 
     def alloc(self, name: str, shape: tuple[int, ...], *, batch_dim: int | None = 0, dtype: torch.dtype | None = None,
               scratch: bool = False) -> torch.Tensor:
@@ -70,14 +80,14 @@ class StepCache:
             raise ValueError(f"cache buffer {name!r} has {tensor.shape[batch_dim]} rows on dim {batch_dim}, "
                              f"expected the batch size {self.batch_size}")
         self._batch_dims[name] = batch_dim
+        self._buffers[name] = tensor
         if scratch:
             self._scratch.add(name)
-        setattr(self, name, tensor)
         return tensor
 
     def buffers(self) -> dict[str, torch.Tensor]:
         """Every registered buffer by name, scratch included (memory accounting)."""
-        return {name: getattr(self, name) for name in self._batch_dims}
+        return dict(self._buffers)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The buffers that carry information from one step to the next (what prefill must reproduce)."""
@@ -90,7 +100,7 @@ class StepCache:
         """Replace batch row ``i`` of every state buffer by row ``index[i]`` in place (beam search)."""
         for name, dim in self._batch_dims.items():
             if dim is not None and name not in self._scratch:
-                buf = getattr(self, name)
+                buf = self._buffers[name]
                 buf.copy_(buf.index_select(dim, index))
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_warn
 
+from arcore.contract import resynthesizer
 from arcore.errors import UsageError
 from arcore.files.atomic import make_parents, unique_temporary
 from arcore.files.media import Audio, Images, Media, interleave, save_image_grid, save_text, save_wav, spectrogram_image
@@ -91,7 +92,7 @@ class SampleLogger(pl.Callback):
         whole = pl_module.prime_from_data(data, data.shape[pl_module.prime_axis])
         sampling = {"temperature": self.temperature, "compile": self.compile, "generator": self._generator(pl_module)}
         if pl_module.capabilities.resynthesis:
-            made, kind = torch.stack(pl_module.resynthesize(list(whole), cond, **sampling)), "resynthesis"
+            made, kind = torch.stack(resynthesizer(pl_module).resynthesize(list(whole), cond, **sampling)), "resynthesis"
         else:
             prime = pl_module.prime_from_data(data, data.shape[pl_module.prime_axis] // 2)
             made, kind = pl_module.sample(len(data), cond=cond, prime=prime, **sampling), "completion"
