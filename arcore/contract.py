@@ -73,6 +73,7 @@ class Model(Autoregressive, Protocol):
     event_shape: tuple[int, ...]
     num_labels: int
     prime_axis: int
+    renders: type[Media]
 
     @property
     def capabilities(self) -> Capabilities: ...
@@ -126,7 +127,8 @@ class ContractError(TypeError):
 
 def check_model_class(cls: type) -> None:
     """Refuse, with one :class:`ContractError` line, a model class that leaves a required method unwritten
-    (``forward``, or one its base marks abstract, such as ``render_samples``) or declares a capability in a class
+    (``forward``, or one its base marks abstract, such as ``render_samples``), does not declare what it renders
+    (``renders``), or declares a capability in a class
     attribute ``capabilities`` without the method that capability promises. A ``capabilities`` property (one that
     depends on the model's settings) is checked on each model that reaches an optional part
     (:func:`resynthesizer`, :func:`half_weights`).
@@ -143,6 +145,9 @@ def check_model_class(cls: type) -> None:
     if unwritten:
         raise ContractError(f"{cls.__qualname__} does not write {', '.join(unwritten)}: every model must (see "
                             f"arcore.contract.Model)")
+    if not isinstance(getattr(cls, "renders", None), type):
+        raise ContractError(f"{cls.__qualname__} does not declare what it renders: set the class attribute renders "
+                            f"to Images, Audio or Text (arcore.files.media), what its render_samples returns")
     declared = inspect.getattr_static(cls, "capabilities", None)
     if isinstance(declared, Capabilities):
         check_capabilities(cls, declared)

@@ -27,8 +27,8 @@ EXAMPLES = ("pixelgen sample --ckpt pretrained/pixelcnn_mnist.safetensors --out 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = sample_parser("pixelgen", SAMPLE, out_help="the PNG file to write (a grid of the samples)", num_samples=64,
-                      batch_size=64, threads=None)
+    p = sample_parser("pixelgen", SAMPLE, out_help="the PNG file to write, a grid of the samples (a .txt file for a "
+                      "model that renders text)", num_samples=64, batch_size=64, threads=None)
     p.add_argument("--class-label", type=int, default=None,
                    help="the label of every sample, for a class-conditional model (default: the labels in turn)")
     p.add_argument("--prime-rows", type=int, default=0,

@@ -215,6 +215,7 @@ class ImageGPT(AutoregressiveModule):
                              f" got {list(images.shape)}")
         return pal.encode(self.resize(images), self.palette)
 
+    renders = Images
     capabilities = Capabilities(completion=True)
     prime_axis = 2
 

@@ -255,6 +255,7 @@ class PixelCNN(AutoregressiveModule):
     def render_samples(self, codes: torch.Tensor) -> Images:
         return Images(codes.float() / (self.num_classes - 1))
 
+    renders = Images
     capabilities = Capabilities(completion=True)  # the data are the codes: a prime is their top rows
     prime_axis = 2
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import torch
 
@@ -14,7 +15,7 @@ from arcore.cli.sample import SampleRun, check_fits_in_memory, check_sample_args
 from arcore.errors import UsageError
 from arcore.files.atomic import refuse_replacing_inputs
 from arcore.files.checkpoint import read_checkpoint
-from arcore.files.media import save_image_grid
+from arcore.files.media import SUFFIXES, Images, Text, save_media
 from pixelgen.data import OPTIONS, ImageDataModule
 
 DATA_OPTIONS = {**{phrase: flag.replace("--data.", "data.") for phrase, flag in OPTIONS.items()},
@@ -42,17 +43,25 @@ def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[t
 
 def sample(args: argparse.Namespace) -> None:
     """``pixelgen sample`` once its options are parsed (:mod:`pixelgen.cli`): a PNG grid of samples,
-    completions or beam-search completions from a checkpoint."""
+    completions or beam-search completions from a checkpoint (a text file of them for a model that renders text, a
+    model of another distribution in ``pixelgen.models``)."""
     check_sample_args(args)
     if args.beams < 0 or args.prime_rows < 0:
         raise UsageError(f"--beams and --prime-rows must be >= 0, got {args.beams} and {args.prime_rows}")
-    out = output_path(args.out, ".png")
+    out = output_path(args.out, ".txt" if Path(args.out).suffix.lower() == ".txt" else ".png")
     if args.prime_rows:
         output_path(out.with_name(f"{out.stem}_real.png"), ".png")
     refuse_replacing_inputs([out, out.with_name(f"{out.stem}_real.png")][: 2 if args.prime_rows else 1],
                             [("--ckpt", args.ckpt), *([("--data-root", args.data_root)] if args.data_root else [])])
     sampling = SampleRun("pixelgen", args)
     model, device, n = sampling.model, sampling.device, args.num_samples
+    if model.renders not in (Images, Text) or out.suffix.lower() != SUFFIXES[model.renders]:
+        raise UsageError(f"--out {out}: this {type(model).__name__} renders {model.renders.__name__.lower()}, "
+                         f"written as a {SUFFIXES[model.renders]} file" + (
+                             "" if model.renders in (Images, Text) else " by another tool (wavegen for audio)"))
+    if args.prime_rows and model.renders is not Images:
+        raise UsageError(f"--prime-rows completes real images, and this {type(model).__name__} renders "
+                         f"{model.renders.__name__.lower()}: drop it")
     check_fits_in_memory(n, model.num_codes)
     height = model.prime_extent
     if args.prime_rows and not args.prime_rows < height:
@@ -87,10 +96,10 @@ def sample(args: argparse.Namespace) -> None:
     chunks = sampling.draw(draw, n)
     if chunks.done:
         codes = chunks.samples
-        save_image_grid(model.render_samples(codes).pixels, out)
+        save_media(model.render_samples(codes), out)
         if images is not None:
             real = model.prime_from_data(images[: chunks.done], height).to(device)
-            save_image_grid(model.render_samples(real).pixels, out.with_name(f"{out.stem}_real.png"))
+            save_media(model.render_samples(real), out.with_name(f"{out.stem}_real.png"))
         if args.beams:
             bits = -torch.cat(best_log_probs).mean().item() / codes[0].numel() / math.log(2)
             print(f"beam search ({args.beams} beams): the best completions average {bits:.4f} bits/dim")

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Unigram(AutoregressiveModule):
     """The smallest model: one table of logits for every position."""
 
+    renders = Text
+
     def __init__(self) -> None:
         super().__init__()
         self.num_classes, self.event_shape = 3, (4,)
@@ -61,12 +63,16 @@ def test_a_capability_declared_without_its_method_is_refused_at_registration(fla
 
 
 def test_a_required_method_left_unwritten_is_refused():
-    no_render = type("Silent", (AutoregressiveModule,), {"forward": Unigram.forward})
+    no_render = type("Silent", (AutoregressiveModule,), {"forward": Unigram.forward, "renders": Text})
     with pytest.raises(ContractError, match=r"Silent does not write render_samples: every model must"):
         check_model_class(no_render)
-    no_forward = type("Blind", (AutoregressiveModule,), {"render_samples": Unigram.render_samples})
+    no_forward = type("Blind", (AutoregressiveModule,), {"render_samples": Unigram.render_samples, "renders": Text})
     with pytest.raises(ContractError, match=r"Blind does not write forward\(codes, cond\)"):
         check_model_class(no_forward)
+    undeclared = type("Vague", (AutoregressiveModule,), {"forward": Unigram.forward,
+                                                        "render_samples": Unigram.render_samples})
+    with pytest.raises(ContractError, match=r"Vague does not declare what it renders: set the class attribute "):
+        check_model_class(undeclared)
 
 
 def test_a_model_class_breaking_the_contract_fails_at_import(tmp_path):

@@ -1,69 +1,104 @@
-"""The model contract's test: a model that is none of the three, written in one file (docs/examples/), trains,
-logs, samples through the cached and cache-free paths, exports and reloads with no edit anywhere else; and the
-engine samples a model that is not a LightningModule without importing Lightning."""
+"""The model contract's test: a model that is none of the three, written in one file (docs/examples/) and installed
+as a distribution of its own that declares it in the entry-point group ``pixelgen.models``, is trained, tested,
+sampled (beam search included), exported and loaded in a fresh process by pixelgen's commands, from its own config
+and data module, with no edit anywhere else; it samples the same through the cached, cache-free and captured paths;
+a file naming it loads only where the distribution is installed; and the engine samples a model that is not a
+LightningModule without importing Lightning."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import io
+import math
+import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.cli.export import export_main
 from arcore.errors import UsageError
-from arcore.training.callbacks import SampleLogger
+from arcore.files.checkpoint import read_checkpoint
 from arcore.files.registry import load_checkpoint
+from pixelgen.cli import main as pixelgen
 from tests.contract import brute_force_log_prob, causality_violations, randomise, step_logit_error
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "tiny_char_model.py"
-TEXT = "the cat sat on the mat. the dog sat on the log. a cat and a dog sat on a mat.\n" * 8
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "docs" / "examples"
+TEXT = "the cat sat on the mat. the dog sat on the log. a cat and a dog sat on a mat.\n" * 12
+TINY = ["--model.length", "16", "--model.channels", "16", "--model.dilations", "[1, 2, 4]", "--model.lr", "0.01",
+        "--model.warmup_steps", "1", "--data.length", "16", "--data.batch_size", "16", "--trainer.max_steps", "40",
+        "--trainer.logger", "false", "--trainer.val_check_interval", "40", "--trainer.check_val_every_n_epoch",
+        "null", "--trainer.limit_val_batches", "1"]
+
+
+def install(site: Path) -> Path:
+    """Install the example into ``site`` as pip would lay out its distribution: the module beside a ``.dist-info``
+    whose ``entry_points.txt`` holds the entry points ``docs/examples/pyproject.toml`` declares; ``importlib.metadata``
+    finds it on ``sys.path`` (``PYTHONPATH`` for another process)."""
+    project = tomllib.loads((EXAMPLES / "pyproject.toml").read_text())["project"]
+    shutil.copy(EXAMPLES / "tiny_char_model.py", site / "tiny_char_model.py")
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in points.items()) + "\n"
+        for group, points in project["entry-points"].items()))
+    return site
 
 
 @pytest.fixture(scope="module")
-def example():
-    """The example file, imported as the module ``tiny_char_model`` (as a user's own file would be)."""
-    spec = importlib.util.spec_from_file_location("tiny_char_model", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
-
-
-def lines(example, length: int = 16) -> torch.Tensor:
-    """Every window of ``length`` characters of :data:`TEXT`, 3 characters apart, as codes ``[N, length]``."""
-    codes = example.encode(TEXT)
-    return codes.unfold(0, length, 3).contiguous()
+def site(tmp_path_factory):
+    """The example installed as a distribution, on ``sys.path`` for this module's tests."""
+    folder = install(tmp_path_factory.mktemp("site"))
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+    sys.modules.pop("tiny_char_model", None)
 
 
 @pytest.fixture(scope="module")
-def trained(example, tmp_path_factory):
-    """The example trained 30 steps through Lightning with a sample logger, its losses and its checkpoint."""
-    root = tmp_path_factory.mktemp("tiny_char")
-    torch.manual_seed(0)
-    model = example.TinyCharModel(length=16, channels=16, dilations=(1, 2, 4), lr=1e-2, warmup_steps=1)
-    codes = lines(example)
-    loader = DataLoader(TensorDataset(codes, torch.zeros(len(codes), dtype=torch.long)), batch_size=16,
-                        shuffle=True)
-    losses: list[float] = []
+def example(site):
+    """The example's module, imported from its distribution."""
+    return importlib.import_module("tiny_char_model")
 
-    class Losses(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0,
-                         limit_val_batches=1, val_check_interval=30, check_val_every_n_epoch=None,
-                         callbacks=[Losses(), SampleLogger(num_samples=2, num_completions=2)])
-    trainer.fit(model, loader, DataLoader(TensorDataset(codes[:4], torch.zeros(4, dtype=torch.long))))
-    trainer.save_checkpoint(root / "last.ckpt")
-    return model.eval(), losses, root
+@pytest.fixture(scope="module")
+def run(site, tmp_path_factory):
+    """``pixelgen fit`` of the example's config on a small text, then ``test``, ``export`` and ``sample``; what each
+    printed, and the files."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT.upper())  # upper case: the data module lower-cases it
+    config = ["--config", str(EXAMPLES / "tiny_char.yaml"), "--data.path", str(corpus), *TINY,
+              "--trainer.default_root_dir", str(root / "run")]
+    printed = {}
+    for name, argv in (("fit", ["fit", *config]),
+                       ("test", ["test", *config, "--ckpt_path", str(root / "run" / "checkpoints" / "last.ckpt")]),
+                       ("export", ["export", "--ckpt", str(root / "run" / "checkpoints" / "last.ckpt"), "--out",
+                                   str(root / "tiny.safetensors")]),
+                       ("sample", ["sample", "--ckpt", str(root / "tiny.safetensors"), "--num-samples", "3",
+                                   "--seed", "5", "--out", str(root / "lines.txt")]),
+                       ("beams", ["sample", "--ckpt", str(root / "tiny.safetensors"), "--num-samples", "2",
+                                  "--beams", "3", "--out", str(root / "beams.txt")])):
+        done = in_process(argv)
+        assert done[0] == 0, f"pixelgen {' '.join(argv)}: {done[2][-2000:]}"
+        printed[name] = done[1]
+    return root, printed
+
+
+def in_process(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``pixelgen argv`` in this process; its status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        status = pixelgen(argv)
+    return status, out.getvalue(), err.getvalue()
 
 
 def test_it_keeps_the_contract(example):
@@ -74,39 +109,82 @@ def test_it_keeps_the_contract(example):
     assert step_logit_error(model, codes) < 1e-12
 
 
-def test_it_trains_through_lightning_and_logs_text(example, trained):
-    _, losses, root = trained
-    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5  # from about ln(31) = 3.4 nats a character
-    samples = (root / "samples" / "step0000030.txt").read_text().split("\n----\n")
-    assert len(samples) == 2 and all(len(s.rstrip("\n")) <= 16 for s in samples)
-    pairs = (root / "samples" / "step0000030_completions.txt").read_text().split("\n----\n")
-    original, completion = pairs[0], pairs[1]  # the first validation line, then its completion
-    assert original == example.decode(lines(example)[0])
-    assert completion[:8] == original[:8]  # completed from its first half
+def test_pixelgen_fits_it_from_its_own_config_and_data_and_logs_text(example, run):
+    root, printed = run
+    checkpoint = read_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
+    assert checkpoint["model_class"] == "tiny_char_model.TinyCharModel" and checkpoint["global_step"] == 40
+    assert checkpoint["datamodule_hyper_parameters"]["length"] == 16
+    best = next(s for k, s in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"]
+    assert float(best) < 0.6 * math.log2(31)  # bits per character, from log2(31) = 4.95 untrained
+    samples = next((root / "run" / "samples").glob("step*0040.txt")).read_text().split("\n----\n")
+    assert len(samples) == 4 and all(set(s.rstrip("\n")) <= set(example.ALPHABET) for s in samples)
+    pairs = (root / "run" / "samples" / "step0000040_completions.txt").read_text().split("\n----\n")
+    first_val = example.decode(example.TinyCharData(str(root / "corpus.txt"), length=16).split("val")[0])
+    assert pairs[0] == first_val and pairs[1][:8] == first_val[:8]  # the original, then its completion
 
 
-def test_cached_and_cache_free_paths_draw_the_same_samples(trained):
-    model = trained[0].double()
+def test_pixelgen_tests_and_exports_it(example, run):
+    root, printed = run
+    tested = float(re.search(r"test/bpd\s*│?\s*([\d.]+)", printed["test"]).group(1))
+    assert tested < 0.6 * math.log2(31)
+    assert "TinyCharModel" in printed["export"]
+    loaded = load_checkpoint(root / "tiny.safetensors", "pixelgen")
+    assert type(loaded) is example.TinyCharModel and loaded.event_shape == (16,)
+    codes = example.TinyCharData(str(root / "corpus.txt"), length=16).split("test").long()
+    bits = -loaded.eval().log_prob(codes).mean().item() / (16 * math.log(2))
+    assert abs(bits - tested) < 0.05  # the exported weights score what the checkpoint scored
+
+
+def test_pixelgen_samples_it_and_beam_searches_it(example, run):
+    root, printed = run
+    model = load_checkpoint(root / "tiny.safetensors", "pixelgen").eval()
+    lines = (root / "lines.txt").read_text().split("\n----\n")
+    drawn = model.sample(3, generator=torch.Generator().manual_seed(5))
+    assert [line.rstrip("\n") for line in lines] == list(model.render_samples(drawn).texts)
+    beams = (root / "beams.txt").read_text().split("\n----\n")
+    best = model.beam_search(2, beams=3)
+    assert [line.rstrip("\n") for line in beams] == list(model.render_samples(best.codes[:, 0]).texts)
+    bits = float(re.search(r"average ([\d.]+) bits/dim", printed["beams"]).group(1))
+    assert abs(bits + best.log_prob[:, 0].mean().item() / (16 * math.log(2))) < 1e-3
+    assert bool((best.log_prob[:, 0] >= model.log_prob(drawn[:2]) - 1e-6).all())  # no draw beats the best beam
+    status, _, err = in_process(["sample", "--ckpt", str(root / "tiny.safetensors"), "--out", str(root / "x.png")])
+    assert status == 2 and err.strip() == (f"pixelgen: error: --out {root / 'x.png'}: this TinyCharModel renders "
+                                           f"text, written as a .txt file")
+
+
+def test_a_fresh_process_loads_it_only_where_its_distribution_is_installed(example, run, site):
+    root, _ = run
+    probe = ("import sys, torch, pixelgen\n"
+             "try:\n"
+             "    model = pixelgen.load(sys.argv[1])\n"
+             "except Exception as exc:\n"
+             "    print(type(exc).__name__, exc)\n"
+             "else:\n"
+             "    print(type(model).__module__, type(model).__name__, model.event_shape)\n"
+             "print('tiny_char_model' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", probe, str(root / "tiny.safetensors")], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["tiny_char_model TinyCharModel (16,)", "True"]
+    # the module importable, its distribution not installed: the file's class name is looked up, never imported
+    env = {**os.environ, "PYTHONPATH": f"{EXAMPLES}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", probe, str(root / "tiny.safetensors")], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.stdout.splitlines() == [
+        f"UsageError {root / 'tiny.safetensors'} records the model class 'tiny_char_model.TinyCharModel', which is "
+        f"not a pixelgen model", "False"], done.stderr[-2000:]
+    with pytest.raises(UsageError, match=r"holds a pixelgen model \(TinyCharModel\); use `pixelgen sample` for it"):
+        load_checkpoint(root / "tiny.safetensors", "wavegen")
+
+
+def test_cached_cache_free_and_captured_paths_draw_the_same_samples(run):
+    model = load_checkpoint(run[0] / "tiny.safetensors", "pixelgen").eval().double()
     for options in ({}, {"temperature": 0.7, "top_k": 5}, {"prime": model.sample(3, greedy=True)[:, :5]}):
         cached = model.sample(3, generator=torch.Generator().manual_seed(4), **options)
         free = model.sample(3, generator=torch.Generator().manual_seed(4), use_cache=False, **options)
-        assert torch.equal(cached, free), options
-    model.float()
-
-
-def test_it_exports_to_a_weights_file_and_reloads(example, trained, capsys):
-    model, _, root = trained
-    out = root / "tiny.safetensors"
-    export_main(example.TOOL, ["--ckpt", str(root / "last.ckpt"), "--out", str(out)])
-    assert "TinyCharModel" in capsys.readouterr().out
-    loaded = load_checkpoint(out, example.TOOL)
-    assert type(loaded) is example.TinyCharModel and loaded.event_shape == (16,)
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor), name
-    seed = (lambda: torch.Generator().manual_seed(9))
-    assert torch.equal(loaded.sample(2, generator=seed()), model.sample(2, generator=seed()))
-    with pytest.raises(UsageError, match=r"holds a tinychar model \(TinyCharModel\); use `tinychar sample` for it"):
-        load_checkpoint(out, "pixelgen")
+        captured = model.sample(3, generator=torch.Generator().manual_seed(4), compile="eager", **options)
+        assert torch.equal(cached, free) and torch.equal(cached, captured), options
 
 
 def test_the_engine_samples_a_plain_module_without_lightning():
@@ -117,7 +195,7 @@ def test_the_engine_samples_a_plain_module_without_lightning():
         from arcore.sampling.cache import ForwardSampler
         from arcore.sampling.engine import sample
 
-        class Bigram(nn.Module):  # p(x_t | x_t-1): the contract of arcore.sampling.engine.Autoregressive, nothing more
+        class Bigram(nn.Module):  # p(x_t | x_t-1): the contract of arcore.contract.Autoregressive, nothing more
             num_classes = 3
 
             def __init__(self):
@@ -142,11 +220,18 @@ def test_the_engine_samples_a_plain_module_without_lightning():
             def sampler(self, n, cond, event_shape):
                 return ForwardSampler(self, n, cond, event_shape)
 
-        codes = sample(Bigram(), 5, generator=torch.Generator().manual_seed(0))
-        assert codes.shape == (5, 6) and int(codes.max()) < 3
+        model = Bigram()
+        codes = sample(model, 6000, generator=torch.Generator().manual_seed(0))
+        probs = model.table.detach().softmax(-1)
+        first = torch.bincount(codes[:, 0], minlength=3) / len(codes)
+        after_0 = codes[codes[:, 2] == 0, 3]
+        following = torch.bincount(after_0, minlength=3) / len(after_0)
+        assert codes.shape == (6000, 6), codes.shape
+        assert (first - probs[3]).abs().max() < 0.03, (first, probs[3])  # the start's distribution
+        assert (following - probs[0]).abs().max() < 0.04, (following, probs[0])  # and a transition's
         print(sorted(name for name in sys.modules if "lightning" in name))
     """)
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -429,6 +429,8 @@ class WaveNet(AutoregressiveModule):
     def render_samples(self, codes: torch.Tensor) -> Audio:
         return Audio(decode_mu_law(codes, self.num_classes), self.sample_rate)
 
+    renders = Audio
+
     @property
     def capabilities(self) -> Capabilities:
         """A vocoder resynthesises; every WaveNet's weights may be rounded to float16 values."""

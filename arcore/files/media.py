@@ -54,6 +54,9 @@ class Text:
 Media = Images | Audio | Text
 """What ``render_samples`` returns."""
 
+SUFFIXES: dict[type, str] = {Images: ".png", Audio: ".wav", Text: ".txt"}
+"""The file each kind of media is written as."""
+
 
 def interleave(first: Media, second: Media) -> Media:
     """Two media values of the same kind and length as one: ``first[0], second[0], first[1], ...``."""
@@ -64,6 +67,18 @@ def interleave(first: Media, second: Media) -> Media:
     if isinstance(first, Text) and isinstance(second, Text):
         return Text(tuple(text for pair in zip(first.texts, second.texts) for text in pair))
     raise TypeError(f"cannot pair {type(first).__name__} with {type(second).__name__}")
+
+
+def save_media(media: Images | Text, path: str | Path) -> Path:
+    """Write pictures as one PNG grid (:func:`save_image_grid`), texts as one text file (:func:`save_text`).
+
+    Args:
+        media: what a model rendered.
+        path: the file to write (``.png`` or ``.txt``, :data:`SUFFIXES`).
+    """
+    if isinstance(media, Images):
+        return save_image_grid(media.pixels, path)
+    return save_text(media, path)
 
 
 def save_text(text: Text, path: str | Path) -> Path:

@@ -36,8 +36,8 @@ MODELS: dict[str, tuple[str, type]] = {}
 """The model classes that checkpoints and weights files may name: the name a file records (``module.QualName``) to
 the tool whose files hold it and the class."""
 
-_LOADED: set[str] = set()
-"""The tools whose entry points :func:`load_models` has registered."""
+_SEEN: set[tuple[str, str, str]] = set()
+"""The entry points (group, name, value) :func:`load_models` has registered."""
 
 
 def group(tool: str) -> str:
@@ -73,15 +73,16 @@ def register_model(tool: str, cls: type) -> type:
 
 def load_models(tool: str) -> None:
     """Register every model class that an installed distribution declares in ``tool``'s entry-point group
-    (:func:`group`), once per process; a declared class that cannot be imported or breaks the contract is one
-    :class:`arcore.errors.UsageError` line naming its distribution.
+    (:func:`group`), each once per process (a distribution installed since the last call joins at the next); a
+    declared class that cannot be imported or breaks the contract is one :class:`arcore.errors.UsageError` line
+    naming its distribution.
 
     Args:
         tool: the tool whose models to register, e.g. ``pixelgen``.
     """
-    if tool in _LOADED:
-        return
     for point in entry_points(group=group(tool)):
+        if (point.group, point.name, point.value) in _SEEN:
+            continue
         try:
             cls = point.load()
             if not isinstance(cls, type):
@@ -91,7 +92,7 @@ def load_models(tool: str) -> None:
             raise UsageError(f"the {tool} model {point.name!r} = {point.value} declared by {_distribution(point)} "
                              f"cannot be registered ({type(exc).__name__}: {first_line(exc)}): fix or uninstall "
                              f"that distribution") from None
-    _LOADED.add(tool)
+        _SEEN.add((point.group, point.name, point.value))
 
 
 def _distribution(point: EntryPoint) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -41,6 +41,9 @@ class AutoregressiveModule(pl.LightningModule):
     num_classes: int
     event_shape: tuple[int, ...]
     num_labels: int = 0  # classes of the global conditioning label (0: unconditional)
+    renders: ClassVar[type[Media]]
+    """What :meth:`render_samples` returns (``Images``, ``Audio`` or ``Text`` of :mod:`arcore.files.media`), declared
+    so that a command knows the file it writes before it draws."""
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 100,
                  lr_schedule: str = "cosine") -> None:

@@ -1,8 +1,11 @@
 """A fourth model in one file: a tiny character-level causal convolution, written against the model contract.
 
-Nothing in ``arcore``, ``pixelgen`` or ``wavegen`` knows this file. Importing it is enough for the shared tools to
-train, log, sample (cached and cache-free), export and reload it; ``tests/test_example_model.py`` does all of
-that. The contract, in the order this file meets it:
+Nothing in ``arcore``, ``pixelgen`` or ``wavegen`` knows this file. Installed as a distribution of its own
+(``pip install docs/examples``: ``docs/examples/pyproject.toml`` declares it in the entry-point group
+``pixelgen.models``), it is a ``pixelgen`` model: ``pixelgen fit``, ``test``, ``sample`` (beam search included) and
+``export`` run it from its own config (``docs/examples/tiny_char.yaml``) and data module (:class:`TinyCharData`), and
+``pixelgen.load`` reads its files; imported as a file, the same class trains, samples and scores from Python.
+``tests/test_example_model.py`` does all of that. The contract, in the order this file meets it:
 
 1. **The distribution.** A model is a subclass of :class:`arcore.training.module.AutoregressiveModule` that sets
    ``num_classes`` (how many values a code takes: here the characters of :data:`ALPHABET`) and ``event_shape`` (the
@@ -14,12 +17,13 @@ that. The contract, in the order this file meets it:
    ``beam_search`` through the shared engine (:mod:`arcore.sampling.engine`), and the checkpoint's identity.
 
 2. **What the codes stand for.** ``render_samples(codes)`` returns a typed value of :mod:`arcore.files.media`: here
-   :class:`arcore.files.media.Text`, one string per sample (``Images`` for pictures, ``Audio`` for clips). The sample
-   logger (:class:`arcore.training.callbacks.SampleLogger`) writes and logs whatever kind it gets: text goes to
+   :class:`arcore.files.media.Text`, one string per sample (``Images`` for pictures, ``Audio`` for clips), which the
+   class declares as ``renders`` so that a command knows what it writes (``pixelgen sample --out lines.txt``). The
+   sample logger (:class:`arcore.training.callbacks.SampleLogger`) writes and logs whatever kind it gets: text goes to
    ``samples/stepNNNNNNN.txt`` and to W&B or TensorBoard.
 
 3. **What else it offers**, declared, never guessed from attribute names: ``capabilities``
-   (:class:`arcore.training.module.Capabilities`). Here ``completion=True``: a prime cut from a data batch
+   (:class:`arcore.contract.Capabilities`). Here ``completion=True``: a prime cut from a data batch
    (``prime_from_data``, by default the first ``length`` codes along ``prime_axis`` of the batch's codes, which is
    right for a model whose data are its codes) is a meaningful start of a sample, so the sample logger also logs
    validation lines completed from their first half beside the originals. A vocoder would declare ``resynthesis``,
@@ -34,41 +38,40 @@ that. The contract, in the order this file meets it:
    replayed (``sample(compile=True)``). The engine draws the same Gumbel noise at the same positions on every path, so
    the cached and cache-free paths give the same samples from the same seed.
 
-5. **Files.** ``register_model(TOOL, TinyCharModel)`` (:func:`arcore.files.checkpoint.register_model`, at the end of
-   this file) adds the class to the allow-list of classes that checkpoints and weights files may name: loading
+5. **Data.** :class:`TinyCharData` is a :class:`arcore.training.data.CodesDataModule`: windows of a text file as
+   batches ``(codes, labels)``; its config names it (``data: class_path: tiny_char_model.TinyCharData``), where a
+   pixelgen config would use pixelgen's image data.
+
+6. **Files.** The entry point ``pixelgen.models: tinychar = "tiny_char_model:TinyCharModel"`` adds the class to the
+   registry of classes that pixelgen's checkpoints and weights files may name (:mod:`arcore.files.registry`, which
+   checks the contract when it registers a class): installing the distribution is the consent, and loading a file
    builds only registered classes and imports nothing a file names. ``self.save_hyperparameters()`` records the
-   settings, so a weights file rebuilds the model from them. Then ``arcore.cli.export.export_main(TOOL, ["--ckpt",
-   "last.ckpt", "--out", "tiny.safetensors"])`` writes a weights file and
-   ``arcore.training.module.load_checkpoint("tiny.safetensors", TOOL)`` reads it back, checked and without running
-   anything in it.
+   settings, so a weights file rebuilds the model from them.
 
-Use::
+Use, installed::
 
-    import pytorch_lightning as pl
-    from tiny_char_model import TinyCharModel, encode
-
-    model = TinyCharModel(length=32)
-    pl.Trainer(max_steps=200).fit(model, loader)   # batches (codes [B, 32], labels [B]) from encode(text)
-    print(model.render_samples(model.sample(4)).texts)
+    pip install docs/examples
+    pixelgen fit --config docs/examples/tiny_char.yaml --data.path README.md
+    pixelgen sample --ckpt runs/tiny_char/checkpoints/last.ckpt --num-samples 4 --out lines.txt
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.errors import UsageError
-from arcore.files.registry import register_model
+from arcore.contract import Capabilities
+from arcore.errors import UsageError, options
 from arcore.files.media import Text
 from arcore.sampling.cache import Sampler, StepCache, device_and_dtype, previous_code
-from arcore.training.module import AutoregressiveModule, Capabilities
-
-TOOL = "tinychar"
-"""The name its checkpoints and weights files are registered under (the tool that loads them)."""
+from arcore.training.data import CodesDataModule, Split
+from arcore.training.module import AutoregressiveModule
 
 ALPHABET = "\n abcdefghijklmnopqrstuvwxyz.,'"
 """The characters a code stands for: code i is ``ALPHABET[i]``."""
@@ -91,6 +94,7 @@ class TinyCharModel(AutoregressiveModule):
     """Lines of ``length`` characters: an embedding of the previous character, residual causal convolutions of
     kernel 2 with ``dilations``, and a linear read-out to :data:`ALPHABET`'s characters."""
 
+    renders = Text
     capabilities = Capabilities(completion=True)
 
     def __init__(self, length: int = 32, channels: int = 32, dilations: Sequence[int] = (1, 2, 4, 8),
@@ -148,4 +152,37 @@ class TinyCharSampler(Sampler):
         return model.head(x)
 
 
-register_model(TOOL, TinyCharModel)
+class TinyCharData(CodesDataModule):
+    """Windows of ``length`` characters of the text file ``path`` (lower-cased; characters outside
+    :data:`ALPHABET` become spaces), ``stride`` characters apart: the first ``1 - val_fraction - test_fraction`` of
+    the text trains, the next part validates, the last tests."""
+
+    resume_settings = ("length", "stride")
+
+    def __init__(self, path: str, length: int = 32, stride: int = 3, batch_size: int = 16,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1) -> None:
+        super().__init__()
+        if length < 1 or stride < 1 or batch_size < 1 or not 0 < val_fraction + test_fraction < 1:
+            raise UsageError(f"length, stride and batch_size must be >= 1 and the val and test fractions leave some "
+                             f"text to train on, got {length}, {stride}, {batch_size}, {val_fraction}, {test_fraction}")
+        self.save_hyperparameters()
+        self.path, self.length, self.stride, self.batch_size = Path(path), length, stride, batch_size
+        self.fractions = (val_fraction, test_fraction)
+
+    def split(self, split: Split) -> torch.Tensor:
+        """The windows of one split as codes ``[N, length]``; one line when the file is missing or too short."""
+        if not self.path.is_file():
+            raise UsageError(f"path {self.path} is not a file: name a text file to train on", options("data", "path"))
+        text = "".join(c if c in ALPHABET else " " for c in self.path.read_text(errors="replace").lower())
+        val, test = (round(len(text) * f) for f in self.fractions)
+        parts = {"train": text[: len(text) - val - test], "val": text[len(text) - val - test: len(text) - test],
+                 "test": text[len(text) - test:]}
+        if min(map(len, parts.values())) < self.length:
+            raise UsageError(f"path {self.path}: each split needs at least {self.length} characters, the file "
+                             f"gives {', '.join(f'{k} {len(v)}' for k, v in parts.items())}", options("data", "path"))
+        return encode(parts[split]).unfold(0, self.length, self.stride).to(torch.uint8)
+
+    def _loader(self, split: Split) -> DataLoader:
+        codes = self.split(split)
+        return DataLoader(TensorDataset(codes, torch.zeros(len(codes), dtype=torch.uint8)),
+                          batch_size=self.batch_size, shuffle=split == "train")
