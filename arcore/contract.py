@@ -15,9 +15,9 @@ This module imports nothing at run time but the standard library: every layer ma
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,7 @@ class Model(Autoregressive, Protocol):
     event_shape: tuple[int, ...]
     num_labels: int
     prime_axis: int
-    renders: type[Media]
+    renders: ClassVar[type[Media]]
 
     @property
     def capabilities(self) -> Capabilities: ...
@@ -117,6 +117,17 @@ HalfWeights)}
 """Each capability that promises a method: the method's name and the ``Protocol`` it belongs to."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def required(method: F) -> F:
+    """Mark a base class's placeholder for a method every model writes itself (``render_samples``):
+    :func:`check_model_class` refuses a class that inherits the placeholder."""
+    setattr(method, REQUIRED, True)
+    return method
+
+
+REQUIRED = "__arcore_required__"
 FRAMEWORKS = ("torch", "pytorch_lightning", "lightning")
 """Packages whose ``forward`` is a placeholder (``torch.nn.Module``'s raises, ``LightningModule``'s passes it on)."""
 
@@ -127,7 +138,7 @@ class ContractError(TypeError):
 
 def check_model_class(cls: type) -> None:
     """Refuse, with one :class:`ContractError` line, a model class that leaves a required method unwritten
-    (``forward``, or one its base marks abstract, such as ``render_samples``), does not declare what it renders
+    (``forward``, or one its base marks :func:`required`, such as ``render_samples``), does not declare what it renders
     (``renders``), or declares a capability in a class
     attribute ``capabilities`` without the method that capability promises. A ``capabilities`` property (one that
     depends on the model's settings) is checked on each model that reaches an optional part
@@ -140,8 +151,7 @@ def check_model_class(cls: type) -> None:
     if owner is None or owner.__module__.split(".")[0] in FRAMEWORKS:
         raise ContractError(f"{cls.__qualname__} does not write forward(codes, cond) -> logits [B, *event_shape, "
                             f"num_classes]: every model must")
-    unwritten = sorted(name for name, value in inspect.getmembers(cls)
-                       if getattr(value, "__isabstractmethod__", False))
+    unwritten = sorted(name for name, value in inspect.getmembers(cls) if getattr(value, REQUIRED, False))
     if unwritten:
         raise ContractError(f"{cls.__qualname__} does not write {', '.join(unwritten)}: every model must (see "
                             f"arcore.contract.Model)")

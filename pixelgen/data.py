@@ -73,7 +73,8 @@ def _read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
     16-bit grey images are scaled to 8 bits (65535 becomes 255): Pillow's own conversion clips them at 255."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(path) as opened:
+        img: Image.Image = opened
         if img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens 16-bit PNGs)
             wide = np.asarray(img, dtype=np.int64)
             if wide.min() < 0 or wide.max() > 65535:
@@ -81,7 +82,7 @@ def _read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
             img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
         img = img.convert("L" if channels == 1 else "RGB")
         if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
         return np.array(img)
 
 

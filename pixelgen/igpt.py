@@ -32,9 +32,9 @@ from torch import nn
 from arcore.contract import Capabilities
 from arcore.errors import UsageError, check_labels, options
 from arcore.files.media import Images
-from arcore.sampling.cache import Piece, Sampler, StepCache, previous_code
+from arcore.sampling.cache import Piece, Sampler, Step, StepCache, previous_code
 from arcore.training.lightning_private import attached_datamodule
-from arcore.training.module import AutoregressiveModule
+from arcore.training.module import AutoregressiveModule, Layers
 from pixelgen import palette as pal
 from pixelgen.igpt_step import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
@@ -120,9 +120,9 @@ class Block(nn.Module):
         masking those not yet written; ``dense`` are the block's four products (see :meth:`dense`) in sampling form.
         (The write goes to the whole buffer, not to a view of its first ``S`` positions: a compiled step would copy
         the whole cache to write through such a view.)"""
-        qkv, proj, fc, out = dense
+        to_qkv, proj, fc, out = dense
         b, span = x.shape[0], visible.shape[-1]
-        qkv = qkv(self.ln1(x)).view(b, 3, self.heads, 1, -1)
+        qkv = to_qkv(self.ln1(x)).view(b, 3, self.heads, 1, -1)
         kv.index_copy_(3, index, qkv[:, 1:])
         att = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0, :, :span], kv[:, 1, :, :span], attn_mask=visible)
         x = x + proj(att.view(b, -1))
@@ -143,6 +143,9 @@ class ImageGPT(AutoregressiveModule):
         palette_seed, palette_steps: k-means seed and mini-batch steps.
         palette_cache: folder for fitted palettes (None: ``$PIXELGEN_CACHE`` or ``~/.cache/pixelgen``).
     """
+
+    palette: torch.Tensor  # buffers: [palette_size, C] colours, and whether they were fitted
+    palette_fitted: torch.Tensor
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), palette_size: int = 16,
                  resolution: int | None = None, width: int = 128, layers: int = 4, heads: int = 4,
@@ -171,7 +174,7 @@ class ImageGPT(AutoregressiveModule):
         self.position_embedding = nn.Parameter(torch.zeros(self.num_codes, width))
         self.start = nn.Parameter(torch.zeros(width))
         self.label_embedding = nn.Embedding(num_labels, width) if num_labels else None
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.blocks = Layers(Block(width, heads, mlp_ratio, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(width)
         self.head = Dense(width, palette_size)
         self._init_weights()
@@ -265,10 +268,10 @@ class ImageGPT(AutoregressiveModule):
     # ----- teacher-forced pass -----------------------------------------------------------------------------------
     def _first_input(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
         """The input at position 0, ``[B, width]``: the label's embedding, or the learned start embedding."""
-        cond = check_labels(cond, self.num_labels, batch)
-        if cond is None:
+        cond, embedding = check_labels(cond, self.num_labels, batch), self.label_embedding
+        if cond is None or embedding is None:
             return self.start.expand(batch, -1)
-        return self.label_embedding(cond)
+        return embedding(cond)
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, *event_shape, palette_size]``; position t depends only on tokens before t (and the label)."""
@@ -317,9 +320,9 @@ class ImageGPTSampler(Sampler):
         self.first = cache.register("first", model._first_input(cond, batch_size) + model.position_embedding[0])
         self.visible: torch.Tensor | None = None
         if FusedStep.applies(model, batch_size):  # small batches on the CPU: the whole step in one C++ call
-            self.pieces = [FusedStep(model, kv, self.first, cache.position)]
+            self.pieces: list[Step] = [FusedStep(model, kv, self.first, cache.position)]
         else:
-            self.visible = cache.register("visible", torch.full((1, 1, 1, n), float("-inf"), dtype=model.dtype,
+            self.visible = cache.register("visible", torch.full((1, 1, 1, n), float("-inf"), dtype=cache.dtype,
                                                                 device=model.device), batch_dim=None)
             blocks = torch.get_num_threads() if batch_size <= 8 else 1  # larger batches keep every thread busy
             self.dense = [[BlockedDense(d, blocks) for d in block.dense()] for block in model.blocks]

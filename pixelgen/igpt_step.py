@@ -42,7 +42,10 @@ class FusedStep:
     logits buffer, all allocated once per sampling run."""
 
     def __init__(self, model: ImageGPT, kv: torch.Tensor, first: torch.Tensor, position: torch.Tensor) -> None:
-        self.module = kernel()
+        module = kernel()
+        if module is None:
+            raise RuntimeError("the fused image GPT step is not built on this machine (FusedStep.applies is False)")
+        self.module = module
         self.model = model
         self.kv = kv
         self.position = position

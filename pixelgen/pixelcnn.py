@@ -37,8 +37,9 @@ from torch import nn
 from arcore.contract import Capabilities
 from arcore.errors import UsageError, check_labels, options
 from arcore.files.media import Images
-from arcore.sampling.cache import Piece, Sampler, StepCache
-from arcore.training.module import AutoregressiveModule
+from arcore.sampling.cache import Piece, Sampler, StepCache, bias_of
+from arcore.training.lightning_private import attached_datamodule
+from arcore.training.module import AutoregressiveModule, Layers
 from pixelgen import mixture
 
 
@@ -56,6 +57,8 @@ def centre_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, mask_type: st
 
 class MaskedConv2d(nn.Conv2d):
     """A convolution whose weight is multiplied by a fixed mask (a buffer) on every use."""
+
+    mask: torch.Tensor
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], mask: torch.Tensor
                  ) -> None:
@@ -111,7 +114,7 @@ class GatedLayer(nn.Module):
         v_pre = self.vertical(F.pad(v, (half, half, half, 0)))
         v_shifted = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row i hears vertical features of rows < i
         h_pre = self.horizontal(F.pad(h, (half, 0, 0, 0))) + self.vertical_to_horizontal(v_shifted)
-        if cond_v is not None:
+        if cond_v is not None and cond_h is not None:
             v_pre = v_pre + cond_v[:, :, None, None]
             h_pre = h_pre + cond_h[:, :, None, None]
         h_out = self.residual(self.gate(h_pre, 1))
@@ -168,7 +171,7 @@ class PixelCNN(AutoregressiveModule):
         self.hidden = hidden
         self.kernel_size = kernel_size
         self.output, self.mixtures = output, mixtures
-        self.layers = nn.ModuleList(
+        self.layers = Layers(
             GatedLayer(colours if i == 0 else hidden, hidden, groups, kernel_size, first=i == 0)
             for i in range(layers))
         hidden_groups = channel_groups(hidden, groups)
@@ -202,10 +205,10 @@ class PixelCNN(AutoregressiveModule):
 
     def _cond_biases(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """Per-layer gate biases from the label, ``[B, layers, 2 (vertical, horizontal), 2 * hidden]``."""
-        cond = check_labels(cond, self.num_labels, batch)
-        if cond is None:
+        cond, embedding = check_labels(cond, self.num_labels, batch), self.cond_embedding
+        if cond is None or embedding is None:
             return None
-        return self.cond_embedding(cond).view(batch, len(self.layers), 2, 2 * self.hidden)
+        return embedding(cond).view(batch, len(self.layers), 2, 2 * self.hidden)
 
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, C, H, W, levels]``; position (i, j, c) depends only on earlier positions in raster order.
@@ -260,7 +263,7 @@ class PixelCNN(AutoregressiveModule):
     prime_axis = 2
 
     def setup(self, stage: str) -> None:
-        check_image_data(self, self.trainer.datamodule)
+        check_image_data(self, attached_datamodule(self))
 
     # ----- cached sampling ---------------------------------------------------------------------------------------
     def sampler(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> PixelCNNSampler:
@@ -315,9 +318,9 @@ class PixelCNNSampler(Sampler):
             if i:
                 h_rows[i] = cache.alloc(f"h_row{i}", (batch_size, width + half, c_in))
         row_bias = cache.alloc("row_bias", (n_layers, batch_size, width, 2 * hidden), batch_dim=1)
-        static_bias = torch.stack([layer.horizontal.bias + layer.vertical_to_horizontal.bias
+        static_bias = torch.stack([bias_of(layer.horizontal) + bias_of(layer.vertical_to_horizontal)
                                    for layer in model.layers])  # [L, 2F]
-        cond_v = torch.zeros(n_layers, batch_size, 2 * hidden, device=model.device, dtype=model.dtype)
+        cond_v = torch.zeros(n_layers, batch_size, 2 * hidden, device=model.device, dtype=cache.dtype)
         cond_h = static_bias[:, None, :].expand(n_layers, batch_size, 2 * hidden).clone()
         if biases is not None:
             cond_v += biases[:, :, 0].transpose(0, 1)
@@ -331,7 +334,7 @@ class PixelCNNSampler(Sampler):
         self.residual_w = [layer.residual.masked_weight()[:, :, 0, 0].t() for layer in model.layers]
         self.head1_w = model.head1.masked_weight()[:, :, 0, 0].t()
         self.head2_w = model.head2.masked_weight()[:, :, 0, 0].t()
-        self.head2_b = model.head2.bias
+        self.head2_b = bias_of(model.head2)
         self.window = torch.arange(half + 1, device=model.device)  # the columns col - half .. col
         self.channels = torch.arange(self.colours, device=model.device)
         self.row_codes = torch.arange(width * self.colours, device=model.device)  # offsets of one row's codes
@@ -386,7 +389,7 @@ class PixelCNNSampler(Sampler):
 
     def _head_features(self, out: torch.Tensor) -> torch.Tensor:
         """The head's hidden features ``[B, head]`` from the last layer's output at one pixel."""
-        return F.relu(torch.addmm(self.model.head1.bias, F.relu(out), self.head1_w))
+        return F.relu(torch.addmm(bias_of(self.model.head1), F.relu(out), self.head1_w))
 
     def _pixel(self, seq: torch.Tensor) -> None:
         """The mixture parameters of the pixel at ``cache.position`` (its first channel) into ``pixel_params``."""
@@ -419,7 +422,7 @@ class PixelCNNSampler(Sampler):
                 row = buffers.h_rows[i]
                 window = row.index_select(1, col + self.window).flatten(1)
             pre = torch.addmm(buffers.row_bias[i].index_select(1, col).squeeze(1), window, self.horizontal_w[i])
-            out = torch.addmm(layer.residual.bias, GatedLayer.gate(pre, 1), self.residual_w[i])
+            out = torch.addmm(bias_of(layer.residual), GatedLayer.gate(pre, 1), self.residual_w[i])
             if i:
                 out += row.index_select(1, col + half).squeeze(1)
             if i + 1 < len(model.layers):
@@ -457,7 +460,7 @@ def checked_image_shape(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
         raise UsageError(f"image_shape must be (C, H, W) with C = 1 or 3, got {shape}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def check_image_data(model: AutoregressiveModule, datamodule: Any) -> None:

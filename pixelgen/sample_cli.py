@@ -16,6 +16,8 @@ from arcore.errors import UsageError
 from arcore.files.atomic import refuse_replacing_inputs
 from arcore.files.checkpoint import read_checkpoint
 from arcore.files.media import SUFFIXES, Images, Text, save_media
+from arcore.training.data import Split
+from arcore.training.module import AutoregressiveModule
 from pixelgen.data import OPTIONS, ImageDataModule
 
 DATA_OPTIONS = {**{phrase: flag.replace("--data.", "data.") for phrase, flag in OPTIONS.items()},
@@ -24,7 +26,7 @@ DATA_OPTIONS = {**{phrase: flag.replace("--data.", "data.") for phrase, flag in 
 the checkpoint (``data.bits``), which ``sample`` does not change."""
 
 
-def real_images(ckpt: str, split: str, n: int, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def real_images(ckpt: str, split: Split, n: int, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images (codes as the model was trained on them) and labels of a split of the run's data."""
     checkpoint = read_checkpoint(ckpt, "--ckpt")
     hparams = ImageDataModule.settings_from_checkpoint(checkpoint.get("datamodule_hyper_parameters") or {})
@@ -53,7 +55,7 @@ def sample(args: argparse.Namespace) -> None:
         output_path(out.with_name(f"{out.stem}_real.png"), ".png")
     refuse_replacing_inputs([out, out.with_name(f"{out.stem}_real.png")][: 2 if args.prime_rows else 1],
                             [("--ckpt", args.ckpt), *([("--data-root", args.data_root)] if args.data_root else [])])
-    sampling = SampleRun("pixelgen", args)
+    sampling = SampleRun("pixelgen", args, AutoregressiveModule)
     model, device, n = sampling.model, sampling.device, args.num_samples
     if model.renders not in (Images, Text) or out.suffix.lower() != SUFFIXES[model.renders]:
         raise UsageError(f"--out {out}: this {type(model).__name__} renders {model.renders.__name__.lower()}, "
@@ -94,8 +96,8 @@ def sample(args: argparse.Namespace) -> None:
                             generator=sampling.generator)
 
     chunks = sampling.draw(draw, n)
-    if chunks.done:
-        codes = chunks.samples
+    codes = chunks.samples
+    if codes is not None:
         save_media(model.render_samples(codes), out)
         if images is not None:
             real = model.prime_from_data(images[: chunks.done], height).to(device)
@@ -104,5 +106,6 @@ def sample(args: argparse.Namespace) -> None:
             bits = -torch.cat(best_log_probs).mean().item() / codes[0].numel() / math.log(2)
             print(f"beam search ({args.beams} beams): the best completions average {bits:.4f} bits/dim")
     sampling.end(chunks, [out] if chunks.done else [])
+    assert codes is not None  # end() has left unless every sample was drawn
     print(f"wrote {n} {'completions' if prime is not None else 'samples'} to {out} in {sampling.seconds:.1f} s "
           f"({codes[0].numel() * n / sampling.seconds:,.0f} codes/s on {device})")

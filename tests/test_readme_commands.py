@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 import struct
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,11 @@ def test_shipped_wavenet_configs_parse_as_they_are(config, capsys):
         wavegen_main(["fit", "--config", str(ROOT / "lightning_configs" / f"{config}.yaml"), "--print_config"])
     assert done.value.code == 0
     assert "wavegen.wavenet.WaveNet" in capsys.readouterr().out
+
+
+def test_ci_runs_the_pinned_type_checker_after_the_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index(".venv/bin/python -m pytest -q\n") < ci.index(".venv/bin/python -m mypy\n")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(re.fullmatch(r"mypy==[\d.]+", pin) for pin in project["project"]["optional-dependencies"]["test"])
+    assert project["tool"]["mypy"]["files"] == ["arcore", "pixelgen", "wavegen"]

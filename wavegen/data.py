@@ -17,7 +17,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -228,7 +228,7 @@ class AudioDataModule(CodesDataModule):
             clips.append((str(path.relative_to(self.root)), speaker, clip))
         return clips
 
-    def _torchaudio_dataset(self) -> Dataset:
+    def _torchaudio_dataset(self) -> Any:
         """The named torchaudio dataset under ``root`` (downloaded when allowed), or a one-line error."""
         import torchaudio
 
@@ -325,7 +325,7 @@ class AudioDataModule(CodesDataModule):
         clips = self.crops(length)[split]
         sampler = None
         if split == "train":
-            dataset: Dataset = CropDataset(clips, length, self.crops_per_epoch)
+            dataset: CropDataset | TileDataset = CropDataset(clips, length, self.crops_per_epoch)
             sampler = EpochDraws(len(dataset))
         else:
             dataset = TileDataset(clips, length)

@@ -39,6 +39,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.errors import UsageError
+from arcore.training.lightning_private import attached_datamodule
 from wavegen.wavenet import WaveNet, decode_mu_law
 
 
@@ -78,7 +79,7 @@ def stoi_joined(references: Sequence[np.ndarray], degraded: Sequence[np.ndarray]
 
 def log_mel_db(model: WaveNet, audio: torch.Tensor) -> torch.Tensor:
     """Log-mel spectrogram ``[n_mels, F]`` in dB of float audio ``[T]`` (the model's own mel transform)."""
-    return 10 * model.mel_transform(audio.to(model.device, model.dtype)).clamp(min=1e-5).log10()
+    return 10 * model.mel_transform(audio.to(model.device, model.embed.weight.dtype)).clamp(min=1e-5).log10()
 
 
 def mel_distance(model: WaveNet, reference: torch.Tensor, degraded: torch.Tensor) -> float:
@@ -208,7 +209,7 @@ class VocoderQuality(pl.Callback):
         self._log(trainer, pl_module, "test")
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
-        if not pl_module.capabilities.resynthesis or not trainer.is_global_zero:
+        if not isinstance(pl_module, WaveNet) or not pl_module.capabilities.resynthesis or not trainer.is_global_zero:
             return
         codes, references, speakers = self._clips(trainer, pl_module, split)
         if not codes:
@@ -229,7 +230,7 @@ class VocoderQuality(pl.Callback):
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         """The held-out clips of ``split`` (:func:`held_out_clips`), read once."""
         if split not in self._held_out:
-            splits = getattr(trainer.datamodule, "splits", None)
+            splits = getattr(attached_datamodule(pl_module), "splits", None)
             if splits is None:
                 raise UsageError("VocoderQuality reads the held-out files of wavegen's audio data module: "
                                  "run it with an AudioDataModule")

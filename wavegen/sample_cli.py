@@ -85,10 +85,11 @@ def sample(args: argparse.Namespace) -> None:
             raise UsageError(f"{option} must be a finite number > 0, got {seconds}")
     several = args.mel_from is not None and (len(args.mel_from) > 1 or Path(args.mel_from[0]).is_dir())
     inputs = _mel_inputs(args.mel_from) if args.mel_from is not None else None
-    out = _output_folder(args.out, inputs[1]) if several else output_path(args.out, ".wav")
+    files, names = inputs if inputs is not None else ([], [])
+    out = _output_folder(args.out, names) if several else output_path(args.out, ".wav")
     given = [("--ckpt", args.ckpt), *([("--prime", args.prime)] if args.prime else []),
-             *(("--mel-from", path) for path in (inputs[0] if inputs else []))]
-    refuse_replacing_inputs([out / name for name in inputs[1]] if several else _clip_paths(out, args.num_samples),
+             *(("--mel-from", path) for path in files)]
+    refuse_replacing_inputs([out / name for name in names] if several else _clip_paths(out, args.num_samples),
                             given, folder=out if several else None)
     sampling = SampleRun("wavegen", args, WaveNet)
     model = sampling.model
@@ -120,7 +121,7 @@ def sample(args: argparse.Namespace) -> None:
 
     chunks = sampling.draw(draw, n)
     paths = _clip_paths(out, n)[: chunks.done]
-    if chunks.done:
+    if chunks.samples is not None:
         for clip, path in zip(model.render_samples(chunks.samples).clips, paths):
             save_wav(clip, rate, path)
             print(f"wrote {path}")

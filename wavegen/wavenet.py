@@ -46,10 +46,10 @@ from torch import nn
 from arcore.contract import Capabilities
 from arcore.errors import UsageError, check_labels, options
 from arcore.files.media import Audio
-from arcore.sampling.cache import Drawer, Piece, Sampler, StepCache, previous_code
+from arcore.sampling.cache import Drawer, Piece, Sampler, StepCache, bias_of, previous_code
 from arcore.sampling.decoding import Decoding, SampleOptions
 from arcore.training.lightning_private import attached_datamodule
-from arcore.training.module import AutoregressiveModule
+from arcore.training.module import AutoregressiveModule, Layers
 from wavegen import lpc
 from wavegen.wavenet_step import FusedStep, WaveNetBuffers, gate_folded
 
@@ -117,8 +117,9 @@ class Upsampler(nn.Module):
     def __init__(self, channels: int, scales: list[int], mode: str) -> None:
         super().__init__()
         self.scales, self.mode = list(scales), mode
-        convs = []
+        convs: list[nn.Module] = []
         for s in self.scales:
+            conv: nn.ConvTranspose1d | nn.Conv1d
             if mode == "transposed":
                 conv = nn.ConvTranspose1d(channels, channels, 2 * s, stride=s)  # weight [C_in, C_out, 2s]
                 ramp = 1 - (torch.arange(2 * s) + 0.5 - s).abs() / s  # two frames' shares at every sample sum to 1
@@ -127,7 +128,7 @@ class Upsampler(nn.Module):
                 ramp = (s + 1 - (torch.arange(2 * s + 1) - s).abs()) / (s + 1) ** 2  # a triangle of area 1
             with torch.no_grad():
                 conv.weight.copy_(torch.eye(channels)[:, :, None] * ramp)
-                conv.bias.zero_()
+                bias_of(conv).zero_()
             convs.append(conv)
         self.convs = nn.ModuleList(convs)
 
@@ -230,7 +231,7 @@ class WaveNet(AutoregressiveModule):
         self.hop_length = hop_length
         self.event_shape = (max(1, round(default_seconds * sample_rate)),)
         self.embed = nn.Embedding(quantization, residual_channels)
-        self.layers = nn.ModuleList(
+        self.layers = Layers(
             ResidualLayer(residual_channels, gate_channels, skip_channels, kernel_size, d, i == len(dilations) - 1)
             for i, d in enumerate(dilations))
         self.head1 = nn.Conv1d(skip_channels, head_channels, 1)
@@ -397,13 +398,14 @@ class WaveNet(AutoregressiveModule):
         x = F.pad(self.embed(codes[:, :-1]).transpose(1, 2), (1, 0))  # input at t is code t - 1
         # biases as one tensor per layer (unbind: the backward pass stacks the layers' gradients once, where
         # indexing a layer would add its gradient into a zero tensor the size of all of them)
-        global_bias = None if speaker is None else self.speaker_embed(speaker).view(batch, n_layers, gate, 1).unbind(1)
+        global_bias = None if speaker is None or self.speaker_embed is None else \
+            self.speaker_embed(speaker).view(batch, n_layers, gate, 1).unbind(1)
         local_bias = None
         if mel is not None:  # project the table's rows, then give each sample its row
             frames = torch.arange(length, device=codes.device) // self.cond_hop
             local_bias = self.mel_proj(self.cond_features(mel, mel_lengths)).view(batch, n_layers, gate, -1)
             local_bias = local_bias.unbind(1)
-        skip = 0
+        skip: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
             if inputs is not None:
                 inputs.append(x)
@@ -413,7 +415,8 @@ class WaveNet(AutoregressiveModule):
                 upsampled = rows[..., :length] if self.cond_hop == 1 else rows.index_select(2, frames)
                 bias = upsampled if bias is None else bias + upsampled
             x, s = layer(x, bias)
-            skip = skip + s
+            skip = s if skip is None else skip + s
+        assert skip is not None  # a WaveNet has at least one layer
         logits = self.head2(F.relu(self.head1(F.relu(skip))))
         return logits.transpose(1, 2)
 
@@ -474,14 +477,14 @@ class WaveNet(AutoregressiveModule):
         mels = [self.log_mel(clip.to(self.device)[None]) for clip in clips]
         frames = max(mel.shape[2] for mel in mels)
         lengths = torch.tensor([mel.shape[2] for mel in mels], device=self.device)
-        cond = AudioCond(speakers, torch.cat([F.pad(mel, (0, frames - mel.shape[2])) for mel in mels]),
-                         None if bool((lengths == frames).all()) else lengths)
+        padded = torch.cat([F.pad(mel, (0, frames - mel.shape[2])) for mel in mels])
+        cond = AudioCond(speakers, padded, None if bool((lengths == frames).all()) else lengths)
         codes = self.sample(len(clips), cond=cond, length=max(len(clip) for clip in clips), options=options,
                             generator=generator, **settings)
         if self.predictive:  # excitation codes to audio, and the audio to mu-law codes like the clips given
             import torchaudio.functional as AF
 
-            codes = AF.mu_law_encoding(self.excitation_to_audio(codes, cond.mel), self.num_classes)
+            codes = AF.mu_law_encoding(self.excitation_to_audio(codes, padded), self.num_classes)
         return [row[: len(clip)] for row, clip in zip(codes, clips)]
 
 
@@ -529,9 +532,9 @@ class WaveNetSampler(Sampler):
         self.w_past = weights.flip(3)[..., 1:].permute(0, 3, 2, 1).reshape(n_layers, (k - 1) * res, gate) \
             .contiguous()  # [L, (k-1) R, G]: a strided view for k = 2, which bmm would copy at every step
         self.w_cur = weights[..., k - 1].transpose(1, 2).contiguous()  # [L, R, G]
-        gate_bias = gate_folded(torch.cat([layer.conv.bias for layer in model.layers]), gate)
+        gate_bias = gate_folded(torch.cat([bias_of(layer.conv) for layer in model.layers]), gate)
         gate_bias = gate_bias.expand(batch_size, -1).clone()
-        if speaker is not None:
+        if speaker is not None and model.speaker_embed is not None:
             gate_bias += gate_folded(model.speaker_embed(speaker), gate, dim=1)
         mel_frames = None
         if mel is not None:
@@ -540,12 +543,13 @@ class WaveNetSampler(Sampler):
             self.w_mel = gate_folded(model.mel_proj.weight[:, :, 0], gate).t()
         self.buffers = WaveNetBuffers(ring, cache.register("gate_bias", gate_bias), mel_frames)
         # the gate gives z = 2 tanh(a) sigmoid(b): the residual and skip 1x1s take half of it
-        self.w_res = [0.5 * layer.residual.weight[:, :, 0].t() for layer in model.layers[:-1]]
-        self.b_res = [layer.residual.bias for layer in model.layers[:-1]]
+        residuals = [layer.residual for layer in model.layers if layer.residual is not None]  # the last layer has none
+        self.w_res = [0.5 * residual.weight[:, :, 0].t() for residual in residuals]
+        self.b_res = [bias_of(residual) for residual in residuals]
         self.w_skip = torch.cat([0.5 * layer.skip.weight[:, :, 0].t() for layer in model.layers])  # [L half, S]
-        self.b_skip = torch.stack([layer.skip.bias for layer in model.layers]).sum(0)
-        self.w_head1, self.b_head1 = model.head1.weight[:, :, 0].t(), model.head1.bias
-        self.w_head2, self.b_head2 = model.head2.weight[:, :, 0].t(), model.head2.bias
+        self.b_skip = torch.stack([bias_of(layer.skip) for layer in model.layers]).sum(0)
+        self.w_head1, self.b_head1 = model.head1.weight[:, :, 0].t(), bias_of(model.head1)
+        self.w_head2, self.b_head2 = model.head2.weight[:, :, 0].t(), bias_of(model.head2)
         self.embed = model.embed.weight
         self.step = FusedStep(model, cache, self.buffers, model.cond_hop) if FusedStep.applies(model) else self._step
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from arcore.sampling import native
-from arcore.sampling.cache import Drawer, StepCache
+from arcore.sampling.cache import Drawer, StepCache, bias_of
 from arcore.sampling.decoding import Decoding
 
 if TYPE_CHECKING:
@@ -102,18 +102,18 @@ def packed(model: WaveNet, with_mel: bool) -> Packed:
             w = torch.cat([w, gate_folded(model.mel_proj.weight[i * gate:(i + 1) * gate, :, 0], gate).t()])
         a, b = panels(w[:, :half]), panels(w[:, half:])
         gate_w.append(torch.stack([a, b], dim=1).flatten(0, 1).contiguous())  # a_0, b_0, a_1, b_1, ...
-        skip_w, skip_b = layer.skip.weight[:, :, 0].t(), layer.skip.bias
+        skip_w, skip_b = layer.skip.weight[:, :, 0].t(), bias_of(layer.skip)
         if layer.residual is None:  # the last layer: its residual output is never read
             res_w = skip_w.new_zeros(half, hp.residual_channels)
             res_b = skip_b.new_zeros(hp.residual_channels)
         else:
-            res_w, res_b = layer.residual.weight[:, :, 0].t(), layer.residual.bias
+            res_w, res_b = layer.residual.weight[:, :, 0].t(), bias_of(layer.residual)
         out_w.append(torch.cat([panels(res_w), panels(skip_w)]))
         out_b.append(torch.cat([padded(res_b), padded(skip_b)]))
     head1_w, head2_w = panels(model.head1.weight[:, :, 0].t()), panels(model.head2.weight[:, :, 0].t())
     dtype = torch.float16 if all(map(half_exact, [*gate_w, *out_w, head1_w, head2_w])) else torch.float32
     return Packed([w.to(dtype) for w in gate_w], [w.to(dtype) for w in out_w], out_b, head1_w.to(dtype),
-                  padded(model.head1.bias), head2_w.to(dtype), padded(model.head2.bias))
+                  padded(bias_of(model.head1)), head2_w.to(dtype), padded(bias_of(model.head2)))
 
 
 def weight_dtype(model: WaveNet) -> torch.dtype:
@@ -142,7 +142,10 @@ class FusedStep:
         mel = buffers.mel_frames if buffers.mel_frames is not None else torch.empty(0)
         w = packed(model, with_mel=mel.numel() > 0)
         self.weight_dtype = w.gate[0].dtype
-        self.plan = kernel().Plan(
+        module = kernel()
+        if module is None:
+            raise RuntimeError("the fused WaveNet step is not built on this machine (FusedStep.applies is False)")
+        self.plan = module.Plan(
             model.embed.weight.detach().contiguous(), list(model.dilations), model.kernel_size, cond_hop, w.gate,
             w.out, w.out_bias, w.head1, w.head1_bias, w.head2, w.head2_bias, cache.batch_size,
             mel.shape[2] if mel.numel() else 0)

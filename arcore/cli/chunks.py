@@ -70,7 +70,7 @@ def draw_in_chunks(draw: Draw, total: int, batch_size: int, *, tool: str,
                       file=sys.stderr)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                if state is not None:
+                if generator is not None and state is not None:
                     generator.set_state(state)
                 continue
             done += count

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from arcore.errors import UsageError
+from arcore.training.data import CodesDataModule
 
 
 def _plain(value: Any) -> Any:
@@ -23,7 +24,7 @@ def _a(name: str) -> str:
 
 
 def check_resume_matches_config(config: Any, path: str | Path, checkpoint: dict[str, Any],
-                                datamodule_class: type) -> None:
+                                datamodule_class: type[CodesDataModule]) -> None:
     """Refuse, in one line, a ``fit`` resuming a checkpoint of another model, other model settings or other data
     settings than the config's (``config`` is the subcommand's parsed config; ``path`` a file or what
     ``ckpt_path: last`` found).

@@ -158,7 +158,8 @@ class ProjectCLI(HookedCLI):
         if self.subcommand == "fit":
             resume = ("run the same command again (ckpt_path: last resumes it)"
                       if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
-            trainer.callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
+            callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's init
+            callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:

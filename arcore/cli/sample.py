@@ -20,11 +20,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
 
 from arcore.cli.chunks import Chunks, Draw, draw_in_chunks, interrupted_exit
 from arcore.cli.launch import sample_options
+from arcore.contract import Model
 from arcore.errors import UsageError
 from arcore.files.atomic import check_output
 from arcore.files.registry import load_checkpoint
@@ -64,12 +66,15 @@ def check_fits_in_memory(num_samples: int, codes_per_sample: int, bytes_per_code
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``: the same seed, the same samples."""
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def load_for_sampling(ckpt: str, package: str, device: torch.device) -> AutoregressiveModule:
+def load_for_sampling(ckpt: str, package: str, device: torch.device) -> Model:
+    """The model of ``ckpt`` (a file of the tool ``package``) on ``device``, in eval mode."""
     model = load_checkpoint(ckpt, package, map_location=device)
-    return model.to(device).eval()
+    model.to(device).eval()
+    return model
 
 
 def check_sample_args(args: argparse.Namespace) -> None:
@@ -87,20 +92,30 @@ def check_sample_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--threads must be >= 1 and at most {cores} (this machine's cores), got {args.threads}")
 
 
-class SampleRun:
+M = TypeVar("M", bound=AutoregressiveModule)
+
+
+class SampleRun(Generic[M]):
     """One ``sample`` command after its checks: the device (and CPU threads), the model of ``--ckpt`` (refused in
     one line unless it is a ``kind``), the :attr:`options` the command line sets, the generator seeded with
-    ``--seed``, and the timing of the draws."""
+    ``--seed``, and the timing of the draws.
 
-    def __init__(self, tool: str, args: argparse.Namespace, kind: type[AutoregressiveModule] = AutoregressiveModule):
+    Args:
+        tool: the command line tool, e.g. ``pixelgen``.
+        args: the parsed options of its ``sample`` command.
+        kind: the model class the command draws from (``AutoregressiveModule``: any of the tool's models).
+    """
+
+    def __init__(self, tool: str, args: argparse.Namespace, kind: type[M]) -> None:
         self.tool, self.args = tool, args
         self.options: SampleOptions = sample_options(args, progress=True)
         self.device = pick_device(args.device)
         if self.device.type == "cpu" and args.threads is not None:
             torch.set_num_threads(args.threads)
-        self.model = load_for_sampling(args.ckpt, tool, self.device)
-        if not isinstance(self.model, kind):
-            raise UsageError(f"{args.ckpt} holds a {type(self.model).__name__}, not a {kind.__name__}")
+        model = load_for_sampling(args.ckpt, tool, self.device)
+        if not isinstance(model, kind):
+            raise UsageError(f"{args.ckpt} holds a {type(model).__name__}, not a {kind.__name__}")
+        self.model: M = model
         self.generator = seeded_generator(args.seed, self.device)
         self.seconds = 0.0
 

@@ -70,7 +70,7 @@ def remove_leftovers(folder: Path, quiet_for: float = 60.0) -> list[Path]:
     cut), and return them: those whose writer's process is gone and that nobody has written to for ``quiet_for``
     seconds (a writer on another machine sharing the folder keeps its file fresh). Every atomic write calls it, so
     a leftover lasts until the next write to its folder."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -22,7 +22,7 @@ import re
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ import torch
 from arcore.errors import UsageError, first_line
 from arcore.files import weights
 
-SAFE_GLOBALS: list[type] = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
+SAFE_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+    pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 """Types beyond torch's weights-only defaults that a checkpoint of this project may hold: paths, which data settings
 passed from Python (``root=Path(...)``) carry into ``datamodule_hyper_parameters``."""
 

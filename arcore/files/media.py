@@ -69,8 +69,9 @@ def interleave(first: Media, second: Media) -> Media:
     raise TypeError(f"cannot pair {type(first).__name__} with {type(second).__name__}")
 
 
-def save_media(media: Images | Text, path: str | Path) -> Path:
-    """Write pictures as one PNG grid (:func:`save_image_grid`), texts as one text file (:func:`save_text`).
+def save_media(media: Media, path: str | Path) -> Path:
+    """Write pictures as one PNG grid (:func:`save_image_grid`), texts as one text file (:func:`save_text`); audio,
+    one WAV per clip, goes through :func:`save_wav` instead.
 
     Args:
         media: what a model rendered.
@@ -78,7 +79,9 @@ def save_media(media: Images | Text, path: str | Path) -> Path:
     """
     if isinstance(media, Images):
         return save_image_grid(media.pixels, path)
-    return save_text(media, path)
+    if isinstance(media, Text):
+        return save_text(media, path)
+    raise TypeError("audio is written one WAV per clip (save_wav), not as one file")
 
 
 def save_text(text: Text, path: str | Path) -> Path:

@@ -181,6 +181,7 @@ def read_model(path: str | Path, tool: str, map_location: str | torch.device = "
     data = checkpoint_io.read_checkpoint_bytes(path, what, hint)
     checkpoint = checkpoint_io.load_checkpoint_bytes(data, path, what)
     cls: Any = model_class(checkpoint, path, tool, command)
+    model: Any
     try:
         if checkpoint.get("weights_only"):  # settings and weights, nothing else: build, then fill in
             model = weights.build_checked(cls, {k: v for k, v in checkpoint["hyper_parameters"].items()

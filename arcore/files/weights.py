@@ -123,7 +123,7 @@ def checkpoint_from_weights(data: bytes, path: str | Path, what: str = "checkpoi
             "weights_only": True, "metadata": metadata}
 
 
-def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: str | Path, tool: str
+def metadata_of(checkpoint: Mapping[str, Any], model: object, source: str | Path, tool: str
                 ) -> dict[str, str]:
     """What a weights file records about ``model`` (built from ``checkpoint``, the file ``source``, of the command
     line tool ``tool``), every value a string (safetensors' rule), the structured ones JSON:
@@ -149,8 +149,9 @@ def metadata_of(checkpoint: Mapping[str, Any], model: torch.nn.Module, source: s
             continue
         if name.startswith("ModelCheckpoint") and state.get("monitor"):
             for key, value in (("", state.get("current_score")), (" (best of the run)", state.get("best_model_score"))):
-                if _finite(value) is not None:
-                    validation[f"{state['monitor']}{key}"] = _finite(value)
+                score = _finite(value)
+                if score is not None:
+                    validation[f"{state['monitor']}{key}"] = score
         elif name == "Timer":
             train_seconds = _finite((state.get("time_elapsed") or {}).get("train"))
     trained = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),

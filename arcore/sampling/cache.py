@@ -26,7 +26,7 @@ event_shape)``). The sampler owns
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from arcore.sampling.decoding import Decoding
 
 Piece = Callable[[torch.Tensor], "torch.Tensor | None"]
+Step = Callable[[torch.Tensor], torch.Tensor]
+"""A piece that returns the logits ``[B, num_classes]`` of ``cache.position``: the last of a position's schedule."""
 Drawer = Callable[[torch.Tensor, "torch.Tensor | None"], None]
 """``draw(seq, gumbel)``: one whole sampling position (:meth:`Sampler.drawer`); ``gumbel`` [B, num_classes] is the
 position's Gumbel noise (None when the decoding takes the argmax)."""
@@ -52,13 +54,14 @@ class StepCache:
     Args:
         batch_size: the rows of every buffer with a batch dimension.
         device: where the buffers live.
-        dtype: the float type of :meth:`alloc`'s buffers unless told.
+        dtype: the float type of :meth:`alloc`'s buffers unless told (a ``torch.dtype`` or its name, as Lightning
+            types a module's).
     """
 
-    def __init__(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
+    def __init__(self, batch_size: int, device: torch.device | str, dtype: torch.dtype | str) -> None:
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype: torch.dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
         self._buffers: dict[str, torch.Tensor] = {}
         self._batch_dims: dict[str, int | None] = {}
         self._scratch: set[str] = set()
@@ -164,6 +167,23 @@ def device_and_dtype(model: Autoregressive) -> tuple[torch.device, torch.dtype]:
     if not floating:
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to sample with")
     return floating[0].device, floating[0].dtype
+
+
+class Biased(Protocol):
+    """A layer with an optional bias (torch's convolutions and linear layers)."""
+
+    bias: torch.Tensor | None
+
+
+def bias_of(layer: Biased) -> torch.Tensor:
+    """The bias of a layer built with one, for a prepared step to read (torch types every layer's bias as optional).
+
+    Args:
+        layer: a convolution or linear layer.
+    """
+    if layer.bias is None:
+        raise ValueError(f"{type(layer).__name__} was built without a bias")
+    return layer.bias
 
 
 def previous_code(seq: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ class Decoding:
     def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """Codes [..] from logits [.., K] and Gumbel noise of the same shape (:func:`gumbel`; None for
         :attr:`argmax`): the argmax of the filtered logits plus the noise, a draw from their softmax."""
-        if self.argmax:
+        if self.argmax or noise is None:
             return logits.argmax(dim=-1)
         filtered = self.filter(logits)
         return (filtered + noise.to(filtered.dtype)).argmax(dim=-1)

@@ -35,7 +35,7 @@ import torch
 
 from arcore.contract import Autoregressive
 from arcore.errors import UsageError
-from arcore.sampling.cache import ForwardSampler, Piece, Sampler, StepCache
+from arcore.sampling.cache import ForwardSampler, Piece, Sampler, Step, StepCache
 from arcore.sampling.decoding import Capture, SampleOptions, gumbel
 
 
@@ -94,7 +94,9 @@ class Runner:
         pieces = self.sampler.schedule(t)
         for piece in pieces[:-1]:
             self._unit(piece, False, seq)(seq)
-        return self._unit(pieces[-1], True, seq)(seq)
+        logits = self._unit(pieces[-1], True, seq)(seq)
+        assert logits is not None  # the last unit is _advancing's, which returns the logits
+        return logits
 
     def _unit(self, piece: Piece, last: bool, seq: torch.Tensor) -> Piece:
         unit = self._units.get((piece, last))
@@ -114,9 +116,11 @@ class Runner:
         return unit
 
 
-def _advancing(piece: Piece, position: torch.Tensor) -> Piece:
+def _advancing(piece: Piece, position: torch.Tensor) -> Step:
     def unit(seq: torch.Tensor) -> torch.Tensor:
         logits = piece(seq)
+        if logits is None:
+            raise TypeError("the last piece of a position's schedule must return its logits")
         position.add_(1)
         return logits
 
@@ -139,7 +143,7 @@ def _cuda_graph(unit: Piece, seq: torch.Tensor, cache: StepCache) -> Piece:
     with torch.cuda.graph(graph):
         out = unit(seq)
 
-    def replay(_: torch.Tensor) -> torch.Tensor:
+    def replay(_: torch.Tensor) -> torch.Tensor | None:
         graph.replay()
         return out
 

@@ -37,9 +37,10 @@ from types import ModuleType
 import torch
 
 try:
-    import fcntl
+    import fcntl as _fcntl
 except ImportError:  # Windows: builds are not serialised, but each still lands whole or not at all
-    fcntl = None
+    _fcntl = None  # type: ignore[assignment]
+fcntl: ModuleType | None = _fcntl
 
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 LDFLAGS = ("-fopenmp",)
@@ -110,6 +111,8 @@ def _load(build: str, source: Path) -> ModuleType:
     # torch names the module <build>_v<n> when this process had built <build> before, so import it by its file
     library = next(final.glob(f"{build}*{LIB_EXT}"))
     spec = importlib.util.spec_from_file_location(library.stem, library)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{library} is not a loadable extension module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

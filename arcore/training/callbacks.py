@@ -22,6 +22,7 @@ from arcore.errors import UsageError
 from arcore.files.atomic import make_parents, unique_temporary
 from arcore.files.media import Audio, Images, Media, interleave, save_image_grid, save_text, save_wav, spectrogram_image
 from arcore.training.lightning_private import average_model
+from arcore.training.module import AutoregressiveModule
 
 
 class SampleLogger(pl.Callback):
@@ -54,7 +55,7 @@ class SampleLogger(pl.Callback):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        capabilities = pl_module.capabilities
+        capabilities = autoregressive(pl_module).capabilities
         if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero and self.num_completions \
                 and (capabilities.completion or capabilities.resynthesis):
             real, labels = batch
@@ -68,15 +69,16 @@ class SampleLogger(pl.Callback):
             return
         prefix = out_dir / f"step{trainer.global_step:07d}"
         logged = Logged()
-        if not pl_module.capabilities.resynthesis:  # a vocoder draws nothing without its input
-            logged.add(pl_module.render_samples(self._samples(pl_module)), prefix)
+        model = autoregressive(pl_module)
+        if not model.capabilities.resynthesis:  # a vocoder draws nothing without its input
+            logged.add(model.render_samples(self._samples(model)), prefix)
         if self._real is not None:
-            pairs, kind = self._completions(pl_module, *self._real)
+            pairs, kind = self._completions(model, *self._real)
             logged.add(pairs, prefix, kind)
             self._real = None
         logged.publish(trainer)
 
-    def _samples(self, pl_module: pl.LightningModule) -> torch.Tensor:
+    def _samples(self, pl_module: AutoregressiveModule) -> torch.Tensor:
         """``num_samples`` codes, labelled in turn for a conditional model, ``audio_seconds`` long for audio."""
         n, rate = self.num_samples, pl_module.capabilities.codes_per_second
         cond = torch.arange(n, device=pl_module.device) % pl_module.num_labels if pl_module.num_labels else None
@@ -84,15 +86,17 @@ class SampleLogger(pl.Callback):
                                 temperature=self.temperature, compile=self.compile,
                                 generator=self._generator(pl_module))
 
-    def _completions(self, pl_module: pl.LightningModule, data: torch.Tensor, labels: torch.Tensor
+    def _completions(self, pl_module: AutoregressiveModule, data: torch.Tensor, labels: torch.Tensor
                      ) -> tuple[Media, str]:
         """The originals and their completions from the first half (or resynthesis), interleaved, and the word
         for the second of each pair."""
         cond = labels if pl_module.num_labels else None
         whole = pl_module.prime_from_data(data, data.shape[pl_module.prime_axis])
-        sampling = {"temperature": self.temperature, "compile": self.compile, "generator": self._generator(pl_module)}
+        sampling: dict[str, Any] = {"temperature": self.temperature, "compile": self.compile,
+                                    "generator": self._generator(pl_module)}
         if pl_module.capabilities.resynthesis:
-            made, kind = torch.stack(resynthesizer(pl_module).resynthesize(list(whole), cond, **sampling)), "resynthesis"
+            made = torch.stack(resynthesizer(pl_module).resynthesize(list(whole), cond, **sampling))
+            kind = "resynthesis"
         else:
             prime = pl_module.prime_from_data(data, data.shape[pl_module.prime_axis] // 2)
             made, kind = pl_module.sample(len(data), cond=cond, prime=prime, **sampling), "completion"
@@ -101,6 +105,14 @@ class SampleLogger(pl.Callback):
     def _generator(self, pl_module: pl.LightningModule) -> torch.Generator:
         return torch.Generator(device=pl_module.device).manual_seed(self.seed)
 
+
+
+def autoregressive(pl_module: pl.LightningModule) -> AutoregressiveModule:
+    """``pl_module`` as the model these callbacks draw from, or one line saying it is not one."""
+    if not isinstance(pl_module, AutoregressiveModule):
+        raise UsageError(f"the sample logger draws from a model of arcore (an AutoregressiveModule), not a "
+                         f"{type(pl_module).__name__}")
+    return pl_module
 
 class Logged:
     """The files one validation's samples were written to, and what goes to the loggers (:meth:`publish`)."""
@@ -132,8 +144,8 @@ class Logged:
                                                    f"{prefix}_{spectrogram}.png")
         else:
             key = "text" if kind is None else "completions"
-            path = save_text(media, f"{prefix}.txt" if kind is None else f"{prefix}_completions.txt")
-            self.texts[f"samples/{key}"] = path.read_text()
+            written = save_text(media, f"{prefix}.txt" if kind is None else f"{prefix}_completions.txt")
+            self.texts[f"samples/{key}"] = written.read_text()
 
     def publish(self, trainer: pl.Trainer) -> None:
         """Log the pictures, clips and texts to every W&B or TensorBoard logger of ``trainer``."""
@@ -263,7 +275,7 @@ class LikelihoodWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.path = path
         self._file: Any = None
-        self._target: Path | None = None
+        self._target = Path()  # where the rows go, set when a pass starts
         self._sums = [0.0, 0]
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -73,9 +73,9 @@ class ResumableLoader(DataLoader):
 
     batches_done: Callable[[], int] | None = None
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator:  # type: ignore[override]  # a generator when resumed, as Lightning only iterates
         iterator = super().__iter__()
-        return iterator if self.batches_done is None else self._resumed(iterator)
+        return iterator if self.batches_done is None else self._resumed(iterator, self.batches_done)
 
     def state_dict(self) -> dict:
         """Nothing to save: the position comes back from Lightning's own batch counter. Having this pair marks the
@@ -85,8 +85,8 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state_dict: dict) -> None:
         """See :meth:`state_dict`."""
 
-    def _resumed(self, iterator: Iterator) -> Iterator:
-        for _ in range(self.batches_done()):  # asked only now: Lightning restores its loops after iter()
+    def _resumed(self, iterator: Iterator, batches_done: Callable[[], int]) -> Iterator:
+        for _ in range(batches_done()):  # asked only now: Lightning restores its loops after iter()
             next(iterator)
         yield from iterator
 

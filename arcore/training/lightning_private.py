@@ -78,7 +78,7 @@ def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
 def attached_datamodule(module: pl.LightningModule) -> Any:
     """The data module of the trainer ``module`` is attached to, or None (no trainer, or a trainer given loaders)."""
     trainer = attached_trainer(module)
-    return None if trainer is None else trainer.datamodule
+    return None if trainer is None else trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning
 
 
 def average_model(callback: WeightAveraging) -> nn.Module | None:

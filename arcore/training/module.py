@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 import time
-from abc import abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.data import AttributeDict
 from pytorch_lightning.loggers import WandbLogger
 
-from arcore.contract import Capabilities
+from arcore.contract import Capabilities, required
 from arcore.errors import UsageError
 from arcore.files.media import Media
 from arcore.sampling import engine
@@ -90,11 +91,16 @@ class AutoregressiveModule(pl.LightningModule):
         tests."""
         return ForwardSampler(self, batch_size, cond, event_shape)
 
-    @abstractmethod
+    @required
     def render_samples(self, codes: torch.Tensor) -> Media:
         """Codes ``[B, *event_shape]`` as what they stand for: :class:`arcore.files.media.Images`, ``Audio`` or
         ``Text``."""
         raise NotImplementedError
+
+    @property
+    def hparams(self) -> AttributeDict:  # Lightning's: any mapping; a model's: by attribute
+        """The settings ``save_hyperparameters`` recorded, by attribute (``self.hparams.layers``)."""
+        return cast(AttributeDict, super().hparams)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -161,7 +167,7 @@ class AutoregressiveModule(pl.LightningModule):
                                   **settings)
 
     # ----- training --------------------------------------------------------------------------------------------
-    def unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def unpack(self, batch: Any) -> tuple[torch.Tensor, Any]:
         """A data-module batch ``(codes, labels)`` to ``(codes, cond)``; labels are dropped when unconditional."""
         codes, labels = batch
         return codes, (labels if self.num_labels else None)
@@ -238,4 +244,31 @@ class AutoregressiveModule(pl.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):  # lets a resumed fit continue this W&B run (see arcore.cli)
                 checkpoint["wandb_run_id"] = logger.version
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+class Layers(torch.nn.ModuleList, Generic[M]):
+    """A ``ModuleList`` whose items a type checker knows (``Layers[GatedLayer]``): iterating or indexing it gives
+    ``M``, so ``layer.conv.weight`` is a tensor to the checker too. At run time it is a ``ModuleList``, its weights
+    named as a ``ModuleList``'s are.
+
+    Args:
+        modules: the layers, in order.
+    """
+
+    def __init__(self, modules: Iterable[M] = ()) -> None:
+        super().__init__(modules)
+
+    if TYPE_CHECKING:
+        def __iter__(self) -> Iterator[M]: ...
+
+        @overload
+        def __getitem__(self, idx: slice) -> Layers[M]: ...
+
+        @overload
+        def __getitem__(self, idx: int) -> M: ...
+
+        def __getitem__(self, idx: int | slice) -> M | Layers[M]: ...
 

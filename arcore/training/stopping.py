@@ -113,7 +113,8 @@ class SaveOnStop(pl.Callback):
         if self._loops is None or trainer.global_step != self._loops[0] or "loops" not in checkpoint:
             return
         _, state, epoch = self._loops
-        cut = (trainer.fit_loop.epoch_progress.current.processed > state["epoch_progress"]["current"]["processed"]
+        processed = trainer.fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]  # typed narrower
+        cut = (processed > state["epoch_progress"]["current"]["processed"]
                and not state["epoch_loop.batch_progress"]["is_last_batch"])
         if cut or self._snapshot_forced:
             checkpoint["loops"]["fit_loop"] = copy.deepcopy(state)
@@ -123,7 +124,7 @@ class SaveOnStop(pl.Callback):
         assert self.signum is not None
         self._restore_handlers()
         how = signal_name(self.signum)
-        if trainer.global_step == self._start_step:
+        if trainer.global_step == self._start_step or self._loops is None:
             raise RunStopped(self.signum, f"stopped by {how} before the first training step of this run: nothing "
                                           f"new to save")
         paths = paths or save_last(trainer, fallback=True)
