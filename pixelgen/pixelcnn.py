@@ -38,6 +38,7 @@ from arcore.checkpoint import register_model
 from arcore.errors import UsageError, check_labels, options
 from arcore.media import Images
 from arcore.module import AutoregressiveModule, Capabilities
+from arcore.precision import float32_output
 from pixelgen import mixture
 
 
@@ -234,7 +235,7 @@ class PixelCNN(AutoregressiveModule):
 
     def _head(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The head's outputs ``[B, outputs, H, W]``: the softmax logits, or every pixel's mixture parameters."""
-        return self.head2(F.relu(self.head1(F.relu(self._stacks(codes, cond)))))
+        return float32_output(self.head2, F.relu(self.head1(F.relu(self._stacks(codes, cond)))))
 
     def _stacks(self, codes: torch.Tensor, cond: torch.Tensor | None,
                 inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:

@@ -50,6 +50,7 @@ from arcore.errors import UsageError, check_labels, options
 from arcore.lightning_private import attached_datamodule
 from arcore.media import Audio
 from arcore.module import AutoregressiveModule, Capabilities
+from arcore.precision import float32_output
 from wavegen import lpc
 from wavegen.wavenet_step import FusedStep, gate_folded
 
@@ -414,7 +415,7 @@ class WaveNet(AutoregressiveModule):
                 bias = upsampled if bias is None else bias + upsampled
             x, s = layer(x, bias)
             skip = skip + s
-        logits = self.head2(F.relu(self.head1(F.relu(skip))))
+        logits = float32_output(self.head2, F.relu(self.head1(F.relu(skip))))
         return logits.transpose(1, 2)
 
     def unpack(self, batch: Any) -> tuple[torch.Tensor, AudioCond | torch.Tensor | None]:

@@ -26,6 +26,7 @@ from arcore.errors import UsageError
 from arcore.files import atomic_write, check_output, folder_lock, write_atomically
 from arcore.lightning_private import HookedCLI, last_checkpoints
 from arcore.module import AutoregressiveModule
+from arcore.precision import choose_precision
 from arcore.quiet import quiet_wandb_loggers
 from arcore.stopping import SaveOnStop, check_resume_averaging, check_resume_position
 from arcore.threads import choose_threads, usable_cores
@@ -149,6 +150,11 @@ class ProjectCLI(HookedCLI):
         if self.subcommand == "fit":
             _continue_wandb_run(config)
         use_threads(config.get("threads"), self.package)
+        if self.subcommand == "fit":
+            precision, why = choose_precision(trainer.get("precision"), trainer.get("accelerator"))
+            trainer.precision = precision
+            if first_process():
+                print(f"{self.package}: training precision {precision} ({why}); scoring in float32")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
