@@ -12,6 +12,7 @@ float32 (:meth:`arcore.module.AutoregressiveModule.scoring`), so scores compare 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -48,7 +49,7 @@ def choose_precision(requested: object, accelerator: object) -> tuple[str, str]:
     return "32-true", f"{why}; bf16 would be emulated, many times slower"
 
 
-def float32_output(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def float32_output(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` computed in float32 even under bf16 autocast: a model's last layer (its logits, or a mixture's
     parameters, whose log-scales and means bf16's 8 bits of mantissa would round), at a small share of a step."""
     with torch.autocast(x.device.type, enabled=False):
