@@ -15,11 +15,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from arcore import weights
+from arcore.callbacks import JobProgressBar
 from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
 from arcore.cli.resume import check_resume_matches_config
 from arcore.errors import UsageError
@@ -161,6 +162,9 @@ class ProjectCLI(HookedCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         quiet_wandb_loggers(trainer.loggers)
+        bars = [i for i, c in enumerate(trainer.callbacks) if type(c) is TQDMProgressBar]  # Lightning's own bar
+        for i in bars:
+            trainer.callbacks[i] = JobProgressBar(trainer.callbacks[i].refresh_rate)
         if self.subcommand == "fit":
             resume = ("run the same command again (ckpt_path: last resumes it)"
                       if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
