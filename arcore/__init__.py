@@ -44,7 +44,7 @@ MOVED = {f"arcore.{old}": f"arcore.{new}" for old, new in (
     ("quiet", "training.quiet"), ("lightning_private", "training.lightning_private"),
     ("wandb_mode", "training.wandb_mode"), ("checkpoint", "files.checkpoint"), ("weights", "files.weights"),
     ("media", "files.media"), ("launch", "cli.launch"), ("sample_cli", "cli.sample"), ("chunks", "cli.chunks"),
-    ("cli.sampling", "cli.sample"))}
+    ("precision", "training.precision"), ("cli.sampling", "cli.sample"))}
 """The modules' paths before arcore was laid out by job, to their paths now: still importable
 (:func:`arcore.lazy.moved_modules`), so configs naming ``arcore.callbacks.EMA`` keep working. ``arcore.files``, a
 module then, is the package of the file modules now; the names it held are found there still."""

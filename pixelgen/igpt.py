@@ -35,6 +35,7 @@ from arcore.files.media import Images
 from arcore.sampling.cache import Piece, Sampler, Step, StepCache, previous_code
 from arcore.training.lightning_private import attached_datamodule
 from arcore.training.module import AutoregressiveModule, Layers
+from arcore.training.precision import float32_output
 from pixelgen import palette as pal
 from pixelgen.igpt_step import FusedStep
 from pixelgen.pixelcnn import check_image_data, checked_image_shape
@@ -287,7 +288,7 @@ class ImageGPT(AutoregressiveModule):
         x = x + self.position_embedding[:n]
         for i, block in enumerate(self.blocks):
             x = block(x, None if kv is None else kv[i])
-        return self.head(self.ln_f(x).flatten(0, 1))
+        return float32_output(self.head, self.ln_f(x).flatten(0, 1))
 
     # ----- cached sampling ---------------------------------------------------------------------------------------
     def sampler(self, batch_size: int, cond: torch.Tensor | None, event_shape: tuple[int, ...]) -> ImageGPTSampler:

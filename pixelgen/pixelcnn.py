@@ -40,6 +40,7 @@ from arcore.files.media import Images
 from arcore.sampling.cache import Piece, Sampler, StepCache, bias_of
 from arcore.training.lightning_private import attached_datamodule
 from arcore.training.module import AutoregressiveModule, Layers
+from arcore.training.precision import float32_output
 from pixelgen import mixture
 
 
@@ -87,11 +88,15 @@ def pointwise_mask(out_groups: torch.Tensor, in_groups: torch.Tensor) -> torch.T
 
 
 class GatedLayer(nn.Module):
-    """One vertical + horizontal gated layer; ``first`` layers read the image with mask A and have no residual."""
+    """One vertical + horizontal gated layer; ``first`` layers read the image with mask A and have no residual.
+    In training, ``dropout`` zeroes gated features of both stacks (the horizontal ones before the residual 1x1, as
+    PixelCNN++ drops inside its gated blocks)."""
 
-    def __init__(self, in_channels: int, hidden: int, colours: int, kernel_size: int, first: bool) -> None:
+    def __init__(self, in_channels: int, hidden: int, colours: int, kernel_size: int, first: bool,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.first = first
+        self.dropout = nn.Dropout(dropout)
         self.hidden = hidden
         half = kernel_size // 2
         in_groups = channel_groups(in_channels, colours)
@@ -117,8 +122,8 @@ class GatedLayer(nn.Module):
         if cond_v is not None and cond_h is not None:
             v_pre = v_pre + cond_v[:, :, None, None]
             h_pre = h_pre + cond_h[:, :, None, None]
-        h_out = self.residual(self.gate(h_pre, 1))
-        return self.gate(v_pre, 1), h_out if self.first else h + h_out
+        h_out = self.residual(self.dropout(self.gate(h_pre, 1)))
+        return self.dropout(self.gate(v_pre, 1)), h_out if self.first else h + h_out
 
 
 class PixelCNN(AutoregressiveModule):
@@ -135,6 +140,8 @@ class PixelCNN(AutoregressiveModule):
         num_labels: classes for class conditioning (0: unconditional).
         output: ``softmax`` (``levels`` logits per sub-pixel) or ``logistic_mixture`` (PixelCNN++'s discretized
             mixture of ``mixtures`` logistics per pixel, :mod:`pixelgen.mixture`).
+        dropout: the fraction of gated features dropped in training (0: none; a regulariser for small data sets,
+            where the model would otherwise learn its training images by heart).
     The defaults (hidden 48, 8 layers, 0.7 M weights for grey images) train at roughly 75 binarised MNIST
     images/s on 2 CPU cores; the MNIST config uses hidden 32 (about 140 images/s).
     """
@@ -142,7 +149,7 @@ class PixelCNN(AutoregressiveModule):
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), levels: int = 256, hidden: int = 48,
                  layers: int = 8, kernel_size: int = 5, head: int = 96, num_labels: int = 0, lr: float = 2e-3,
                  weight_decay: float = 0.0, warmup_steps: int = 100, lr_schedule: str = "cosine",
-                 output: str = "softmax", mixtures: int = 10) -> None:
+                 output: str = "softmax", mixtures: int = 10, dropout: float = 0.0) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule)
         image_shape = checked_image_shape(image_shape)
         if levels < 2:
@@ -163,6 +170,8 @@ class PixelCNN(AutoregressiveModule):
             raise UsageError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         if layers < 1:
             raise UsageError(f"layers must be >= 1, got {layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise UsageError(f"dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
         self.image_shape = image_shape
         self.event_shape = image_shape
@@ -172,7 +181,7 @@ class PixelCNN(AutoregressiveModule):
         self.kernel_size = kernel_size
         self.output, self.mixtures = output, mixtures
         self.layers = Layers(
-            GatedLayer(colours if i == 0 else hidden, hidden, groups, kernel_size, first=i == 0)
+            GatedLayer(colours if i == 0 else hidden, hidden, groups, kernel_size, first=i == 0, dropout=dropout)
             for i in range(layers))
         hidden_groups = channel_groups(hidden, groups)
         head_groups = channel_groups(head, groups)
@@ -238,7 +247,7 @@ class PixelCNN(AutoregressiveModule):
 
     def _head(self, codes: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """The head's outputs ``[B, outputs, H, W]``: the softmax logits, or every pixel's mixture parameters."""
-        return self.head2(F.relu(self.head1(F.relu(self._stacks(codes, cond)))))
+        return float32_output(self.head2, F.relu(self.head1(F.relu(self._stacks(codes, cond)))))
 
     def _stacks(self, codes: torch.Tensor, cond: torch.Tensor | None,
                 inputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from arcore.training.module import AutoregressiveModule
+from arcore.training.precision import FORCE, choose_precision, native_bf16
 from pixelgen.cli import main as pixelgen
 from tests.test_audio_data import make_audio_folder
 from tests.test_igpt import tiny as tiny_igpt
@@ -43,10 +44,65 @@ def test_log_prob_under_bf16_autocast_is_float32_and_close(name):
     model, codes, cond = model_and_batch(name)
     reference = model.log_prob(codes, cond)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model(codes, cond).dtype == torch.bfloat16  # the network itself does run in bf16
+        assert model(codes, cond).dtype == torch.float32  # the last layer computes in float32 (float32_output)
         log_prob = model.log_prob(codes, cond)
     assert log_prob.dtype == torch.float32  # log-softmax and the sum over hundreds of codes in float32
+    assert not torch.equal(log_prob, reference)  # the network itself did run in bf16
     torch.testing.assert_close(log_prob, reference, rtol=2e-3, atol=0.0)
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "wavenet"])
+def test_scoring_inside_bf16_autocast_is_exactly_float32(name):
+    """Validation (as fit runs it, inside the bf16 step context) gives the float32 figure to the last bit."""
+    model, codes, cond = model_and_batch(name)
+    reference = model.log_prob(codes, cond)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with model.scoring():
+            scored = model.log_prob(codes, cond)
+        if name == "pixelcnn":  # the validation step itself (labels are the conditioning of this model)
+            loss = model.validation_step((codes, cond), 0)
+            assert torch.equal(loss, -reference.mean() / model.dims(codes))
+    assert torch.equal(scored, reference)
+
+
+@pytest.mark.parametrize(("forced", "expected"), [("1", "bf16-mixed"), ("0", "32-true")])
+def test_precision_follows_the_hardware_unless_given(forced, expected, monkeypatch):
+    monkeypatch.setenv(FORCE, forced)
+    precision, why = choose_precision(None, "cpu")
+    assert precision == expected and FORCE in why
+    assert choose_precision("16-mixed", "cpu") == ("16-mixed", "--trainer.precision")  # an explicit choice wins
+
+
+def test_this_machine_check_matches_its_cpu_flags(monkeypatch):
+    """Without the override the answer is the CPU's own: AVX-512 BF16 or AMX in its flags."""
+    monkeypatch.delenv(FORCE, raising=False)
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    assert native_bf16("cpu")[0] == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def trained_weights(tmp_path, forced: str, monkeypatch, capsys) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights after a tiny PixelCNN fit whose precision the (forced) hardware check chose, and its output."""
+    monkeypatch.setenv(FORCE, forced)
+    run = tmp_path / forced
+    run.mkdir()
+    config = pixelcnn_config(run, make_folder_dataset(run / "images"))
+    assert pixelgen(["fit", "--config", str(config), "--threads", "1"]) == 0
+    checkpoint = torch.load(run / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    return checkpoint["state_dict"], capsys.readouterr().out
+
+
+def test_fit_trains_in_the_precision_it_announces(tmp_path, monkeypatch, capsys):
+    bf16, said_bf16 = trained_weights(tmp_path, "1", monkeypatch, capsys)
+    fp32, said_fp32 = trained_weights(tmp_path, "0", monkeypatch, capsys)
+    assert "training precision bf16-mixed" in said_bf16 and "training precision 32-true" in said_fp32
+    assert all(value.dtype == torch.float32 for value in bf16.values() if value.is_floating_point())  # masters
+    differs = [name for name in fp32 if fp32[name].is_floating_point() and not torch.equal(fp32[name], bf16[name])]
+    assert differs  # the bf16 run really computed in bf16 ...
+    for name in differs:  # ... and learnt the same thing to bf16's precision
+        torch.testing.assert_close(bf16[name], fp32[name], rtol=0.05, atol=0.02)
 
 
 @pytest.mark.parametrize("name", ["pixelcnn", "igpt", "wavenet"])

@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 import shlex
 import struct
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from pixelgen.cli import main as pixelgen_main
 from tests.test_audio_data import make_audio_folder

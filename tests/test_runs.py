@@ -27,8 +27,8 @@ import arcore.files.atomic
 from arcore.cli.runs import AtomicCheckpointIO
 from arcore.errors import UsageError
 from arcore.files.checkpoint import read_checkpoint
-from arcore.training.callbacks import EMA, NonFiniteGuard
 from arcore.files.registry import load_checkpoint
+from arcore.training.callbacks import EMA, NonFiniteGuard
 from pixelgen.cli import main as pixelgen
 from pixelgen.data import ImageDataModule
 from pixelgen.pixelcnn import PixelCNN

@@ -50,6 +50,7 @@ from arcore.sampling.cache import Drawer, Piece, Sampler, StepCache, bias_of, pr
 from arcore.sampling.decoding import Decoding, SampleOptions
 from arcore.training.lightning_private import attached_datamodule
 from arcore.training.module import AutoregressiveModule, Layers
+from arcore.training.precision import float32_output
 from wavegen import lpc
 from wavegen.wavenet_step import FusedStep, WaveNetBuffers, gate_folded
 
@@ -140,26 +141,49 @@ class Upsampler(nn.Module):
         return x
 
 
+def delayed(x: torch.Tensor, lag: int) -> torch.Tensor:
+    """Rows ``[B, T, C]`` delayed by ``lag`` steps along time, zeros before the start (contiguous)."""
+    if lag == 0:
+        return x
+    return F.pad(x[:, : max(0, x.shape[1] - lag)], (0, 0, min(lag, x.shape[1]), 0))
+
+
 class ResidualLayer(nn.Module):
-    """One gated dilated causal convolution with its skip 1x1 and (unless last) residual 1x1."""
+    """One gated dilated causal convolution with its skip 1x1 and (unless last) residual 1x1.
+
+    The weights are held as convolutions (``conv [G, R, k]``, ``skip``, ``residual``: the layout of the weights
+    files), but the teacher-forced pass computes on time-major rows ``[B, T, C]``: every tap's delayed input, and the
+    conditioning features, side by side in one ``[B T, k R + C]`` matrix times one weight matrix, so each layer is a
+    few large matrix products (oneDNN's fast path at any batch size), with no ``[B, L gate, T]`` projection of the
+    conditioning built for all layers at once."""
 
     def __init__(self, residual: int, gate: int, skip: int, kernel_size: int, dilation: int, last: bool) -> None:
         super().__init__()
         self.dilation = dilation
-        self.pad = (kernel_size - 1) * dilation
+        self.lags = [(kernel_size - 1 - j) * dilation for j in range(kernel_size)]  # tap j reads x[t - lag_j]
         self.conv = nn.Conv1d(residual, gate, kernel_size, dilation=dilation)
         self.skip = nn.Conv1d(gate // 2, skip, 1)
         self.residual = None if last else nn.Conv1d(gate // 2, residual, 1)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, R, T]`` and a gate bias broadcastable to ``[B, gate, T]`` to (next input, skip)."""
-        pre = self.conv(F.pad(x, (self.pad, 0)))
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None, feature_weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``x [B, T, R]`` to (next input ``[B, T, R]``, gate output ``z [B, T, gate / 2]``): the gate's
+        pre-activation adds ``features [B, T, C] @ feature_weight [gate, C]^T`` (local conditioning) and ``bias
+        [B, gate]`` (global)."""
+        inputs = [delayed(x, lag) for lag in self.lags]
+        weights = list(self.conv.weight.unbind(2))
+        if features is not None and feature_weight is not None:
+            inputs.append(features)
+            weights.append(feature_weight)
+        pre = F.linear(torch.cat(inputs, 2), torch.cat(weights, 1), self.conv.bias)
         if bias is not None:
-            pre = pre + bias
-        a, b = pre.chunk(2, dim=1)
+            pre = pre + bias[:, None, :]
+        a, b = pre.chunk(2, dim=2)
         z = torch.tanh(a) * torch.sigmoid(b)
-        nxt = x if self.residual is None else x + self.residual(z)
-        return nxt, self.skip(z)
+        if self.residual is None:
+            return x, z
+        return torch.addmm(bias_of(self.residual), z.flatten(0, 1), self.residual.weight[:, :, 0].t(),
+                           ).view_as(x) + x, z
 
 
 class WaveNet(AutoregressiveModule):
@@ -395,30 +419,27 @@ class WaveNet(AutoregressiveModule):
         batch, length = codes.shape
         speaker, mel, mel_lengths = self._split_cond(cond, batch, length)
         n_layers, gate = len(self.layers), self.hparams.gate_channels
-        x = F.pad(self.embed(codes[:, :-1]).transpose(1, 2), (1, 0))  # input at t is code t - 1
-        # biases as one tensor per layer (unbind: the backward pass stacks the layers' gradients once, where
-        # indexing a layer would add its gradient into a zero tensor the size of all of them)
+        x = delayed(self.embed(codes), 1)  # [B, T, R]: the input at t is code t - 1
+        # per-layer pieces as views of one tensor each (unbind: the backward pass stacks the layers' gradients
+        # once, where indexing a layer would add its gradient into a zero tensor the size of all of them)
         global_bias = None if speaker is None or self.speaker_embed is None else \
-            self.speaker_embed(speaker).view(batch, n_layers, gate, 1).unbind(1)
-        local_bias = None
-        if mel is not None:  # project the table's rows, then give each sample its row
+            self.speaker_embed(speaker).view(batch, n_layers, gate).unbind(1)
+        features: torch.Tensor | None = None
+        feature_weights: Sequence[torch.Tensor | None] = [None] * n_layers
+        if mel is not None:  # each sample's row of the conditioning table; every layer projects it itself
+            table = self.cond_features(mel, mel_lengths).transpose(1, 2)  # [B, rows, C]
             frames = torch.arange(length, device=codes.device) // self.cond_hop
-            local_bias = self.mel_proj(self.cond_features(mel, mel_lengths)).view(batch, n_layers, gate, -1)
-            local_bias = local_bias.unbind(1)
-        skip: torch.Tensor | None = None
+            features = table[:, :length] if self.cond_hop == 1 else table.index_select(1, frames)
+            feature_weights = self.mel_proj.weight[:, :, 0].view(n_layers, gate, -1).unbind(0)
+        skip = torch.stack([bias_of(layer.skip) for layer in self.layers]).sum(0)  # every skip's bias, added once
         for i, layer in enumerate(self.layers):
             if inputs is not None:
-                inputs.append(x)
-            bias = None if global_bias is None else global_bias[i]
-            if local_bias is not None:
-                rows = local_bias[i]  # one row per sample when upsampled: the first `length` of them
-                upsampled = rows[..., :length] if self.cond_hop == 1 else rows.index_select(2, frames)
-                bias = upsampled if bias is None else bias + upsampled
-            x, s = layer(x, bias)
-            skip = s if skip is None else skip + s
-        assert skip is not None  # a WaveNet has at least one layer
-        logits = self.head2(F.relu(self.head1(F.relu(skip))))
-        return logits.transpose(1, 2)
+                inputs.append(x.transpose(1, 2))
+            x, z = layer(x, features, feature_weights[i], None if global_bias is None else global_bias[i])
+            skip = torch.addmm(skip, z.flatten(0, 1), layer.skip.weight[:, :, 0].t())  # [B T, S]
+        hidden = F.relu(F.linear(F.relu(skip), self.head1.weight[:, :, 0], self.head1.bias))
+        logits = float32_output(lambda h: F.linear(h, self.head2.weight[:, :, 0], self.head2.bias), hidden)
+        return logits.view(batch, length, -1)
 
     def unpack(self, batch: Any) -> tuple[torch.Tensor, AudioCond | torch.Tensor | None]:
         """``(codes, speakers)`` from the data module to codes and this model's conditioning."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -26,9 +27,11 @@ from arcore.files import weights
 from arcore.files.atomic import atomic_write, folder_lock
 from arcore.files.checkpoint import allow_listed, load_checkpoint_bytes, read_checkpoint, read_checkpoint_bytes
 from arcore.files.registry import model_class
+from arcore.training.callbacks import JobProgressBar
 from arcore.training.data import CodesDataModule
 from arcore.training.lightning_private import HookedCLI
 from arcore.training.module import AutoregressiveModule
+from arcore.training.precision import choose_precision
 from arcore.training.quiet import quiet_wandb_loggers
 from arcore.training.stopping import SaveOnStop, check_resume_averaging, check_resume_position
 from arcore.training.threads import choose_threads, usable_cores
@@ -149,16 +152,24 @@ class ProjectCLI(HookedCLI):
         if self.subcommand == "fit":
             continue_wandb_run(config)
         use_threads(config.get("threads"), self.package)
+        if self.subcommand == "fit":
+            precision, why = choose_precision(trainer.get("precision"), trainer.get("accelerator"))
+            trainer.precision = precision
+            if first_process():
+                print(f"{self.package}: training precision {precision} ({why}); scoring in float32")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         quiet_wandb_loggers(trainer.loggers)
+        callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's init
+        for i, callback in enumerate(callbacks):
+            if type(callback) is TQDMProgressBar:  # Lightning's own bar
+                callbacks[i] = JobProgressBar(callback.refresh_rate)
         if self.subcommand == "fit":
             resume = ("run the same command again (ckpt_path: last resumes it)"
                       if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
-            callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's init
             callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
         return trainer
 

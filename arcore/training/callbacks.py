@@ -1,5 +1,5 @@
 """Lightning callbacks shared by both packages: samples logged during validation, a guard against NaN/inf, EMA,
-per-example likelihoods from ``predict``."""
+per-example likelihoods from ``predict``, a progress bar that counts the job's steps."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.callbacks import BasePredictionWriter, WeightAveraging
+from pytorch_lightning.callbacks import BasePredictionWriter, TQDMProgressBar, WeightAveraging
 from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.contract import resynthesizer
@@ -315,3 +315,40 @@ class LikelihoodWriter(BasePredictionWriter):
         self._file.close()
         os.replace(self._file.name, path)
         self._file = None
+
+
+class JobProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, whose training bar counts the job's optimiser steps (``max_steps``) across epochs
+    instead of the current epoch's batches, so its time left is the job's. A resumed run's bar starts at the step it
+    resumed from and estimates its rate from the steps this run made. Without ``max_steps`` it counts epochs' batches
+    as Lightning's does."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.max_steps > 0:  # after a resumed run's restore: global_step is where it resumed
+            bar = self.train_progress_bar
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = trainer.global_step
+            bar.refresh()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        if trainer.max_steps <= 0:
+            super().on_train_epoch_start(trainer)
+        else:
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if trainer.max_steps <= 0:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        if self._should_update(trainer.global_step, bar.total) and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_steps <= 0:
+            super().on_train_epoch_end(trainer, pl_module)
+        elif not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

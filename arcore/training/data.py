@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 Split = Literal["train", "val", "test"]
 T = TypeVar("T")
@@ -39,12 +39,15 @@ def run_seed() -> int:
 class EpochShuffle(Sampler[int]):
     """A random order of ``size`` indices drawn from ``(seed, epoch)`` alone, so a run resumed from a checkpoint sees
     the same batches as an uninterrupted one. The seed defaults to :func:`run_seed`; Lightning calls
-    :meth:`set_epoch` at the start of every epoch (and forwards it through its distributed sampler)."""
+    :meth:`set_epoch` at the start of every epoch (and forwards it through its distributed sampler). With ``mirror``
+    each index ``i`` comes as ``i`` or ``i + size`` by a fair coin drawn from the same generator: the second names
+    the mirrored example (:class:`Mirrored`), so augmentation too is the same in a resumed run."""
 
-    def __init__(self, size: int, seed: int | None = None) -> None:
+    def __init__(self, size: int, seed: int | None = None, mirror: bool = False) -> None:
         self.size = size
         self.seed = run_seed() if seed is None else seed
         self.epoch = 0
+        self.mirror = mirror
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,7 +57,26 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator)
+        if self.mirror:
+            order += self.size * torch.randint(0, 2, (self.size,), generator=generator)
+        return iter(order.tolist())
+
+
+class Mirrored(Dataset):
+    """``(codes [C, H, W], label)`` items of a dataset, where index ``i + len(items)`` is item ``i`` mirrored left to
+    right (a horizontal flip: the augmentation of natural images; digits and text are not mirror-symmetric)."""
+
+    def __init__(self, items: Dataset) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(self)
+        codes, label = self.items[index % size]
+        return (codes.flip(-1) if index >= size else codes), label
 
 
 class EpochDraws(EpochShuffle):

@@ -172,9 +172,18 @@ class AutoregressiveModule(pl.LightningModule):
         codes, labels = batch
         return codes, (labels if self.num_labels else None)
 
+    def scoring(self) -> torch.autocast:
+        """A context that computes in float32 even inside a bf16 mixed-precision run (:mod:`arcore.training.precision`):
+        validation, test, predict and likelihoods score the model exactly, whatever precision it trains in."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         codes, cond = self.unpack(batch)
-        nll = -self.log_prob(codes, cond)  # nats per sample
+        if stage == "train":
+            nll = -self.log_prob(codes, cond)  # nats per sample
+        else:
+            with self.scoring():
+                nll = -self.log_prob(codes, cond)
         dims = self.dims(codes)
         loss = nll.mean() / dims
         size = codes.shape[0]
@@ -218,7 +227,8 @@ class AutoregressiveModule(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Exact likelihood of every example: ``{"nll": nats [B], "bpd": bits per dimension [B]}``."""
         codes, cond = self.unpack(batch)
-        nll = -self.log_prob(codes, cond)
+        with self.scoring():
+            nll = -self.log_prob(codes, cond)
         return {"nll": nll, "bpd": nll / (self.dims(codes) * math.log(2))}
 
     def configure_optimizers(self) -> Any:
