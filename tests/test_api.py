@@ -41,7 +41,8 @@ def test_the_public_names_import_and_are_the_modules_own():
     for package in (arcore, pixelgen, wavegen):
         assert all(hasattr(package, name) for name in package.__all__)
     assert issubclass(PixelCNN, AutoregressiveModule) and issubclass(WaveNet, AutoregressiveModule)
-    assert sample.__module__ == beam_search.__module__ == "arcore.sampling.engine" and Decoding.__module__ == "arcore.sampling.decoding"
+    assert sample.__module__ == beam_search.__module__ == "arcore.sampling.engine"
+    assert Decoding.__module__ == "arcore.sampling.decoding"
     assert StepCache.__module__ == Sampler.__module__ == "arcore.sampling.cache"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         arcore.nothing  # noqa: B018

@@ -74,8 +74,8 @@ ROWS = [
     ("validation fraction below one batch", "pixelgen", "fit --config {pixelcnn} --trainer.limit_val_batches 0.01",
      "limit_val_batches"),
     ("the base class as the model", "pixelgen",
-     ("fit --model arcore.training.module.AutoregressiveModule --data.dataset folder --data.root {missing} --trainer.logger "
-      "false --trainer.default_root_dir {out}"), "--model: AutoregressiveModule is the base of the models, not one"),
+     ("fit --model arcore.training.module.AutoregressiveModule --data.dataset folder --data.root {missing} "
+      "--trainer.logger false --trainer.default_root_dir {out}"), "--model: AutoregressiveModule is the base of the models, not one"),
     # outputs that would replace (or join) the inputs
     ("resynthesis over its recording", "wavegen",
      "sample --ckpt {vocoder_ckpt} --mel-from {recording} --out {recording}",

@@ -47,8 +47,8 @@ def flags_of(tool: str, command: str, capsys: pytest.CaptureFixture[str]) -> set
         text += "".join(printed_help(tool, [command, "--model.help", name], capsys) for name in MODELS[tool])
         text += printed_help(tool, [command, "--data.help", DATA[tool]], capsys)
     flags = set(FLAG.findall(text))
-    return flags | {flag.replace(f"--{group}.", f"--{group}.init_args.") for flag in flags for group in ("model", "data")
-                    if flag.startswith(f"--{group}.")}
+    return flags | {flag.replace(f"--{group}.", f"--{group}.init_args.") for flag in flags
+                    for group in ("model", "data") if flag.startswith(f"--{group}.")}
 
 
 @pytest.fixture(scope="module")

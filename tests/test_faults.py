@@ -75,7 +75,8 @@ def test_a_signal_mid_epoch_saves_the_step_and_the_resumed_run_ends_with_the_uni
     assert pixelgen(["fit", "--config", str(plain)]) == 2
     assert capfd.readouterr().err.strip().splitlines()[-1] == (
         f"pixelgen: error: {last} was trained with EMA (a weight average): resuming without it would go on from the "
-        f"average and drop the trained weights; add --trainer.callbacks+=arcore.training.callbacks.EMA, or start a new run")
+        f"average and drop the trained weights; add --trainer.callbacks+=arcore.training.callbacks.EMA, or start a new "
+        f"run")
     resumed = fit_process(config)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
     same_training_state(whole, read_checkpoint(last))

@@ -269,8 +269,9 @@ def test_checkpoint_samples_the_same_images_in_a_fresh_process_without_data(tmp_
 def test_pixelgen_cli_fits_tests_and_completes_images(tmp_path, capsys):
     data = make_folder_data(tmp_path / "images")
     config = tmp_path / "igpt.yaml"
+    # as in the shipped configs: its average must carry the fitted palette
     ema = """
-    - class_path: arcore.training.callbacks.EMA"""  # as in the shipped configs: its average must carry the fitted palette
+    - class_path: arcore.training.callbacks.EMA"""
     config.write_text(trainer_yaml(tmp_path / "run", max_steps=2, callbacks=ema) + f"""
 model:
   class_path: pixelgen.igpt.ImageGPT

@@ -63,7 +63,8 @@ def floor(module: str) -> str:
 
 MODULES = {module_name(p): p for p in sorted(ARCORE.rglob("*.py"))}
 BELOW = {"cli": {"cli", "training", "sampling", "files", "ground"},
-         "training": {"training", "sampling", "files", "ground"}, "sampling": {"sampling", "ground"}, "files": {"files", "ground"}, "ground": {"ground"}}
+         "training": {"training", "sampling", "files", "ground"}, "sampling": {"sampling", "ground"},
+         "files": {"files", "ground"}, "ground": {"ground"}}
 """The floors each floor's modules may import at run time."""
 
 

@@ -1,5 +1,6 @@
-"""The private Lightning names this project relies on (arcore.training.lightning_private): the installed Lightning is the
-pinned one and still has every one of them, and no other module of the project reaches into Lightning's privates."""
+"""The private Lightning names this project relies on (arcore.training.lightning_private): the installed Lightning is
+the pinned one and still has every one of them, and no other module of the project reaches into Lightning's
+privates."""
 
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ PyMODINIT_FUNC INIT(TORCH_EXTENSION_NAME)(void) {
   return module;
 }
 """
-LOAD = "import sys; from pathlib import Path; from arcore.sampling import native; native.load('probe', Path(sys.argv[1]), " \
-       "what='the probe')"
+LOAD = "import sys; from pathlib import Path; from arcore.sampling import native; " \
+       "native.load('probe', Path(sys.argv[1]), what='the probe')"
 
 
 def no_compiler(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
