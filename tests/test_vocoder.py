@@ -324,13 +324,13 @@ def test_bad_mel_inputs_are_one_line_and_write_nothing(make, argv, expect, vocod
 def test_the_speech_config_with_mel_frames_fits_past_its_first_validation(tmp_path, monkeypatch):
     """The issue's reproduction: the shipped speech config turned vocoder by n_mels, whose SampleLogger used to
     sample unconditionally and stop the run at the end of the first validation."""
-    from tests.test_readme_commands import ROOT, WAVENET
+    from tests.test_readme_commands import ROOT, TINY
 
     data = make_audio_folder(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     assert main(["fit", "--config", str(ROOT / "lightning_configs" / "wavenet_speech.yaml"), "--data.root",
-                 str(data), "--model.init_args.n_mels", "80", *WAVENET]) == 0
+                 str(data), "--model.init_args.n_mels", "80", *TINY["wavenet"]]) == 0
     made = sorted(p.name for p in (tmp_path / "runs" / "wavenet_speech" / "samples").glob("*resynthesis_*.wav"))
     assert made == ["step0000002_resynthesis_0.wav", "step0000002_resynthesis_1.wav"]  # the validation batch of 2

@@ -36,8 +36,8 @@ MODELS: dict[str, tuple[str, type]] = {}
 """The model classes that checkpoints and weights files may name: the name a file records (``module.QualName``) to
 the tool whose files hold it and the class."""
 
-_SEEN: set[tuple[str, str, str]] = set()
-"""The entry points (group, name, value) :func:`load_models` has registered."""
+_SEEN: set[tuple[str, str, str, str]] = set()
+"""The entry points (group, name, value, where their distribution is installed) :func:`load_models` has registered."""
 
 
 def group(tool: str) -> str:
@@ -57,7 +57,8 @@ def class_name(cls: type) -> str:
 def register_model(tool: str, cls: type) -> type:
     """Let checkpoints and weights files of ``tool`` name ``cls`` and return ``cls``, after checking it keeps the
     model contract (:func:`arcore.contract.check_model_class`: a capability declared without its method is refused
-    here, in one line).
+    here, in one line). A class of the same name registered for another tool is refused; for the same tool, the
+    newer class replaces it (its module was imported again).
 
     Args:
         tool: the command or package whose files hold the model, e.g. ``pixelgen``.
@@ -65,7 +66,7 @@ def register_model(tool: str, cls: type) -> type:
     """
     check_model_class(cls)
     name = class_name(cls)
-    if MODELS.get(name, (tool, cls)) != (tool, cls):
+    if MODELS.get(name, (tool, cls))[0] != tool:
         raise ContractError(f"{name} is already registered for {MODELS[name][0]}")
     MODELS[name] = (tool, cls)
     return cls
@@ -81,7 +82,8 @@ def load_models(tool: str) -> None:
         tool: the tool whose models to register, e.g. ``pixelgen``.
     """
     for point in entry_points(group=group(tool)):
-        if (point.group, point.name, point.value) in _SEEN:
+        seen = (point.group, point.name, point.value, str(point.dist.locate_file("")) if point.dist else "")
+        if seen in _SEEN:
             continue
         try:
             cls = point.load()
@@ -92,7 +94,7 @@ def load_models(tool: str) -> None:
             raise UsageError(f"the {tool} model {point.name!r} = {point.value} declared by {_distribution(point)} "
                              f"cannot be registered ({type(exc).__name__}: {first_line(exc)}): fix or uninstall "
                              f"that distribution") from None
-        _SEEN.add((point.group, point.name, point.value))
+        _SEEN.add(seen)
 
 
 def _distribution(point: EntryPoint) -> str:
