@@ -23,7 +23,12 @@ GROUPS = {"": "--", "data": "--data.", "model": "--model.init_args."}
 class UsageError(ValueError):
     """Something the user gave (a shape, a file, an option) is wrong; the message says what and how to fix it, in
     Python terms. ``options`` maps phrases of the message (argument names, ``name=``, ``greedy=True``) to their
-    command-line wording (see :func:`options`)."""
+    command-line wording (see :func:`options`).
+
+    Args:
+        message: what is wrong and how to fix it, in Python terms.
+        options: phrases of the message to their command-line wording (:func:`options`).
+    """
 
     def __init__(self, message: str, options: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -31,7 +36,11 @@ class UsageError(ValueError):
 
     def spelled(self, options: Mapping[str, str]) -> UsageError:
         """This error with ``options`` replacing the command-line wording of those phrases: for a command that spells
-        a setting its own way (``sample`` sets the data's ``root`` with ``--data-root``, not ``--data.root``)."""
+        a setting its own way (``sample`` sets the data's ``root`` with ``--data-root``, not ``--data.root``).
+
+        Args:
+            options: phrases to their wording in this command.
+        """
         return UsageError(str(self), {**self.options, **options})
 
     def for_command_line(self) -> str:

@@ -32,7 +32,12 @@ _HOMES = {"ImageDataModule": "pixelgen.data", "ImageGPT": "pixelgen.igpt", "Pixe
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
     """The model in a checkpoint of ``pixelgen fit`` or a weights file of ``pixelgen export``, of the class the file
     records, on ``map_location``, in eval mode. Nothing in the file runs; a damaged file, or one of ``wavegen``, is
-    an :class:`arcore.UsageError`."""
+    an :class:`arcore.UsageError`.
+
+    Args:
+        path: a ``.ckpt`` of ``pixelgen fit`` or a ``.safetensors`` of ``pixelgen export``.
+        map_location: where the weights go (``cpu``, ``cuda``).
+    """
     from arcore.files.registry import load_checkpoint
 
     return load_checkpoint(path, "pixelgen", map_location, command=None).eval()

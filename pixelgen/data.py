@@ -131,6 +131,20 @@ class ImageDataModule(CodesDataModule):
     training images (a fixed split, so validation bits/dim are comparable across runs). ``hflip`` mirrors each
     training image left to right with probability 1/2 (drawn from the run's seed and the epoch, so a resumed run
     sees the same images): twice the distinct images for natural photographs, wrong for digits or text.
+
+    Args:
+        dataset: ``mnist``, ``cifar10`` (torchvision's) or ``folder`` (an ImageFolder tree under ``root``).
+        root: where the data lives (or is downloaded to).
+        bits: grey or colour levels kept, 2 ** bits (1 to 8).
+        binarize: ``threshold`` (at 128) or ``bernoulli`` (each pixel drawn once from its intensity, the papers'
+            binarised MNIST), or None.
+        batch_size: images per batch.
+        val_size: the last training images held out for validation.
+        num_workers: data-loader processes.
+        download: fetch MNIST or CIFAR-10 when missing.
+        channels: 1 or 3: a folder's images as grey or RGB.
+        image_size: a folder's images resized to this square size (None: as they are).
+        hflip: mirror each training image with probability 1/2 (natural photographs).
     """
 
     resume_settings = ("dataset", "bits", "binarize", "channels", "image_size")
@@ -220,7 +234,11 @@ class ImageDataModule(CodesDataModule):
                 self._raw(train)
 
     def split(self, name: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (uint8) and labels of one split (binarisation noise is fixed per official split)."""
+        """Codes (uint8) and labels of one split (binarisation noise is fixed per official split).
+
+        Args:
+            name: ``train``, ``val`` or ``test``.
+        """
         if name == "test":
             images, labels = self._raw(train=False)
             return quantise(images, self.bits, self.binarize, seed=1), labels

@@ -194,14 +194,22 @@ class ImageGPT(AutoregressiveModule):
 
     # ----- palette: images <-> tokens ----------------------------------------------------------------------------
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """8-bit images ``[B, C, H, W]`` at the model's resolution (area average, rounded), same dtype."""
+        """8-bit images ``[B, C, H, W]`` at the model's resolution (area average, rounded), same dtype.
+
+        Args:
+            images: 8-bit images ``[B, C, H, W]``.
+        """
         if tuple(images.shape[-2:]) == tuple(self.event_shape):
             return images
         return F.interpolate(images.float(), size=self.event_shape, mode="area").round_().to(images.dtype)
 
     def fit_palette(self, images: torch.Tensor) -> None:
         """Fit the palette on 8-bit training images ``[N, C, H, W]`` at the model's resolution (or reuse the fit
-        cached on disk for the same pixels and settings)."""
+        cached on disk for the same pixels and settings).
+
+        Args:
+            images: 8-bit training images ``[N, C, H, W]``.
+        """
         hp = self.hparams
         pixels = pal.pixel_rows(self.resize(images))
         fitted = pal.fit_palette(pixels, self.num_classes, seed=hp.palette_seed, steps=hp.palette_steps,
@@ -210,7 +218,11 @@ class ImageGPT(AutoregressiveModule):
         self.palette_fitted.fill_(True)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """8-bit images ``[B, C, H, W]`` to the model's codes ``[B, *event_shape]``: resize, nearest colour."""
+        """8-bit images ``[B, C, H, W]`` to the model's codes ``[B, *event_shape]``: resize, nearest colour.
+
+        Args:
+            images: 8-bit images ``[B, C, H, W]``.
+        """
         if not self.palette_fitted:
             raise UsageError("this ImageGPT has no palette yet: train it with `pixelgen fit` (which fits one) or "
                              "load a checkpoint")

@@ -138,8 +138,8 @@ class PixelCNN(AutoregressiveModule):
         kernel_size: odd width of the vertical kernel; the horizontal kernel covers ``kernel_size // 2 + 1`` columns.
         head: features of the ReLU-1x1-ReLU-1x1 output head.
         num_labels: classes for class conditioning (0: unconditional).
-        output: ``softmax`` (``levels`` logits per sub-pixel) or ``logistic_mixture`` (PixelCNN++'s discretized
-            mixture of ``mixtures`` logistics per pixel, :mod:`pixelgen.mixture`).
+        output, mixtures: ``softmax`` (``levels`` logits per sub-pixel) or ``logistic_mixture`` (PixelCNN++'s
+            discretized mixture of ``mixtures`` logistics per pixel, :mod:`pixelgen.mixture`).
         dropout: the fraction of gated features dropped in training (0: none; a regulariser for small data sets,
             where the model would otherwise learn its training images by heart).
     The defaults (hidden 48, 8 layers, 0.7 M weights for grey images) train at roughly 75 binarised MNIST
@@ -209,7 +209,11 @@ class PixelCNN(AutoregressiveModule):
 
     # ----- teacher-forced pass -----------------------------------------------------------------------------------
     def scale_input(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes to inputs in [-1, 1]."""
+        """Codes to inputs in [-1, 1].
+
+        Args:
+            codes: codes ``[B, C, H, W]``.
+        """
         return codes.to(self.dtype) * (2.0 / (self.num_classes - 1)) - 1.0
 
     def _cond_biases(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -232,7 +236,11 @@ class PixelCNN(AutoregressiveModule):
         return mixture.logits(mix, codes.permute(0, 2, 3, 1), self.num_classes).permute(0, 3, 1, 2, 4)
 
     def pixel_mixture(self, params: torch.Tensor) -> mixture.Mixture:
-        """The head's mixture parameters, parameter axis last ``[..., P]``, as a mixture in float32 or wider."""
+        """The head's mixture parameters, parameter axis last ``[..., P]``, as a mixture in float32 or wider.
+
+        Args:
+            params: the head's output ``[..., P]``.
+        """
         params = params.to(torch.promote_types(params.dtype, torch.float32))
         return mixture.split(params, self.image_shape[0], self.mixtures)
 

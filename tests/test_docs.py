@@ -5,6 +5,7 @@ The site needs the ``docs`` extra, which the test install (``.ci/run``, the READ
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -59,3 +60,57 @@ def test_the_readmes_links_lead_to_files_of_the_repository():
     assert "docs/index.md" in local and "CHANGELOG.md" in local
     for target in local:
         assert (ROOT / target).resolve().is_relative_to(ROOT) and (ROOT / target).exists(), target
+
+
+def public_callables() -> list[tuple[str, object, object]]:
+    """(name, what holds the docstring, the callable) of every public name of ``arcore``, ``pixelgen`` and
+    ``wavegen`` and of its public methods, but a method that overrides one of the model contract's or Lightning's
+    (documented where it is declared: :class:`arcore.training.module.AutoregressiveModule`)."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    from arcore.training.data import CodesDataModule
+    from arcore.training.module import AutoregressiveModule
+
+    declared = {name for base in (AutoregressiveModule, pl.LightningModule, CodesDataModule)
+                for name in dir(base)}
+    found = []
+    for package in ("arcore", "pixelgen", "wavegen"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                found.append((f"{package}.{name}", obj, obj))
+            elif inspect.isclass(obj):
+                found.append((f"{package}.{name}", obj, obj.__init__))
+                for attribute, member in vars(obj).items():
+                    method = getattr(member, "__func__", member)
+                    overrides = obj not in (AutoregressiveModule,) and attribute in declared
+                    if not attribute.startswith("_") and inspect.isfunction(method) and not overrides:
+                        found.append((f"{package}.{name}.{attribute}", method, method))
+    return found
+
+
+def documented(doc: str) -> set[str]:
+    """The names an ``Args:`` section documents (``width, layers: ...`` documents both)."""
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    return {name.strip().lstrip("*") for match in re.finditer(r"^ {4}([\w*][\w*, ]*):", section, re.MULTILINE)
+            for name in match.group(1).split(",")}
+
+
+def test_the_public_api_documents_its_arguments():
+    """mkdocstrings renders an ``Args:`` section as the parameters' table of the API reference. A constructor's
+    parameter may be documented by the class that declares it (a model's ``lr``: its base class)."""
+    import inspect
+
+    found = public_callables()
+    assert len(found) > 60
+    missing = []
+    for name, holder, function in found:
+        parameters = [p for p in inspect.signature(function).parameters if p not in ("self", "cls")]
+        docs = [inspect.getdoc(c) or "" for c in inspect.getmro(holder)] if inspect.isclass(holder) else \
+            [inspect.getdoc(holder) or ""]
+        known = set().union(*map(documented, docs))
+        missing += [f"{name}: {p}" for p in parameters if p not in known]
+    assert not missing, missing

@@ -31,7 +31,12 @@ _HOMES = {"AudioCond": "wavegen.wavenet", "AudioDataModule": "wavegen.data", "Wa
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
     """The model in a checkpoint of ``wavegen fit`` or a weights file of ``wavegen export``, of the class the file
     records, on ``map_location``, in eval mode. Nothing in the file runs; a damaged file, or one of ``pixelgen``, is
-    an :class:`arcore.UsageError`."""
+    an :class:`arcore.UsageError`.
+
+    Args:
+        path: a ``.ckpt`` of ``wavegen fit`` or a ``.safetensors`` of ``wavegen export``.
+        map_location: where the weights go (``cpu``, ``cuda``).
+    """
     from arcore.files.registry import load_checkpoint
 
     return load_checkpoint(path, "wavegen", map_location, command=None).eval()

@@ -162,6 +162,11 @@ class AudioDataModule(CodesDataModule):
         short_clips: ``pad`` (with leading silence) or ``skip`` files shorter than one crop.
         val_fraction, test_fraction: share of the files held out for validation and test.
         crops_per_epoch: random training crops per epoch.
+        batch_size: crops per batch.
+        num_workers: data-loader processes.
+        download: fetch a torchaudio dataset when missing.
+        quantization: mu-law levels of the codes (the model's).
+        split_seed: the seed of the files' assignment to the train, validation and test splits.
     """
 
     resume_settings = ("dataset", "sample_rate", "target_length", "receptive_field", "quantization",
@@ -286,7 +291,11 @@ class AudioDataModule(CodesDataModule):
         return self._splits
 
     def crops(self, length: int) -> dict[str, list[Clip]]:
-        """The splits with clips shorter than ``length`` padded (leading silence) or dropped, said once."""
+        """The splits with clips shorter than ``length`` padded (leading silence) or dropped, said once.
+
+        Args:
+            length: the samples one training example spans.
+        """
         if self._cropped is not None and self._cropped[0] == length:
             return self._cropped[1]
         splits = self.splits()

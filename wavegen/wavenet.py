@@ -66,6 +66,11 @@ class AudioCond:
     ``mel_lengths``: long ``[B]``, how many of each row's frames are its own (the rest is padding of a batch of
     clips of different lengths): the conditioning network then sees each row's own frames only, so a clip drawn in
     a batch is conditioned exactly as when drawn alone.
+
+    Args:
+        speaker: long ``[B]`` speaker ids, or None.
+        mel: float ``[B, n_mels, F]`` log-mel frames, or None.
+        mel_lengths: long ``[B]``: each row's own frames, or None when all are.
     """
 
     speaker: torch.Tensor | None = None
@@ -73,11 +78,21 @@ class AudioCond:
     mel_lengths: torch.Tensor | None = None
 
     def repeat_interleave(self, repeats: int, dim: int = 0) -> AudioCond:
-        """Repeat every sample's conditioning ``repeats`` times along the batch (what beam search does)."""
+        """Repeat every sample's conditioning ``repeats`` times along the batch (what beam search does).
+
+        Args:
+            repeats: copies of each sample.
+            dim: the batch dimension.
+        """
         rep = (lambda x: None if x is None else x.repeat_interleave(repeats, dim=dim))
         return AudioCond(rep(self.speaker), rep(self.mel), rep(self.mel_lengths))
 
     def to(self, device: torch.device | str) -> AudioCond:
+        """This conditioning on ``device``.
+
+        Args:
+            device: where the tensors go.
+        """
         move = (lambda x: None if x is None else x.to(device))
         return AudioCond(move(self.speaker), move(self.mel), move(self.mel_lengths))
 
@@ -199,11 +214,11 @@ class WaveNet(AutoregressiveModule):
         head_channels: width of the ReLU-1x1-ReLU-1x1 output head.
         quantization: mu-law levels (the softmax size).
         num_labels: speakers for global conditioning (0: none).
-        n_mels: log-mel bands for local conditioning (0: none); ``hop_length`` samples per frame;
-            ``cond_channels`` features of the frame-rate conditioning network.
-        upsample: how frame features reach the sample rate: ``repeat``, ``transposed`` or ``nearest`` (see the
-            module docstring); ``upsample_scales``: the learned stack's factors, whose product is ``hop_length``
-            (default :func:`upsample_factors`).
+        n_mels, hop_length, cond_channels: log-mel bands for local conditioning (0: none); ``hop_length`` samples
+            per frame; ``cond_channels`` features of the frame-rate conditioning network.
+        upsample, upsample_scales: how frame features reach the sample rate: ``repeat``, ``transposed`` or
+            ``nearest`` (see the module docstring); ``upsample_scales``: the learned stack's factors, whose product is
+            ``hop_length`` (default :func:`upsample_factors`).
         cond_layers: residual layers (``x + tanh(conv_5(x))``) at frame rate after the first frame convolution,
             before upsampling: a non-linear conditioning network that sees 4 frames more on each side per layer.
         lpc_order, preemphasis: a vocoder with ``lpc_order > 0`` models the excitation of a linear predictor
@@ -314,7 +329,11 @@ class WaveNet(AutoregressiveModule):
 
     # ----- conditioning -----------------------------------------------------------------------------------------
     def log_mel(self, codes: torch.Tensor) -> torch.Tensor:
-        """Log-mel frames ``[B, n_mels, T // hop_length + 1]`` of the audio that mu-law codes ``[B, T]`` decode to."""
+        """Log-mel frames ``[B, n_mels, T // hop_length + 1]`` of the audio that mu-law codes ``[B, T]`` decode to.
+
+        Args:
+            codes: mu-law codes ``[B, T]``.
+        """
         if not self.n_mels:
             raise UsageError("this model has no local conditioning (train with n_mels > 0)", options("model", "n_mels"))
         window = self.mel_transform.n_fft
@@ -331,13 +350,22 @@ class WaveNet(AutoregressiveModule):
         return bool(self.hparams.get("lpc_order", 0))
 
     def lpc_filters(self, mel: torch.Tensor) -> torch.Tensor:
-        """The prediction filters ``[B, F, lpc_order + 1]`` (float64) of log-mel frames ``[B, n_mels, F]``."""
+        """The prediction filters ``[B, F, lpc_order + 1]`` (float64) of log-mel frames ``[B, n_mels, F]``.
+
+        Args:
+            mel: log-mel frames ``[B, n_mels, F]``.
+        """
         return lpc.lpc_from_mel(mel, self.mel_transform.mel_scale.fb, self.hparams.lpc_order,
                                 self.hparams.preemphasis, self.sample_rate)
 
     def excitation_codes(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """The codes a predictive vocoder models for audio codes ``[B, T]`` with frames ``mel`` (their own log-mel):
-        the mu-law codes of the excitation of the pre-emphasised audio."""
+        the mu-law codes of the excitation of the pre-emphasised audio.
+
+        Args:
+            codes: mu-law audio codes ``[B, T]``.
+            mel: their own log-mel frames.
+        """
         import torchaudio.functional as AF
 
         audio = lpc.preemphasize(decode_mu_law(codes, self.num_classes).float(), self.hparams.preemphasis)
@@ -347,7 +375,12 @@ class WaveNet(AutoregressiveModule):
     def excitation_to_audio(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Float audio ``[B, T]`` in [-1, 1] of a predictive vocoder's excitation codes ``[B, T]`` under frames
         ``mel``: the synthesis filter, then the de-emphasis (the inverse of :meth:`excitation_codes` up to the
-        mu-law steps)."""
+        mu-law steps).
+
+        Args:
+            codes: excitation codes ``[B, T]``.
+            mel: the frames they were drawn under.
+        """
         audio = lpc.synthesis(decode_mu_law(codes, self.num_classes), self.lpc_filters(mel), self.hop_length,
                               self.hparams.preemphasis)
         return audio.clamp(-1.0, 1.0).to(codes.device)
@@ -391,7 +424,12 @@ class WaveNet(AutoregressiveModule):
     def cond_features(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The conditioning table ``[B, cond_channels, rows]`` of mel frames ``[B, n_mels, F]``, one row per
         :attr:`cond_hop` samples. With ``lengths`` each row of the batch is computed from its own frames alone and
-        zero beyond them."""
+        zero beyond them.
+
+        Args:
+            mel: log-mel frames ``[B, n_mels, F]``.
+            lengths: long ``[B]``: each row's own frames, or None.
+        """
         def table(frames: torch.Tensor) -> torch.Tensor:
             x = torch.tanh(self.mel_net(frames))
             for conv in self.cond_stack:
@@ -492,7 +530,15 @@ class WaveNet(AutoregressiveModule):
         frames (and ``speakers [B]`` for a speaker-conditioned model), each as long as its clip. Clips of different
         lengths are drawn together: their frames are padded to the longest, and each row is conditioned on its own
         frames only (``AudioCond.mel_lengths``), so a clip comes out as it would alone from the same noise.
-        ``options`` and ``settings`` as for :meth:`sample`."""
+        ``options`` and ``settings`` as for :meth:`sample`.
+
+        Args:
+            clips: mu-law codes ``[T_i]`` of each clip.
+            speakers: long ``[B]`` speaker ids, for a speaker-conditioned model.
+            options: how to draw (:class:`arcore.sampling.decoding.SampleOptions`).
+            generator: the random generator of the draws.
+            settings: fields of ``options`` replaced by name.
+        """
         if not self.vocoder:
             raise UsageError("this model has no local conditioning: it cannot resynthesise audio from mel frames")
         mels = [self.log_mel(clip.to(self.device)[None]) for clip in clips]

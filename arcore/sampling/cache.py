@@ -70,13 +70,28 @@ class StepCache:
 
     def alloc(self, name: str, shape: tuple[int, ...], *, batch_dim: int | None = 0, dtype: torch.dtype | None = None,
               scratch: bool = False) -> torch.Tensor:
-        """Allocate a zero buffer of ``shape`` once; ``batch_dim`` must have size ``batch_size`` (None: shared)."""
+        """Allocate a zero buffer of ``shape`` once; ``batch_dim`` must have size ``batch_size`` (None: shared).
+
+        Args:
+            name: the buffer's name (accounting, errors).
+            shape: its full shape, allocated once.
+            batch_dim: its batch dimension (None: shared by every row, never reordered).
+            dtype: its type (default: the cache's).
+            scratch: work space a step overwrites before reading: neither state nor reordered.
+        """
         tensor = torch.zeros(shape, dtype=dtype or self.dtype, device=self.device)
         return self.register(name, tensor, batch_dim, scratch=scratch)
 
     def register(self, name: str, tensor: torch.Tensor, batch_dim: int | None = 0, *, scratch: bool = False
                  ) -> torch.Tensor:
-        """Keep ``tensor`` (e.g. a conditioning bias computed once) as part of the state, or as ``scratch``."""
+        """Keep ``tensor`` (e.g. a conditioning bias computed once) as part of the state, or as ``scratch``.
+
+        Args:
+            name: the buffer's name.
+            tensor: the tensor, kept as it is.
+            batch_dim: its batch dimension (None: shared).
+            scratch: work space, not state.
+        """
         if name in self._batch_dims:
             raise KeyError(f"cache buffer {name!r} registered twice")
         if batch_dim is not None and tensor.shape[batch_dim] != self.batch_size:
@@ -100,7 +115,11 @@ class StepCache:
         return sum(t.numel() * t.element_size() for t in self.buffers().values())
 
     def reorder_(self, index: torch.Tensor) -> None:
-        """Replace batch row ``i`` of every state buffer by row ``index[i]`` in place (beam search)."""
+        """Replace batch row ``i`` of every state buffer by row ``index[i]`` in place (beam search).
+
+        Args:
+            index: long ``[B]``: the row each row takes its state from.
+        """
         for name, dim in self._batch_dims.items():
             if dim is not None and name not in self._scratch:
                 buf = self._buffers[name]
@@ -113,6 +132,9 @@ class Sampler:
     Subclasses set ``self.step`` (the piece that returns logits) and override :meth:`schedule` when other pieces run
     at host-known boundaries, :meth:`prefill` with a parallel pass (the default steps through the prefix), and
     :meth:`capturable` for pieces that must run as they are.
+
+    Args:
+        cache: the run's :class:`StepCache`.
     """
 
     step: Piece
@@ -121,20 +143,37 @@ class Sampler:
         self.cache = cache
 
     def schedule(self, t: int) -> Sequence[Piece]:
-        """The pieces to run, in order, for position ``t``; the last one returns the logits."""
+        """The pieces to run, in order, for position ``t``; the last one returns the logits.
+
+        Args:
+            t: the position about to be drawn.
+        """
         return (self.step,)
 
     def capturable(self, piece: Piece) -> bool:
-        """Whether the engine may capture ``piece`` (False for a native fused step: already one call per step)."""
+        """Whether the engine may capture ``piece`` (False for a native fused step: already one call per step).
+
+        Args:
+            piece: one of this sampler's pieces.
+        """
         return True
 
     def drawer(self, decoding: Decoding) -> Drawer | None:
         """A call that runs a whole position, choosing its code as ``decoding.pick`` would, or None (the default:
-        the engine runs the schedule's pieces and decodes their logits itself)."""
+        the engine runs the schedule's pieces and decodes their logits itself).
+
+        Args:
+            decoding: how the codes are chosen.
+        """
         return None
 
     def prefill(self, seq: torch.Tensor, length: int) -> None:
-        """Consume the codes ``seq[:, :length]``; afterwards ``cache.position == length``."""
+        """Consume the codes ``seq[:, :length]``; afterwards ``cache.position == length``.
+
+        Args:
+            seq: the engine's code buffer ``[B, N]``.
+            length: the codes of the primed prefix.
+        """
         for t in range(length):
             for piece in self.schedule(t):
                 piece(seq)

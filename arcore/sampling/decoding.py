@@ -42,7 +42,14 @@ def option(default: Any, help: str, *, type: Callable[[str], Any] | None = None,
 @dataclass(frozen=True)
 class Decoding:
     """How to pick a code from logits: a draw from the tempered, top-k / top-p filtered softmax, or the most
-    likely code when ``greedy``."""
+    likely code when ``greedy``.
+
+    Args:
+        temperature: divides the logits (>= 0.001).
+        top_k: keep the ``top_k`` most likely codes (None: all).
+        top_p: keep the most likely codes holding ``top_p`` of the probability (None: all).
+        greedy: take the most likely code instead of a draw.
+    """
 
     temperature: float = option(1.0, ">= 0.001: below 1 sharpens each step's distribution, above 1 flattens it",
                                 type=float)
@@ -75,12 +82,20 @@ class Decoding:
 
     def truncates(self, num_classes: int) -> bool:
         """Whether a draw can leave out codes of ``num_classes``: a top-k below it or a top-p below 1 (greedy
-        leaves out all but one on purpose)."""
+        leaves out all but one on purpose).
+
+        Args:
+            num_classes: the codes a step chooses among.
+        """
         return not self.argmax and ((self.top_k is not None and self.top_k < num_classes)
                                     or (self.top_p is not None and self.top_p < 1.0))
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scaled logits with every code outside the top-k / top-p set at -inf (classes last)."""
+        """Scaled logits with every code outside the top-k / top-p set at -inf (classes last).
+
+        Args:
+            logits: ``[..., num_classes]``.
+        """
         if self.temperature != 1.0:
             logits = logits / self.temperature
         if self.top_k is not None and self.top_k < logits.shape[-1]:
@@ -91,12 +106,22 @@ class Decoding:
         return logits
 
     def choose(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Codes [..] from logits [.., K] and uniform noise of the same shape (ignored for :attr:`argmax`)."""
+        """Codes [..] from logits [.., K] and uniform noise of the same shape (ignored for :attr:`argmax`).
+
+        Args:
+            logits: ``[..., num_classes]``.
+            noise: uniform noise of the same shape.
+        """
         return self.pick(logits, None if self.argmax else gumbel(noise))
 
     def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """Codes [..] from logits [.., K] and Gumbel noise of the same shape (:func:`gumbel`; None for
-        :attr:`argmax`): the argmax of the filtered logits plus the noise, a draw from their softmax."""
+        :attr:`argmax`): the argmax of the filtered logits plus the noise, a draw from their softmax.
+
+        Args:
+            logits: ``[..., num_classes]``.
+            noise: Gumbel noise of the same shape, or None for :attr:`argmax`.
+        """
         if self.argmax or noise is None:
             return logits.argmax(dim=-1)
         filtered = self.filter(logits)
@@ -106,7 +131,15 @@ class Decoding:
 @dataclass(frozen=True)
 class SampleOptions:
     """Every setting of a sampling run, as one value: the :class:`Decoding` of each code, and how the engine runs
-    the steps (see :func:`arcore.sampling.engine.sample`). :meth:`of` builds one from keyword arguments."""
+    the steps (see :func:`arcore.sampling.engine.sample`). :meth:`of` builds one from keyword arguments.
+
+    Args:
+        decoding: how each code is chosen.
+        use_cache: the model's cached sampler (False: the cache-free reference).
+        compile: capture the step: True (the device's default), 'cudagraph', 'reduce-overhead' or a torch.compile
+            backend.
+        progress: a progress bar on a terminal.
+    """
 
     decoding: Decoding = Decoding()
     use_cache: bool = option(True, "the cache-free reference sampler: the whole forward pass at every step (slow; "
@@ -119,7 +152,12 @@ class SampleOptions:
     def of(cls, options: SampleOptions | None = None, **settings: Any) -> SampleOptions:
         """``options`` (default: all defaults) with ``settings`` replaced, each named as a field of this class or
         of :class:`Decoding` (``temperature=0.8, use_cache=False``); an unknown name is a ``TypeError``, as for a
-        function."""
+        function.
+
+        Args:
+            options: the settings to start from (None: the defaults).
+            settings: fields of this class or of :class:`Decoding`, by name.
+        """
         options = options if options is not None else cls()
         if not settings:
             return options

@@ -41,7 +41,12 @@ from arcore.sampling.decoding import Capture, SampleOptions, gumbel
 
 @dataclass
 class BeamResult:
-    """Beams sorted from most to least likely: codes ``[n, beams, *event_shape]``, log-likelihoods ``[n, beams]``."""
+    """Beams sorted from most to least likely: codes ``[n, beams, *event_shape]``, log-likelihoods ``[n, beams]``.
+
+    Args:
+        codes: the beams ``[n, beams, *event_shape]``, most likely first.
+        log_prob: their log-likelihoods in nats ``[n, beams]``.
+    """
 
     codes: torch.Tensor
     log_prob: torch.Tensor
@@ -205,6 +210,16 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
 
     Every path (cached or cache-free, eager or captured) draws the same noise at the same positions, so with the same
     ``generator`` seed they return the same codes (up to float rounding of the logits).
+
+    Args:
+        model: the model (:class:`arcore.contract.Autoregressive`).
+        n: how many samples.
+        cond: their conditioning, or None.
+        prime: a prefix of each sample to continue, or None.
+        length: the length of each sample, for a model of variable length.
+        options: how to draw (:class:`arcore.sampling.decoding.SampleOptions`).
+        generator: the random generator of the noise.
+        settings: fields of ``options`` replaced by name.
     """
     if n < 1:
         raise UsageError(f"number of samples must be >= 1, got {n}")
@@ -243,6 +258,16 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
 
     The log-likelihood covers the whole sequence, primed prefix included (scored by one teacher-forced pass), so it
     equals ``model.log_prob(codes)``. Caches are reordered by beam in place at every step.
+
+    Args:
+        model: the model (:class:`arcore.contract.Autoregressive`).
+        n: how many searches.
+        beams: the beams kept at every step.
+        cond: their conditioning, or None.
+        prime: prefixes to complete, or None.
+        length: the length of each sample, for a model of variable length.
+        options: the run's settings (step, capture, progress).
+        settings: fields of ``options`` replaced by name.
     """
     if beams < 1:
         raise UsageError(f"beams must be >= 1, got {beams}")

@@ -126,7 +126,11 @@ class CodesDataModule(pl.LightningDataModule):
 
     @classmethod
     def settings_from_checkpoint(cls, hparams: dict[str, Any]) -> dict[str, Any]:
-        """The data settings a checkpoint recorded (``datamodule_hyper_parameters``), as this version names them."""
+        """The data settings a checkpoint recorded (``datamodule_hyper_parameters``), as this version names them.
+
+        Args:
+            hparams: a checkpoint's ``datamodule_hyper_parameters``.
+        """
         return {key: value for key, value in hparams.items() if not key.startswith("_")}
 
     def _loader(self, split: Split) -> DataLoader:

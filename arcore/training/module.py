@@ -37,7 +37,14 @@ quiet.install()  # Lightning's advertisements and misleading hints off the conso
 
 
 class AutoregressiveModule(pl.LightningModule):
-    """p(x) = prod_t p(x_t | x_<t) over ``event_shape`` codes with ``num_classes`` values each."""
+    """p(x) = prod_t p(x_t | x_<t) over ``event_shape`` codes with ``num_classes`` values each.
+
+    Args:
+        lr: AdamW's peak learning rate, > 0.
+        weight_decay: AdamW's weight decay, >= 0.
+        warmup_steps: steps of linear warm-up to ``lr``.
+        lr_schedule: ``cosine`` (down to 5% of ``lr`` at the run's last step) or ``constant`` after the warm-up.
+    """
 
     num_classes: int
     event_shape: tuple[int, ...]
@@ -63,17 +70,30 @@ class AutoregressiveModule(pl.LightningModule):
 
     # ----- the model contract -------------------------------------------------------------------------------
     def event_shape_for(self, length: int | None) -> tuple[int, ...]:
-        """Shape of one sample's codes; ``length`` only applies to models of variable length (audio)."""
+        """Shape of one sample's codes; ``length`` only applies to models of variable length (audio).
+
+        Args:
+            length: the codes wanted along the first dimension (None: the model's own).
+        """
         if length is not None and length != self.event_shape[0]:
             raise UsageError(f"this model generates a fixed shape {self.event_shape}; length does not apply")
         return self.event_shape
 
     def to_order(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, *event_shape, ...]`` to ``[B, N, ...]`` in generation order (row-major by default)."""
+        """``[B, *event_shape, ...]`` to ``[B, N, ...]`` in generation order (row-major by default).
+
+        Args:
+            x: codes or logits ``[B, *event_shape, ...]``.
+        """
         return x.flatten(1, len(self.event_shape))
 
     def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
-        """A prefix along the first event dimension, ``[B, P, *event_shape[1:]]``, to ``[B, P * ...]`` codes."""
+        """A prefix along the first event dimension, ``[B, P, *event_shape[1:]]``, to ``[B, P * ...]`` codes.
+
+        Args:
+            prime: the first ``P`` steps of each sample.
+            event_shape: the shape of one whole sample.
+        """
         if prime.dim() != len(event_shape) + 1 or tuple(prime.shape[2:]) != tuple(event_shape[1:]) \
                 or prime.shape[1] > event_shape[0]:
             rest = "".join(f", {s}" for s in event_shape[1:])
@@ -82,19 +102,34 @@ class AutoregressiveModule(pl.LightningModule):
         return self.to_order(prime)
 
     def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor:
-        """Inverse of :meth:`to_order` for a full sequence."""
+        """Inverse of :meth:`to_order` for a full sequence.
+
+        Args:
+            seq: codes ``[B, N, ...]`` in generation order.
+            event_shape: the shape of one sample.
+        """
         return seq.reshape(seq.shape[0], *event_shape, *seq.shape[2:])
 
     def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler:
         """The incremental sampler of one run (see :mod:`arcore.sampling.cache`). This default is the cache-free step,
         correct for any ``forward``; a model overrides it with a cached one, proven equal by the shared contract
-        tests."""
+        tests.
+
+        Args:
+            batch_size: the rows drawn at once.
+            cond: the conditioning of those rows (labels, frames), or None.
+            event_shape: the shape of one sample.
+        """
         return ForwardSampler(self, batch_size, cond, event_shape)
 
     @required
     def render_samples(self, codes: torch.Tensor) -> Media:
         """Codes ``[B, *event_shape]`` as what they stand for: :class:`arcore.files.media.Images`, ``Audio`` or
-        ``Text``."""
+        ``Text``.
+
+        Args:
+            codes: drawn or data codes ``[B, *event_shape]``.
+        """
         raise NotImplementedError
 
     @property
@@ -114,7 +149,12 @@ class AutoregressiveModule(pl.LightningModule):
         """The codes of the first ``length`` steps along :attr:`prime_axis` of ``data`` (a batch's first element
         as the data module gives it), ready as ``sample(prime=...)``; ``length = data.shape[prime_axis]`` gives the
         codes of the whole items. By default the data are the codes themselves; a model that encodes its data
-        (an image GPT's palette) overrides this."""
+        (an image GPT's palette) overrides this.
+
+        Args:
+            data: a batch's items, as the data module gives them.
+            length: the steps along :attr:`prime_axis` to keep.
+        """
         return data.narrow(self.prime_axis, 0, length)
 
     @property
@@ -125,7 +165,11 @@ class AutoregressiveModule(pl.LightningModule):
 
     # ----- likelihood -------------------------------------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor) -> None:
-        """One-line errors for codes of the wrong shape, type or range."""
+        """One-line errors for codes of the wrong shape, type or range.
+
+        Args:
+            codes: codes meant for this model.
+        """
         shape = self.event_shape_for(codes.shape[-1] if len(self.event_shape) == 1 else None)
         if codes.dim() != len(shape) + 1 or tuple(codes.shape[1:]) != tuple(shape):
             raise UsageError(f"{type(self).__name__} expects codes of shape [B, {', '.join(map(str, shape))}], "
@@ -134,7 +178,12 @@ class AutoregressiveModule(pl.LightningModule):
             raise UsageError(f"codes must be integers in [0, {self.num_classes}), got {codes.dtype}")
 
     def log_prob(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log-likelihood of each sample in nats, ``[B]``."""
+        """Exact log-likelihood of each sample in nats, ``[B]``.
+
+        Args:
+            codes: integer codes ``[B, *event_shape]``.
+            cond: their conditioning (labels), or None for an unconditional model.
+        """
         logits = self(codes, cond)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision sums in float32
         logp = logits.log_softmax(dim=-1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
@@ -146,7 +195,11 @@ class AutoregressiveModule(pl.LightningModule):
         return math.prod(self.event_shape)
 
     def dims(self, codes: torch.Tensor) -> int:
-        """Number of coded dimensions per sample (the denominator of bits/dim)."""
+        """Number of coded dimensions per sample (the denominator of bits/dim).
+
+        Args:
+            codes: a batch of codes.
+        """
         return codes[0].numel()
 
     # ----- sampling --------------------------------------------------------------------------------------------
@@ -155,20 +208,44 @@ class AutoregressiveModule(pl.LightningModule):
                **settings: Any) -> torch.Tensor:
         """``n`` samples ``[n, *event_shape]`` through the shared engine (see :func:`arcore.sampling.engine.sample`),
         drawn as ``options`` says (:class:`arcore.sampling.decoding.SampleOptions`) with ``settings`` by name replacing
-        its values: ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``use_cache``, ``compile``, ``progress``."""
+        its values: ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``use_cache``, ``compile``, ``progress``.
+
+        Args:
+            n: how many samples.
+            cond: their conditioning (labels ``[n]``, frames), or None.
+            prime: a prefix of each sample to continue (the top rows of an image, a clip's start), or None.
+            length: the length of each sample, for a model of variable length (audio).
+            options: how to draw (default: :class:`arcore.sampling.decoding.SampleOptions` defaults).
+            generator: the random generator of the draws (the same seed, the same samples).
+            settings: fields of ``options`` replaced by name (``temperature=0.8``).
+        """
         return engine.sample(self, n, cond=cond, prime=prime, length=length, options=options, generator=generator,
                              **settings)
 
     def beam_search(self, n: int = 1, *, beams: int = 4, cond: Any = None, prime: torch.Tensor | None = None,
                     length: int | None = None, options: SampleOptions | None = None,
                     **settings: Any) -> engine.BeamResult:
-        """The most likely completions and their log-likelihoods (see :func:`arcore.sampling.engine.beam_search`)."""
+        """The most likely completions and their log-likelihoods (see :func:`arcore.sampling.engine.beam_search`).
+
+        Args:
+            n: how many searches (one per prime or label).
+            beams: the beams kept at every step.
+            cond: the conditioning of the ``n`` searches, or None.
+            prime: prefixes to complete, or None.
+            length: the length of each sample, for a model of variable length.
+            options: the run's settings (its decoding is not used: beam search keeps the likeliest).
+            settings: fields of ``options`` replaced by name.
+        """
         return engine.beam_search(self, n, beams=beams, cond=cond, prime=prime, length=length, options=options,
                                   **settings)
 
     # ----- training --------------------------------------------------------------------------------------------
     def unpack(self, batch: Any) -> tuple[torch.Tensor, Any]:
-        """A data-module batch ``(codes, labels)`` to ``(codes, cond)``; labels are dropped when unconditional."""
+        """A data-module batch ``(codes, labels)`` to ``(codes, cond)``; labels are dropped when unconditional.
+
+        Args:
+            batch: what the data module's loader gives.
+        """
         codes, labels = batch
         return codes, (labels if self.num_labels else None)
 
@@ -200,7 +277,14 @@ class AutoregressiveModule(pl.LightningModule):
         return loss
 
     def log_extra_metrics(self, stage: str, codes: torch.Tensor, nll: torch.Tensor, size: int) -> None:
-        """Hook for model-specific metrics (e.g. bits per palette token); nothing by default."""
+        """Hook for model-specific metrics (e.g. bits per palette token); nothing by default.
+
+        Args:
+            stage: ``train``, ``val`` or ``test``.
+            codes: the batch's codes.
+            nll: their negative log-likelihoods in nats ``[B]``.
+            size: the batch size, for Lightning's averages.
+        """
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
@@ -225,7 +309,12 @@ class AutoregressiveModule(pl.LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Exact likelihood of every example: ``{"nll": nats [B], "bpd": bits per dimension [B]}``."""
+        """Exact likelihood of every example: ``{"nll": nats [B], "bpd": bits per dimension [B]}``.
+
+        Args:
+            batch: what the data module's loader gives.
+            batch_idx: its index in the pass.
+        """
         codes, cond = self.unpack(batch)
         with self.scoring():
             nll = -self.log_prob(codes, cond)
