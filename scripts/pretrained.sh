@@ -2,8 +2,9 @@
 # How the files in pretrained/ are made: train each run of the README's shipped-models table with its shipped
 # config and a fixed step budget (the same steps on any machine; one thread each, two runs side by side on the
 # project's 2-core CPU), export its EMA weights (the WaveNets' rounded to float16 values), then measure each file
-# on its test set and record the metrics in its metadata (`test --record_metrics true`). tests/test_pretrained.py
-# checks the files against the README, and measures them again (`-m slow`).
+# on its test set and record the metrics in its metadata (`test --record_metrics true`). Then the file's entry in
+# pretrained/catalogue.py gets its figures and `python pretrained/catalogue.py` rewrites the README's table;
+# tests/test_pretrained.py checks the files against the catalogue, and measures them again (`-m slow`).
 #   DATA_ROOT  the folder of MNIST, cifar10-subset/ and audio/speech-en/ (default ../shared/data)
 #   STAGE      train, ship or all (default all)
 set -euo pipefail
