@@ -3,13 +3,15 @@ only ``forward`` samples, trains and logs samples through the default cache-free
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
-from arcore.files.media import Images
+from arcore.files.media import Images, image_grid
 from arcore.sampling.engine import stepper
 from arcore.training.callbacks import SampleLogger
 from arcore.training.module import AutoregressiveModule
@@ -178,8 +180,14 @@ def test_a_model_with_only_forward_logs_samples_during_fit(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                          num_sanity_val_steps=0, val_check_interval=1,
                          callbacks=[SampleLogger(num_samples=4, num_completions=0)])
-    trainer.fit(ForwardOnly(), loader, loader)
-    assert len(list((tmp_path / "samples").glob("step*.png"))) == 2  # a grid at each of the two validations
+    model = ForwardOnly()
+    trainer.fit(model, loader, loader)
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step0000001.png", "step0000002.png"]  # a grid at each of the two validations
+    # the last is the model's own draws from the logger's seed, as the trained model draws them again
+    codes = model.eval().sample(4, generator=torch.Generator().manual_seed(0))
+    expected = image_grid(model.render_samples(codes).pixels)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "samples" / "step0000002.png")), expected)
 
 
 def test_pixelgen_sample_with_compile_draws_the_same_grid(tmp_path):

@@ -3,9 +3,11 @@ TensorBoard and files), with completions of real validation images for image mod
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,22 +45,64 @@ def test_wandb_is_offline_unless_an_account_or_mode_is_configured(tmp_path, monk
     assert os.environ["WANDB_MODE"] == "disabled"
 
 
+def wandb_history(run: Path, wait: float = 60.0) -> list[dict[str, object]]:
+    """The history rows an offline W&B run recorded, read from its ``run-*.wandb`` log (LevelDB-style blocks of
+    32 KiB after a 7-byte header, each record ``crc32 length type data``, a protobuf ``Record``), each as
+    ``{key: value}`` (nested keys joined with ``/``, values parsed from JSON). W&B's service writes the log after
+    ``finish`` returns: this waits (at most ``wait`` seconds) for the run's closing ``exit`` record."""
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.monotonic() + wait
+    while True:
+        raw = next(run.glob("run-*.wandb")).read_bytes()
+        records, pos, chunk = [], 7, b""
+        while pos + 7 <= len(raw):
+            left = 32768 - pos % 32768
+            if left < 7:  # a block's tail too short for a record header is padding
+                pos += left
+                continue
+            length, kind = int.from_bytes(raw[pos + 4: pos + 6], "little"), raw[pos + 6]
+            if kind == 0 or pos + 7 + length > len(raw):  # the end of what is written so far
+                break
+            chunk += raw[pos + 7: pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                records.append(wandb_internal_pb2.Record.FromString(chunk))
+                chunk = b""
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+
+
+def logged_media(tmp_path: Path, logger, kinds: tuple[str, ...]) -> None:
+    """The grids of ``kinds`` (``images``, ``completions``) reached the offline W&B run of ``logger`` at the
+    training step they were drawn at, once each, pixel for pixel the files written under ``samples/``."""
+    run = Path(logger.experiment.dir).parent
+    logger.experiment.finish()
+    rows = [row for row in wandb_history(run) if any(key.startswith("samples/") for key in row)]
+    assert len(rows) == 1 and rows[0]["trainer/global_step"] == 2, rows
+    row = rows[0]
+    assert sorted({key.split("/")[1] for key in row if key.startswith("samples/")}) == sorted(kinds)
+    for kind, written in (("images", "step0000002.png"), ("completions", "step0000002_completions.png")):
+        if kind in kinds:
+            assert row[f"samples/{kind}/_type"] == "image-file"
+            logged = np.asarray(Image.open(run / "files" / row[f"samples/{kind}/path"]))
+            expected = np.asarray(Image.open(tmp_path / "samples" / written))
+            assert np.array_equal(logged, expected) and expected.std() > 0
+            assert (row[f"samples/{kind}/width"], row[f"samples/{kind}/height"]) == expected.shape[1::-1]
+
+
 def test_sample_grids_reach_an_offline_wandb_run(tmp_path, monkeypatch):
     from pytorch_lightning.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     model = PixelCNN(image_shape=(1, 6, 6), levels=2, hidden=4, layers=2, head=4)
-    data = TensorDataset(torch.randint(0, 2, (8, 1, 6, 6)), torch.zeros(8, dtype=torch.long))
     logger = WandbLogger(project="pixelgen-test", save_dir=str(tmp_path))
-    trainer = pl.Trainer(max_steps=2, logger=logger, callbacks=[SampleLogger(num_samples=4)],
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         default_root_dir=str(tmp_path), num_sanity_val_steps=0)
-    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
-    run_dir = logger.experiment.dir
-    logger.experiment.finish()
-    logged = [f for _, _, files in os.walk(run_dir) for f in files if f.startswith("images")]
-    assert logged, f"no sample grid in {run_dir}"
+    fit_briefly(model, torch.randint(0, 2, (8, 1, 6, 6)), logger, tmp_path, num_samples=4, num_completions=0)
+    logged_media(tmp_path, logger, ("images",))
 
 
 def fit_briefly(model: pl.LightningModule, codes: torch.Tensor, logger, root: Path, **sample_logger) -> pl.Trainer:
@@ -110,10 +154,7 @@ def test_wandb_run_gets_the_completions(tmp_path, monkeypatch):
     model = PixelCNN(image_shape=(1, 6, 6), levels=2, hidden=4, layers=2, head=4)
     logger = WandbLogger(project="pixelgen-test", save_dir=str(tmp_path))
     fit_briefly(model, torch.randint(0, 2, (8, 1, 6, 6)), logger, tmp_path, num_samples=2, num_completions=2)
-    run_dir = logger.experiment.dir
-    logger.experiment.finish()
-    logged = [f for _, _, files in os.walk(run_dir) for f in files if f.startswith("completions")]
-    assert logged, f"no completions in {run_dir}"
+    logged_media(tmp_path, logger, ("images", "completions"))
 
 
 @pytest.mark.parametrize("kind", ["pixelcnn", "wavenet"])

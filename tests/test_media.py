@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import soundfile
 import torch
 from PIL import Image
@@ -33,3 +36,21 @@ def test_spectrogram_of_long_and_very_short_clips(tmp_path):
         path = spectrogram_image(torch.randn(samples) * 0.1, 8000, tmp_path / f"spec{samples}.png")
         width, height = Image.open(path).size
         assert height == 240 and width >= 400
+
+
+@pytest.mark.parametrize("frequency", [300.0, 1000.0, 2500.0])
+def test_a_tone_is_one_bright_band_at_its_mel_row(frequency, tmp_path):
+    """Low frequencies at the bottom: a tone's band sits at the row of its mel band (80 bands up to 4 kHz, on the
+    HTK mel scale, over 240 rows), and the rows away from it are dark."""
+    t = torch.arange(16000) / 8000
+    path = spectrogram_image(0.5 * torch.sin(2 * math.pi * frequency * t), 8000, tmp_path / "tone.png")
+    rows = np.asarray(Image.open(path).convert("RGB"), dtype=float)[..., 0].mean(axis=1)  # red: sqrt of the level
+
+    def mel(hz: float) -> float:
+        return 2595 * math.log10(1 + hz / 700)
+
+    band = mel(frequency) / mel(4000) * 81 - 1  # the mel filter centred on the tone, counted from the bottom
+    expected_row = (80 - 0.5 - band) * 240 / 80
+    assert abs(int(rows.argmax()) - expected_row) <= 3
+    far = np.abs(np.arange(240) - expected_row) > 30
+    assert rows[far].max() < 0.5 * rows.max()

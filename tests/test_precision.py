@@ -3,11 +3,13 @@ model runs end to end (CPU here; the same code path on a GPU)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from arcore.files.checkpoint import read_checkpoint
 from arcore.training.module import AutoregressiveModule
 from arcore.training.precision import FORCE, choose_precision, native_bf16
 from pixelgen.cli import main as pixelgen
@@ -105,8 +107,23 @@ def test_fit_trains_in_the_precision_it_announces(tmp_path, monkeypatch, capsys)
         torch.testing.assert_close(bf16[name], fp32[name], rtol=0.05, atol=0.02)
 
 
+class ActivePrecision(pl.Callback):
+    """Records the precision the model's forward pass runs in during training steps, as autocast has it (a callback
+    a config names: ``--trainer.callbacks+=tests.test_precision.ActivePrecision``)."""
+
+    seen: ClassVar[set[torch.dtype]] = set()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.register_forward_pre_hook(self._record)
+
+    def _record(self, module: torch.nn.Module, inputs: Any) -> None:
+        if module.training:
+            on = torch.is_autocast_enabled("cpu")
+            ActivePrecision.seen.add(torch.get_autocast_dtype("cpu") if on else torch.float32)
+
+
 @pytest.mark.parametrize("name", ["pixelcnn", "igpt", "wavenet"])
-def test_bf16_mixed_fit_runs(name, tmp_path):
+def test_bf16_mixed_fit_trains_in_bf16(name, tmp_path):
     if name == "wavenet":
         config, main = wavenet_config(tmp_path, make_audio_folder(tmp_path / "audio")), wavegen
     elif name == "igpt":
@@ -114,8 +131,15 @@ def test_bf16_mixed_fit_runs(name, tmp_path):
         config, main = igpt_config(tmp_path, data, palette_cache=tmp_path / "palettes"), pixelgen
     else:
         config, main = pixelcnn_config(tmp_path, make_folder_dataset(tmp_path / "images")), pixelgen
-    assert main(["fit", "--config", str(config), "--trainer.precision", "bf16-mixed"]) == 0
-    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    ActivePrecision.seen.clear()
+    assert main(["fit", "--config", str(config), "--trainer.precision", "bf16-mixed",
+                 "--trainer.callbacks+=tests.test_precision.ActivePrecision"]) == 0
+    assert ActivePrecision.seen == {torch.bfloat16}  # the training steps computed in bf16 ...
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 4
     weights = [value for value in checkpoint["state_dict"].values() if value.is_floating_point()]
-    assert all(w.dtype == torch.float32 and bool(w.isfinite().all()) for w in weights)  # float32 master weights
+    assert all(w.dtype == torch.float32 and bool(w.isfinite().all()) for w in weights)  # ... on float32 masters
+    ActivePrecision.seen.clear()
+    assert main(["fit", "--config", str(config), "--trainer.precision", "32-true", "--trainer.max_steps", "6",
+                 "--trainer.callbacks+=tests.test_precision.ActivePrecision"]) == 0
+    assert ActivePrecision.seen == {torch.float32}  # and a float32 run in float32 alone
