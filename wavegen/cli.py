@@ -24,7 +24,7 @@ from wavegen import register_models
 
 ABOUT = "WaveNet over 8-bit mu-law audio: speech, spoken digits, and a vocoder that resynthesises log-mel frames."
 SAMPLE = "generate WAV clips, or resynthesise audio from its log-mel frames, from a checkpoint or a .safetensors file"
-GRIFFIN_LIM = "resynthesise audio from its own log-mel frames with no model: the classical inversion a vocoder must beat"
+GRIFFIN_LIM = "resynthesise audio from its own log-mel frames with no model: the classical inversion to beat"
 EXAMPLES = ("wavegen sample --ckpt pretrained/wavenet_speech.safetensors --seconds 2 --out clip.wav",
             ("wavegen sample --ckpt pretrained/wavenet_vocoder.safetensors --mel-from "
              "docs/wavenet_vocoder_original.wav --out resynth.wav"),

@@ -176,7 +176,8 @@ def mel_griffin_lim(mel: torch.Tensor, sample_rate: int = 8000, hop_length: int 
         iterations: rescaling and consistency rounds.
         momentum: fast Griffin-Lim's extrapolation of the consistent spectrogram, in [0, 1) (0: plain
             Griffin-Lim).
-        seed: the seed of the random starting phase: the same frames and seed give the same audio.
+        seed: the seed of the random starting phase, the same for every row of a batch: the same frames and seed
+            give the same audio, alone or in a batch.
 
     Returns:
         audio ``[T]`` or ``[B, T]`` (float32, or float64 for float64 frames), on the frames' device.
@@ -194,10 +195,10 @@ def mel_griffin_lim(mel: torch.Tensor, sample_rate: int = 8000, hop_length: int 
         gain = torch.matmul(fb, ratio) / coverage.clamp(min=1e-30)
         return spec * gain.sqrt()
 
-    generator = torch.Generator().manual_seed(seed)
-    shape = (*mel.shape[:-2], layout.n_fft // 2 + 1, mel.shape[-1])
-    phase = 2 * math.pi * torch.rand(shape, generator=generator, dtype=dtype)
-    spec = torch.polar(torch.ones(shape, dtype=dtype), phase).to(mel.device)
+    bins = (layout.n_fft // 2 + 1, mel.shape[-1])  # one starting phase for every row: a clip comes out as alone
+    phase = 2 * math.pi * torch.rand(bins, generator=torch.Generator().manual_seed(seed)).to(dtype)  # any dtype
+    spec = torch.polar(torch.ones(*mel.shape[:-2], *bins, dtype=dtype), phase.expand(*mel.shape[:-2], *bins))
+    spec = spec.to(mel.device)
     previous = None
     for _ in range(iterations):
         consistent = layout.stft(layout.istft(rescaled(spec), length))
