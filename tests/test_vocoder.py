@@ -73,6 +73,24 @@ def test_upsampler_starts_as_linear_interpolation_between_frames(mode):
     assert (rises.diff() > 0).all() and 0 < rises[0] < 0.5 < rises[-1] < 1
 
 
+def test_the_conditioning_stack_reaches_15_frames_and_the_upsampling_one_more():
+    """What the config header, docs/wavenet.md and the ``cond_layers`` docstring say: a kernel-3 convolution and 3
+    residual layers of kernel 5 see 7 frames on each side; the x4 x4 x5 transposed stack adds the next frame on the
+    side a sample is nearer, both sides in the middle of a frame."""
+    def reach(model: WaveNet, row: int) -> tuple[int, int]:
+        mel = torch.randn(1, 4, 41, requires_grad=True)
+        (grad,) = torch.autograd.grad(model.cond_features(mel)[0, :, row].sum(), mel)
+        frames = grad.abs().sum(1)[0].nonzero().flatten()
+        return int(frames[0]), int(frames[-1])
+
+    settings = {"n_mels": 4, "hop_length": 80, "cond_channels": 3, "cond_layers": 3, **TINY}
+    assert reach(randomise(WaveNet(**settings), std=0.4), 20) == (13, 27)  # frame 20's row: 15 frames
+    model = randomise(WaveNet(upsample="transposed", upsample_scales=[4, 4, 5], **settings), std=0.4)
+    assert reach(model, 20 * 80) == (12, 27)  # the first sample of frame 20: 16 frames
+    assert reach(model, 20 * 80 + 40) == (12, 28)  # its middle: 17
+    assert reach(model, 20 * 80 + 79) == (13, 28)  # its last: 16
+
+
 @pytest.mark.parametrize("upsample", ["repeat", "transposed", "nearest"])
 def test_cached_sampling_equals_cache_free_with_each_upsampling(upsample):
     model = vocoder(upsample)
