@@ -102,6 +102,7 @@ def test_silent_frames_stay_silent_and_more_rounds_match_the_frames_closer():
     (lambda: MelFrames(RATE, 8, 80).resynthesize(torch.zeros(1000), "wavenet"), "method must be one of mel, "
                                                                                 "least-squares"),
     (lambda: MelFrames(RATE, 8, 80).log_mel(torch.zeros(160)), "160 samples are too few for a mel frame"),
+    (lambda: MelFrames.of(WaveNet(dilations=[1])), "this model has no log-mel frames"),
 ])
 def test_bad_frames_and_settings_are_one_line_errors(call, message):
     with pytest.raises(UsageError, match=message):

@@ -16,8 +16,8 @@ normalisation, clamped at 1e-5 and taken as log10.
   baseline that ``wavegen test`` has scored since its first vocoder.
 
 Where the frames hold about one value per sample (80 bands at hop 80), the first comes near the 8-bit mu-law
-ceiling on held-out speech; with fewer bands both lose detail that only a trained vocoder can supply
-(``benchmarks/RESULTS.md``).
+ceiling on held-out speech; with fewer values per sample both lose what the frames do not hold, which is where a
+trained vocoder has room to win (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class MelFrames:
     n_mels: int = 80
     hop_length: int = 80
     n_fft: int | None = None
-    _filterbank: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _filterbank: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict, init=False, repr=False,
+                                                                    compare=False)  # by device and dtype
 
     def __post_init__(self) -> None:
         n_fft = 4 * self.hop_length if self.n_fft is None else self.n_fft
@@ -69,6 +70,8 @@ class MelFrames:
         """The layout of a vocoder's frames (its ``mel_transform``); a layout is returned as it is."""
         if isinstance(model, MelFrames):
             return model
+        if not getattr(model, "n_mels", 0):
+            raise UsageError("this model has no log-mel frames (it is not a vocoder)")
         transform = model.mel_transform
         return cls(transform.sample_rate, transform.n_mels, transform.hop_length, transform.n_fft)
 
