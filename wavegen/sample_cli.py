@@ -68,23 +68,24 @@ def _mel_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
     return files, names
 
 
-def _mel_audio(path: Path, frames: MelFrames, seconds: float | None) -> torch.Tensor:
-    """One ``--mel-from`` input as float audio (its first ``seconds``), refused in one line when its frames could
-    not be inverted: not audio, silent, or too short for one mel frame."""
-    clip = _audio_of(path, frames.sample_rate, "--mel-from")
+def _mel_audio(path: Path, sample_rate: int, min_length: int, seconds: float | None) -> torch.Tensor:
+    """One ``--mel-from`` input as float audio at ``sample_rate`` (its first ``seconds``), refused in one line when
+    its frames could not be resynthesised: not audio, silent, or shorter than ``min_length``, one mel frame."""
+    clip = _audio_of(path, sample_rate, "--mel-from")
     if seconds is not None:
-        clip = clip[: max(1, round(seconds * frames.sample_rate))]
-    if len(clip) < frames.min_length:  # the mel transform's window needs more than half its width
-        raise UsageError(f"--mel-from {path} gives {len(clip)} samples at {frames.sample_rate} Hz, too few for a mel "
-                         f"frame: it needs more than {frames.min_length - 1}")
+        clip = clip[: max(1, round(seconds * sample_rate))]
+    if len(clip) < min_length:  # the mel transform's window needs more than half its width
+        raise UsageError(f"--mel-from {path} gives {len(clip)} samples at {sample_rate} Hz, too few for a mel "
+                         f"frame: it needs more than {min_length - 1}")
     if bool((clip == clip[0]).all()):
         raise UsageError(f"--mel-from {path} is silent: there is nothing to resynthesise")
     return clip
 
 
 def _mel_codes(path: Path, model: WaveNet, seconds: float | None) -> torch.Tensor:
-    """One ``--mel-from`` input as the model's codes (:func:`_mel_audio`)."""
-    return mu_law_encode(_mel_audio(path, MelFrames.of(model), seconds), model.num_classes).to(model.device)
+    """One ``--mel-from`` input as the model's codes (:func:`_mel_audio`; a frame's window is 4 hops)."""
+    clip = _mel_audio(path, model.sample_rate, 2 * model.hop_length + 1, seconds)
+    return mu_law_encode(clip, model.num_classes).to(model.device)
 
 
 def _clip_paths(out: Path, n: int) -> list[Path]:
@@ -191,9 +192,9 @@ def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out
         raise UsageError("--prime does not combine with --mel-from: a vocoder draws the whole clip from the frames")
     if several and args.num_samples > 1:
         raise UsageError("--num-samples applies to one --mel-from file; several inputs are resynthesised once each")
+    clips = [_mel_codes(path, model, args.seconds) for path in files]  # every input checked before any work
     if not model.n_mels:
         raise UsageError("this model has no mel conditioning (not a vocoder): drop --mel-from")
-    clips = [_mel_codes(path, model, args.seconds) for path in files]  # every input checked before any work
     if several:
         paths = [out / name for name in names]
     else:
@@ -248,7 +249,7 @@ def griffin_lim(args: argparse.Namespace) -> None:
     paths = [out / name for name in names] if several else [out]
     refuse_replacing_inputs(paths, [("--mel-from", path) for path in files], folder=out if several else None)
     _refuse_folders(out, paths)
-    clips = [_mel_audio(path, frames, args.seconds) for path in files]  # every input checked before any work
+    clips = [_mel_audio(path, frames.sample_rate, frames.min_length, args.seconds) for path in files]
     torch.set_num_threads(args.threads)
     written: list[Path] = []
 
