@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from arcore.decoding import SampleOptions
@@ -32,12 +32,14 @@ COMMANDS = {
 """Every command of both tools, with its line in ``--help``."""
 
 
-def overview(tool: str, about: str, sample: str, examples: Sequence[str]) -> str:
-    """The text of ``<tool> --help``: what the tool is, one line per command (``sample`` the tool's own), and
-    ``examples``, commands that run as written from the project's folder."""
-    width = max(map(len, COMMANDS))
+def overview(tool: str, about: str, sample: str, examples: Sequence[str], own: Mapping[str, str] | None = None
+             ) -> str:
+    """The text of ``<tool> --help``: what the tool is, one line per command (``sample`` the tool's own, then the
+    tool's ``own`` commands), and ``examples``, commands that run as written from the project's folder."""
+    lines_of = {**{name: line or sample for name, line in COMMANDS.items()}, **(own or {})}
+    width = max(map(len, lines_of))
     lines = [f"usage: {tool} COMMAND [OPTIONS]", "", about, "", "commands:"]
-    lines += [f"  {name:<{width}}  {line or sample}" for name, line in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {line}" for name, line in lines_of.items()]
     lines += ["", f"`{tool} COMMAND --help` lists a command's options. To try, from the project's folder:"]
     return "\n".join(lines + [f"  {example}" for example in examples])
 
@@ -105,6 +107,16 @@ def sample_options(args: argparse.Namespace, settings: type = SampleOptions, **f
 
 
 @dataclass(frozen=True)
+class Command:
+    """A command of one tool alone (``wavegen griffin-lim``): its line in ``--help``, its options (an ``argparse``
+    parser built without torch) and what runs once they parse, named as ``"module:attribute"``."""
+
+    line: str
+    parser: Callable[[], argparse.ArgumentParser]
+    run: str
+
+
+@dataclass(frozen=True)
 class Tool:
     """One console script (``pixelgen``, ``wavegen``): its help texts, its ``sample`` parser, and where the code of
     its commands lives, named as ``"module:attribute"`` so that it is imported only once the arguments parse."""
@@ -117,6 +129,7 @@ class Tool:
     sample_run: str  # what draws once the ``sample`` options parse, e.g. ``"pixelgen.sample_cli:sample"``
     data_module: str  # the LightningDataModule of the Lightning commands, e.g. ``"pixelgen.data:ImageDataModule"``
     register_models: Callable[[], None]  # imports the model modules whose classes the tool's files may name
+    commands: Mapping[str, Command] = field(default_factory=dict)  # the tool's own commands, after COMMANDS
 
     def sample_main(self, argv: Sequence[str]) -> None:
         """``sample``: the options parsed (``--help`` prints here), then the draw, which loads torch."""
@@ -124,6 +137,12 @@ class Tool:
         draw = _resolve(self.sample_run)
         self.register_models()
         draw(args)
+
+    def command_main(self, name: str, argv: Sequence[str]) -> None:
+        """One of the tool's own :attr:`commands`: its options parsed (``--help`` prints here), then its run."""
+        command = self.commands[name]
+        args = command.parser().parse_args(list(argv))
+        _resolve(command.run)(args)
 
     def run(self, argv: Sequence[str] | None) -> int:
         """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
@@ -135,15 +154,20 @@ class Tool:
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Run one command line; returns the exit status. No command, or ``--help``: :func:`overview`; ``sample``:
-        :meth:`sample_main`, a bad input printed as one line with exit status 2; anything else: :meth:`run`."""
+        :meth:`sample_main`, and one of the tool's own :attr:`commands`: :meth:`command_main`, each with a bad input
+        printed as one line with exit status 2; anything else: :meth:`run`."""
         args = list(sys.argv[1:] if argv is None else argv)
         if not args or args[0] in ("-h", "--help"):
-            print(overview(self.name, self.about, self.sample, self.examples))
+            print(overview(self.name, self.about, self.sample, self.examples,
+                           {name: command.line for name, command in self.commands.items()}))
             return 0
-        if args[0] != "sample":
+        if args[0] != "sample" and args[0] not in self.commands:
             return self.run(argv)
         try:
-            self.sample_main(args[1:])
+            if args[0] == "sample":
+                self.sample_main(args[1:])
+            else:
+                self.command_main(args[0], args[1:])
         except UsageError as exc:
             print(f"{self.name}: error: {exc.for_command_line().strip().splitlines()[0]}", file=sys.stderr)
             return 2

@@ -116,10 +116,10 @@ def test_the_readme_pixelgen_commands_run_on_a_local_mnist(project_folder, capsy
 def test_the_readme_wavegen_commands_run_on_a_folder_of_audio(project_folder, capsys):
     data = make_audio_folder(project_folder / "audio", count=8, seconds=0.5)
     found = readme_commands("wavegen: train, score, sample")
-    assert [words[1] for words in found] == ["fit", "test", "sample"]
+    assert [words[1] for words in found] == ["fit", "test", "sample", "griffin-lim"]
     for words in found:
         run([str(data) if word in AUDIO_PLACEHOLDERS else word for word in words], WAVENET, capsys)
-    assert (project_folder / "clip.wav").is_file()
+    assert (project_folder / "clip.wav").is_file() and (project_folder / "griffin_lim.wav").is_file()
 
 
 def test_the_wavenet_page_lists_fit_test_and_sample_for_every_wavenet_config():
@@ -135,12 +135,17 @@ def test_every_command_of_the_wavenet_page_runs_as_written(project_folder, capsy
     for words in commands(ROOT / "docs" / "wavenet.md", "Commands"):
         printed = run([str(data) if word in AUDIO_PLACEHOLDERS else word for word in words], WAVENET, capsys)
         if words[1] == "test" and "lightning_configs/wavenet_vocoder.yaml" in words:
-            assert all(f"test/{name}" in printed for name in ("bpd", "pesq", "stoi", "mel_distance")), printed
+            assert all(f"test/{name}{system}" in printed for name in ("pesq", "stoi", "mel_distance")
+                       for system in ("", "_mel_griffin_lim", "_griffin_lim", "_mulaw")), printed
+            assert "test/bpd" in printed
     assert (project_folder / "clip.wav").is_file() and (project_folder / "continued_3.wav").is_file()
     assert (project_folder / "digit.wav").is_file() and (project_folder / "resynth.wav").is_file()
     written = sorted(p.relative_to(project_folder / "resynth") for p in (project_folder / "resynth").rglob("*.wav"))
     expected = sorted(p.relative_to(data).with_suffix(".wav") for p in data.rglob("*") if p.is_file())
     assert written == expected  # one WAV per input file, the folder's layout kept
+    assert (project_folder / "griffin_lim.wav").is_file()  # from clip.wav, with no model
+    inverted = project_folder / "griffin_lim"
+    assert sorted(p.relative_to(inverted) for p in inverted.rglob("*.wav")) == expected
 
 
 @pytest.mark.parametrize("config", ["wavenet_speech", "wavenet_digits", "wavenet_vocoder"])
