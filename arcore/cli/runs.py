@@ -20,7 +20,8 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from arcore import weights
-from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
+from arcore.checkpoint import (REMOTE, allow_listed, load_checkpoint_bytes, model_class, newest_last, read_checkpoint,
+                               read_checkpoint_bytes)
 from arcore.cli.resume import check_resume_matches_config
 from arcore.errors import UsageError
 from arcore.files import atomic_write, check_output, folder_lock, write_atomically
@@ -105,6 +106,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_bytes(data, path, "--ckpt_path", map_location=map_location)
 
 
+class SameRunFolder(pl.Callback):
+    """A ``fit`` that resumes a ``last*.ckpt`` of its own checkpoint folder goes on saving ``last.ckpt`` there, also
+    when the folder was moved or copied since (``runs/a`` to ``runs/b``, or the whole project elsewhere).
+
+    Each ``ModelCheckpoint`` records its folder in the checkpoint; Lightning takes a checkpoint from another folder
+    for another run's, forgets which files it saved, and then names every later save ``last-v1.ckpt`` to spare the
+    ``last.ckpt`` it finds, which stays at the old step (and is what ``sample --ckpt .../last.ckpt`` reads). Before
+    that state is restored, this reads it as the state of the folder it now lies in: paths to files of the recorded
+    folder that are here too point here, and the last checkpoint is ``last.ckpt`` again (so a run left saving
+    ``last-v1.ckpt`` by an earlier version returns to it). A checkpoint of another folder starts a new run there, as
+    Lightning has it."""
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        resumed, states = trainer.ckpt_path, checkpoint.get("callbacks") or {}
+        if not resumed or REMOTE.match(str(resumed)):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
+            if state is None or not callback.dirpath or REMOTE.match(str(callback.dirpath)):
+                continue
+            folder = Path(callback.dirpath)
+            if Path(resumed).resolve() not in {p.resolve() for p in last_checkpoints(callback, trainer)}:
+                continue
+            recorded = Path(state.get("dirpath") or folder)
+            for key in ("best_model_path", "kth_best_model_path"):
+                state[key] = _moved(state.get(key), recorded, folder)
+            state["best_k_models"] = {_moved(path, recorded, folder): score
+                                      for path, score in (state.get("best_k_models") or {}).items()}
+            state["dirpath"] = callback.dirpath
+            state["last_model_path"] = str(folder / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+
+
+def _moved(path: str | None, recorded: Path, folder: Path) -> str | None:
+    """``path``, a file of the ``recorded`` checkpoint folder, as the same file of ``folder`` where that exists."""
+    if not path or not Path(path).is_relative_to(recorded):
+        return path
+    here = folder / Path(path).relative_to(recorded)
+    return str(here) if here.exists() else path
+
+
 EVALUATING = ("validate", "test", "predict")
 RUN_COMMANDS = ("fit", *EVALUATING)
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "lightning_configs" / "base.yaml"
@@ -159,6 +201,7 @@ class ProjectCLI(HookedCLI):
             resume = ("run the same command again (ckpt_path: last resumes it)"
                       if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
             trainer.callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
+            trainer.callbacks.append(SameRunFolder())
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -181,6 +224,7 @@ class ProjectCLI(HookedCLI):
         if subcommand:
             config = self.config[subcommand]
             apply_run_name(config, self.package)
+            check_run_settings(config)
             if subcommand == "fit" and first_process():  # before anything is printed, read or built
                 root = config.trainer.get("default_root_dir")  # config.yaml and the logs: writable before anything
                 folders = checkpoint_folders(config) + ([Path(root)] if root else [])
@@ -193,7 +237,7 @@ class ProjectCLI(HookedCLI):
                                                        if path == "best" else ""))
             if config.get("record_metrics"):
                 check_recording(subcommand, path, config.trainer.get("limit_test_batches"))
-            if path and path not in ("last", "hpc") and "://" not in str(path):
+            if path and path not in ("last", "hpc"):
                 checkpoint = read_checkpoint(path, "--ckpt_path")
                 self._check_checkpoint(path, checkpoint, config, subcommand)
                 if checkpoint.get("weights_only"):
@@ -283,6 +327,8 @@ def apply_run_name(config: Any, tool: str) -> None:
     logger's ``save_dir``, ``name`` and ``project`` (the tool), and each ``ModelCheckpoint``'s ``dirpath``
     (``<default_root_dir>/checkpoints``, also without a name, which is where ``ckpt_path: last`` looks)."""
     trainer, name = config.trainer, config.get("name")
+    if name is not None:
+        check_run_name(str(name))
     if name and not trainer.get("default_root_dir"):
         trainer.default_root_dir = f"runs/{name}"
     root = trainer.get("default_root_dir")
@@ -297,6 +343,37 @@ def apply_run_name(config: Any, tool: str) -> None:
         if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and not callback.init_args.get(
                 "dirpath"):
             callback.init_args.dirpath = f"{root or '.'}/checkpoints"
+
+
+def check_run_settings(config: Any) -> None:
+    """Refuse, in one line naming the flag and before the seed is set or anything built, settings that numpy or
+    Lightning would reject only later, with a traceback or a division by zero: a seed outside numpy's range, a
+    count of batches or epochs below 1, a negative gradient clip (which would flip the gradients' sign)."""
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2 ** 32:
+        raise UsageError(f"--seed_everything must be in [0, 2**32) (numpy's range), or true for a random seed, got "
+                         f"{seed}")
+    trainer = config.trainer
+    for name in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = trainer.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1, got {value}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise UsageError(f"--trainer.val_check_interval must be > 0 (training batches between validations, or a "
+                         f"fraction of an epoch), got {interval}")
+    clip = trainer.get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and not clip >= 0:
+        raise UsageError(f"--trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
+
+
+def check_run_name(name: str) -> None:
+    """Refuse a run name that is not one plain folder name: ``runs/NAME`` must stay inside ``runs/``, since ``..``,
+    a ``/`` or an absolute path would put the run's ``config.yaml`` and checkpoints elsewhere, over the user's own
+    files (``--name ..`` would write into the working folder)."""
+    if name in ("", ".", "..") or any(character in name for character in "/\\\0"):
+        raise UsageError(f"--name {name!r} is not a plain folder name: the run's folder is runs/NAME, so NAME cannot "
+                         f"be empty, '.' or '..' nor hold '/' or '\\' (e.g. --name mnist_small)")
 
 
 def checkpoint_folders(config: Any) -> list[Path]:
@@ -329,8 +406,8 @@ def _continue_wandb_run(config: Any) -> None:
         return
     path = config.ckpt_path
     if path == "last":
-        path = next((folder / "last.ckpt" for folder in checkpoint_folders(config)
-                     if (folder / "last.ckpt").is_file()), None)
+        path = max(filter(None, map(newest_last, checkpoint_folders(config))), key=lambda p: p.stat().st_mtime,
+                   default=None)
     if not path or not Path(path).is_file():
         return
     try:
