@@ -85,6 +85,12 @@ def stopped_by(exc: BaseException) -> int | None:
 def parse_error_line(message: str) -> str:
     """jsonargparse's nested parse error as one line: the option it is about and the innermost cause, e.g.
     ``--model.init_args.lr: expected a float, got nan``."""
+    denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
+    key = re.match(r'\s*Parser key "([^"]+)":', message)
+    if denied:  # refused by the import-path policy of arcore.cli.runs.restrict_class_paths, before any import
+        return (f"{'--' + key[1] + ': ' if key else ''}{denied[1]} is not in a module a config may name: classes of "
+                f"arcore, the tools, their models, Lightning, torch or a module in the working folder only (the "
+                f"module is imported before its class is checked)")
     keys: list[str] = []
     for line in message.splitlines():
         text = line.strip().lstrip("-").strip()

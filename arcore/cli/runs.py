@@ -20,8 +20,8 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from arcore import weights
-from arcore.checkpoint import (REMOTE, allow_listed, load_checkpoint_bytes, model_class, newest_last, read_checkpoint,
-                               read_checkpoint_bytes)
+from arcore.checkpoint import (MODELS, REMOTE, allow_listed, load_checkpoint_bytes, model_class, newest_last,
+                               read_checkpoint, read_checkpoint_bytes, sibling_packages)
 from arcore.cli.resume import check_resume_matches_config
 from arcore.errors import UsageError
 from arcore.files import atomic_write, check_output, folder_lock, write_atomically
@@ -426,11 +426,88 @@ def _finish_wandb_run() -> None:
         wandb.finish()
 
 
+TRUSTED_PACKAGES = ("arcore", "pytorch_lightning", "lightning_fabric", "torch")
+"""Packages whose classes a config may name (``class_path``) beside those of the tools and their registered models:
+the core, and Lightning's and torch's callbacks, loggers and plugins."""
+
+
+def restrict_class_paths(folder: Path) -> None:
+    """Let a config or a flag name classes (``class_path``) of :data:`TRUSTED_PACKAGES`, of the tools installed with
+    ``arcore``, of the registered models' packages and of the modules in ``folder`` (a user's own callback beside
+    the config: the working folder) only. jsonargparse imports the module a ``class_path`` names before it checks
+    that the class is of the right type, so any installed module's code would run from a config; its import-path
+    policy refuses the others before the import."""
+    from jsonargparse import set_parsing_settings
+
+    local = [entry.stem if entry.suffix == ".py" else entry.name for entry in folder.iterdir()
+             if entry.suffix == ".py" or (entry / "__init__.py").is_file()]
+    allowed = {*TRUSTED_PACKAGES, *sibling_packages(), *(name.split(".")[0] for name in MODELS), *local}
+    set_parsing_settings(import_path_denylist=["*"],
+                         import_path_allowlist=sorted(name for name in allowed if name.isidentifier()))
+
+
+MAX_CONFIG_VALUES = 1_000_000
+"""The most values (mappings, lists and scalars, each alias counted as what it stands for) one YAML config or
+value may hold: thousands of times a run's config, and far below what exhausts memory."""
+
+
+def limit_yaml_expansion() -> None:
+    """Have jsonargparse refuse, before building it, YAML that its aliases expand beyond :data:`MAX_CONFIG_VALUES`
+    (an alias bomb: nine aliases of nine aliases, ten levels deep, are 9**10 strings from a few hundred bytes) or
+    that refers to itself; anything else is read by jsonargparse's own YAML loader, as before."""
+    from jsonargparse import get_loader, set_loader
+
+    read = get_loader("yaml")
+    if getattr(read, "bounded", False):
+        return
+
+    def bounded(stream: str, path: Any = None) -> Any:
+        given = f"--config {path}" if path else "a YAML value"
+        try:
+            node = yaml.compose(stream, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:  # reported by jsonargparse's own loader, as before
+            node = None
+        except RecursionError:
+            raise UsageError(f"{given} nests its values too deeply to be read") from None
+        if node is not None and _yaml_values(node, {}, set(), given) > MAX_CONFIG_VALUES:
+            raise UsageError(f"{given} expands, through its aliases (&name, *name), to more than "
+                             f"{MAX_CONFIG_VALUES:,} values: refused before it is built (an alias bomb?); write the "
+                             f"values out")
+        return read(stream)
+
+    bounded.bounded = True  # type: ignore[attr-defined]
+    set_loader("yaml", bounded, (yaml.YAMLError,))
+
+
+def _yaml_values(node: yaml.Node, counted: dict[int, int], open_nodes: set[int], given: str) -> int:
+    """How many values the composed YAML ``node`` holds once built, each alias as the value it names (``counted``
+    keeps the count of every node already seen, so a shared node is counted, not walked, again); ``given`` names the
+    YAML in errors."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        raise UsageError(f"{given} refers to itself through an alias (*name inside the value &name marks): it would "
+                         f"never end")
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_yaml_values(key, counted, open_nodes, given) + _yaml_values(value, counted, open_nodes, given)
+                       for key, value in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_yaml_values(item, counted, open_nodes, given) for item in node.value)
+    else:
+        size = 1
+    open_nodes.discard(id(node))
+    counted[id(node)] = size
+    return size
+
+
 def lightning_command(tool: str, datamodule_class: type, args: list[str], from_sys_argv: bool) -> None:
     """Run ``fit | validate | test | predict`` with ``args`` (LightningCLI reads ``sys.argv`` itself when
     ``from_sys_argv``), over the base config of every run (:data:`BASE_CONFIG`); W&B logs offline unless an
     account or a mode is configured."""
     wandb_offline_unless_configured()
+    limit_yaml_expansion()
+    restrict_class_paths(Path.cwd())
     if not BASE_CONFIG.is_file():
         raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the "
                          f"project from a source checkout (pip install -e .)")
