@@ -67,12 +67,6 @@ class Decoding:
             raise UsageError(f"top_k must be >= 1, got {self.top_k}", OPTIONS)
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}", OPTIONS)
-        shaping = [f"{name}={value}" for name, value, default in (
-            ("temperature", self.temperature, 1.0), ("top_k", self.top_k, None), ("top_p", self.top_p, None))
-            if value != default]
-        if self.greedy and shaping:
-            raise UsageError(f"greedy=True takes the most likely code at each step, so {' and '.join(shaping)} "
-                             f"would have no effect: drop one or the other", OPTIONS)
 
     @property
     def argmax(self) -> bool:

@@ -372,8 +372,8 @@ def check_run_name(name: str) -> None:
     a ``/`` or an absolute path would put the run's ``config.yaml`` and checkpoints elsewhere, over the user's own
     files (``--name ..`` would write into the working folder)."""
     if name in ("", ".", "..") or any(character in name for character in "/\\\0"):
-        raise UsageError(f"--name {name!r} is not a plain folder name: the run's folder is runs/NAME, so NAME cannot "
-                         f"be empty, '.' or '..' nor hold '/' or '\\' (e.g. --name mnist_small)")
+        raise UsageError(f"--name {name or repr(name)} is not a plain folder name: the run's folder is runs/NAME, so "
+                         f"NAME cannot be empty, '.' or '..' nor hold '/' or '\\' (e.g. --name mnist_small)")
 
 
 def checkpoint_folders(config: Any) -> list[Path]:
