@@ -130,20 +130,23 @@ def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
 
 
 def _within_range(audio: np.ndarray, path: str | Path) -> np.ndarray:
-    """Float samples ``audio`` with the few outside [-1, 1] (a float file may hold any value) clipped, and said:
-    normalising by such a spike would squash the rest into a few mu-law levels. More than :data:`MAX_CLIPPED` of
-    them is a file at another scale, refused. Non-finite samples are left for the caller to refuse."""
-    outside = int(np.count_nonzero((audio > 1) | (audio < -1)))
-    if not outside or not np.isfinite(audio).all():
+    """Float samples ``audio`` with the few outside [-1, 1] (a float file may hold any value) clipped to the loudest
+    of the others, and said: the rest of the file sets its level, where peak normalisation by such a spike would
+    squash it into a few mu-law levels. More than :data:`MAX_CLIPPED` of them is a file at another scale, refused.
+    Non-finite samples are left for the caller to refuse."""
+    outside = (audio > 1) | (audio < -1)
+    count = int(np.count_nonzero(outside))
+    if not count or not np.isfinite(audio).all():
         return audio
     peak = float(np.abs(audio).max())
-    if outside > MAX_CLIPPED * audio.size:
-        raise UsageError(f"{outside:,} of its {audio.size:,} samples ({outside / audio.size:.0%}) lie outside [-1, 1], "
-                         f"up to {peak:g}: a float file holds audio in [-1, 1]; divide it by {peak:g} and save it "
+    if count > MAX_CLIPPED * audio.size:
+        raise UsageError(f"{count:,} of its {audio.size:,} samples ({count / audio.size:.0%}) lie outside [-1, 1], "
+                         f"up to {peak:.3g}: a float file holds audio in [-1, 1]; divide it by {peak:.3g} and save it "
                          f"again")
-    warn("wavegen", f"{path}: {outside:,} of its {audio.size:,} samples lie outside [-1, 1], up to {peak:g}: clipped "
-                    f"to [-1, 1]")
-    return np.clip(audio, -1.0, 1.0, out=audio)
+    level = float(np.abs(np.where(outside, 0, audio)).max())
+    warn("wavegen", f"{path}: {count:,} of its {audio.size:,} samples lie outside [-1, 1], up to {peak:.3g}: clipped "
+                    f"to the loudest of the others, {level:.3g}")
+    return np.clip(audio, -level, level, out=audio)
 
 
 def why_unusable(exc: Exception) -> str:
