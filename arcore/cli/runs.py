@@ -462,7 +462,7 @@ def limit_yaml_expansion() -> None:
         return
 
     def bounded(stream: str, path: Any = None) -> Any:
-        given = f"--config {path}" if path else "a YAML value"
+        given = f"--config {path}" if path else "a YAML value"  # jsonargparse gives a config file's name
         try:
             node = yaml.compose(stream, Loader=yaml.SafeLoader)
         except yaml.YAMLError:  # reported by jsonargparse's own loader, as before
