@@ -69,8 +69,9 @@ def newest_last(folder: Path) -> Path | None:
 def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str = "") -> bytes:
     """The bytes of the checkpoint file ``path`` after checking that it is one and undamaged; ``what`` names it in
     errors (``--ckpt``, ``--ckpt_path``) and ``hint`` ends the missing-file error (how to get one). A remote address
-    (``https://``, ``s3://``) is refused: the checks above need the whole file here, and a download is the user's to
-    make (a ``Path`` would also fold its ``//`` into one slash)."""
+    (``https://``, ``s3://``) is refused: the checks need the whole file here, and a download is the user's to make
+    (a ``Path`` would also fold its ``//`` into one slash). A ``last.ckpt`` older than a ``last-vN.ckpt`` beside it
+    (:func:`newest_last`) is refused too: it is not the run's last checkpoint."""
     if REMOTE.match(str(path)):
         raise UsageError(f"{what} {path} is a remote address: checkpoints are read from local files only; download it "
                          f"first (e.g. curl -fLo model.ckpt URL) and pass the file")

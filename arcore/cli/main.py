@@ -109,9 +109,9 @@ def parse_error_line(message: str) -> str:
 
 def trainer_setting_error(exc: BaseException) -> str | None:
     """Lightning's refusal of a trainer setting that it can only make once the run is set up (a
-    ``val_check_interval`` beyond the batches of an epoch) as one line, each setting it names in backticks spelled as
-    the command line spells it (```limit_val_batches``` as ``--trainer.limit_val_batches``); None for an error that
-    was not raised by Lightning or names no trainer setting."""
+    ``val_check_interval`` beyond the batches of an epoch) as one line, each setting it quotes spelled as the command
+    line spells it (``limit_val_batches`` as ``--trainer.limit_val_batches``); None for an error that was not raised
+    by Lightning or quotes no trainer setting."""
     from pytorch_lightning import Trainer
 
     frame = exc.__traceback__

@@ -439,8 +439,12 @@ def restrict_class_paths(folder: Path) -> None:
     policy refuses the others before the import."""
     from jsonargparse import set_parsing_settings
 
-    local = [entry.stem if entry.suffix == ".py" else entry.name for entry in folder.iterdir()
-             if entry.suffix == ".py" or (entry / "__init__.py").is_file()]
+    try:
+        with os.scandir(folder) as entries:
+            local = [entry.name.removesuffix(".py") for entry in entries if entry.name.endswith(".py")
+                     or (entry.is_dir() and os.path.isfile(os.path.join(entry.path, "__init__.py")))]
+    except OSError:  # a working folder this process cannot list holds nothing it could import
+        local = []
     allowed = {*TRUSTED_PACKAGES, *sibling_packages(), *(name.split(".")[0] for name in MODELS), *local}
     set_parsing_settings(import_path_denylist=["*"],
                          import_path_allowlist=sorted(name for name in allowed if name.isidentifier()))
@@ -465,11 +469,12 @@ def limit_yaml_expansion() -> None:
         given = f"--config {path}" if path else "a YAML value"  # jsonargparse gives a config file's name
         try:
             node = yaml.compose(stream, Loader=yaml.SafeLoader)
+            size = 0 if node is None else _yaml_values(node, {}, set(), given)
         except yaml.YAMLError:  # reported by jsonargparse's own loader, as before
-            node = None
+            size = 0
         except RecursionError:
             raise UsageError(f"{given} nests its values too deeply to be read") from None
-        if node is not None and _yaml_values(node, {}, set(), given) > MAX_CONFIG_VALUES:
+        if size > MAX_CONFIG_VALUES:
             raise UsageError(f"{given} expands, through its aliases (&name, *name), to more than "
                              f"{MAX_CONFIG_VALUES:,} values: refused before it is built (an alias bomb?); write the "
                              f"values out")
