@@ -146,28 +146,27 @@ class Tool:
 
     def run(self, argv: Sequence[str] | None) -> int:
         """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
-        from arcore.cli.main import run
-
         data_module = _resolve(self.data_module)
+        run = _resolve("arcore.cli.main:run")
         self.register_models()
         return run(self.name, data_module, self.sample_main, argv)
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Run one command line; returns the exit status. No command, or ``--help``: :func:`overview`; ``sample``:
-        :meth:`sample_main`, and one of the tool's own :attr:`commands`: :meth:`command_main`, each with a bad input
-        printed as one line with exit status 2; anything else: :meth:`run`."""
+        :meth:`sample_main`, and one of the tool's own :attr:`commands`: :meth:`command_main`; anything else:
+        :meth:`run`. A bad input, or libraries that cannot load (too little memory), is one line with exit status 2."""
         args = list(sys.argv[1:] if argv is None else argv)
         if not args or args[0] in ("-h", "--help"):
             print(overview(self.name, self.about, self.sample, self.examples,
                            {name: command.line for name, command in self.commands.items()}))
             return 0
-        if args[0] != "sample" and args[0] not in self.commands:
-            return self.run(argv)
         try:
             if args[0] == "sample":
                 self.sample_main(args[1:])
-            else:
+            elif args[0] in self.commands:
                 self.command_main(args[0], args[1:])
+            else:
+                return self.run(argv)
         except UsageError as exc:
             print(f"{self.name}: error: {exc.for_command_line().strip().splitlines()[0]}", file=sys.stderr)
             return 2
@@ -175,6 +174,36 @@ class Tool:
 
 
 def _resolve(target: str) -> Any:
-    """The attribute named by ``"module:attribute"``, its module imported."""
+    """The attribute named by ``"module:attribute"``, its module imported (with torch and the rest of the stack the
+    first time: a failure to load them is one :class:`UsageError` line, :func:`cannot_load`)."""
     module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, OSError, MemoryError) as exc:
+        message = cannot_load(exc)
+        if message is None:
+            raise
+        raise UsageError(message) from None
+
+
+def cannot_load(exc: BaseException) -> str | None:
+    """Why the libraries failed to load, in one line, when it is lack of memory: under a memory limit (``ulimit -v``
+    or ``-d``) torch and OpenBLAS cannot map their code and buffers ("failed to map segment from shared object");
+    None for any other failure (a broken installation keeps its traceback)."""
+    import resource
+
+    cause = exc
+    while cause.__cause__ is not None:  # numpy's ImportError is raised from the loader's own
+        cause = cause.__cause__
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(cause).__name__
+    limits = [(flag, resource.getrlimit(kind)[0]) for flag, kind in (("-v", resource.RLIMIT_AS),
+                                                                      ("-d", resource.RLIMIT_DATA))]
+    flag, limit = min(((f, v) for f, v in limits if v != resource.RLIM_INFINITY), key=lambda fv: fv[1],
+                      default=(None, None))
+    if limit is not None:
+        return (f"too little memory to load torch and its libraries: this process may use {limit / 2 ** 30:.1f} GiB "
+                f"(ulimit {flag}); raise the limit (ulimit {flag} unlimited) ({detail})")
+    if isinstance(cause, MemoryError) or "failed to map segment" in detail or "Cannot allocate memory" in detail:
+        return f"too little memory to load torch and its libraries ({detail}): close other programs, or add memory"
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import torch
 
@@ -13,7 +14,7 @@ from arcore.checkpoint import read_checkpoint
 from arcore.chunks import rows
 from arcore.cli.sampling import check_fits_in_memory, output_path
 from arcore.errors import UsageError
-from arcore.files import refuse_replacing_inputs
+from arcore.files import output_lock, refuse_replacing_inputs
 from arcore.media import save_image_grid
 from arcore.sample_cli import SampleRun, check_sample_args
 from pixelgen.data import OPTIONS, ImageDataModule
@@ -52,6 +53,12 @@ def sample(args: argparse.Namespace) -> None:
         output_path(out.with_name(f"{out.stem}_real.png"), ".png")
     refuse_replacing_inputs([out, out.with_name(f"{out.stem}_real.png")][: 2 if args.prime_rows else 1],
                             [("--ckpt", args.ckpt), *([("--data-root", args.data_root)] if args.data_root else [])])
+    with output_lock(out, "pixelgen sample"):  # a second sample to the same file at once is refused
+        _draw(args, out)
+
+
+def _draw(args: argparse.Namespace, out: Path) -> None:
+    """``pixelgen sample`` once its options and ``--out`` are checked: the draw, and the PNG grid(s) written."""
     sampling = SampleRun("pixelgen", args)
     model, device, n = sampling.model, sampling.device, args.num_samples
     check_fits_in_memory(n, model.num_codes)

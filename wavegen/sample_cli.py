@@ -19,7 +19,7 @@ from arcore.chunks import draw_in_chunks, interrupted_exit, rows
 from arcore.cli.sampling import check_fits_in_memory, output_path
 from arcore.decoding import SampleOptions
 from arcore.errors import UsageError, options
-from arcore.files import check_output, refuse_replacing_inputs
+from arcore.files import check_output, output_lock, refuse_replacing_inputs
 from arcore.media import save_wav
 from arcore.sample_cli import SampleRun, check_sample_args
 from wavegen.data import AUDIO_SUFFIXES, mu_law_encode, read_audio, why_unusable
@@ -106,6 +106,13 @@ def sample(args: argparse.Namespace) -> None:
              *(("--mel-from", path) for path in (inputs[0] if inputs else []))]
     refuse_replacing_inputs([out / name for name in inputs[1]] if several else _clip_paths(out, args.num_samples),
                             given, folder=out if several else None)
+    with output_lock(out, "wavegen sample"):  # a second sample to the same file or folder at once is refused
+        _draw(args, out, inputs, several)
+
+
+def _draw(args: argparse.Namespace, out: Path, inputs: tuple[list[Path], list[Path]] | None, several: bool) -> None:
+    """``wavegen sample`` once its options and ``--out`` are checked: the clips drawn or resynthesised, and
+    written."""
     sampling = SampleRun("wavegen", args, WaveNet)
     model = sampling.model
     if args.half_weights:

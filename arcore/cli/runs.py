@@ -21,7 +21,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from arcore import weights
 from arcore.callbacks import JobProgressBar
-from arcore.checkpoint import allow_listed, load_checkpoint_bytes, model_class, read_checkpoint, read_checkpoint_bytes
+from arcore.checkpoint import (MODELS, REMOTE, allow_listed, load_checkpoint_bytes, model_class, newest_last,
+                               read_checkpoint, read_checkpoint_bytes, sibling_packages)
 from arcore.cli.resume import check_resume_matches_config
 from arcore.errors import UsageError
 from arcore.files import atomic_write, check_output, folder_lock, write_atomically
@@ -107,6 +108,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_bytes(data, path, "--ckpt_path", map_location=map_location)
 
 
+class SameRunFolder(pl.Callback):
+    """A ``fit`` that resumes a ``last*.ckpt`` of its own checkpoint folder goes on saving ``last.ckpt`` there, also
+    when the folder was moved or copied since (``runs/a`` to ``runs/b``, or the whole project elsewhere).
+
+    Each ``ModelCheckpoint`` records its folder in the checkpoint; Lightning takes a checkpoint from another folder
+    for another run's, forgets which files it saved, and then names every later save ``last-v1.ckpt`` to spare the
+    ``last.ckpt`` it finds, which stays at the old step (and is what ``sample --ckpt .../last.ckpt`` reads). Before
+    that state is restored, this reads it as the state of the folder it now lies in: paths to files of the recorded
+    folder that are here too point here, and the last checkpoint is ``last.ckpt`` again (so a run left saving
+    ``last-v1.ckpt`` by an earlier version returns to it). A checkpoint of another folder starts a new run there, as
+    Lightning has it."""
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        resumed, states = trainer.ckpt_path, checkpoint.get("callbacks") or {}
+        if not resumed or REMOTE.match(str(resumed)):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
+            if state is None or not callback.dirpath or REMOTE.match(str(callback.dirpath)):
+                continue
+            folder = Path(callback.dirpath)
+            if Path(resumed).resolve() not in {p.resolve() for p in last_checkpoints(callback, trainer)}:
+                continue
+            recorded = Path(state.get("dirpath") or folder)
+            for key in ("best_model_path", "kth_best_model_path"):
+                state[key] = _moved(state.get(key), recorded, folder)
+            state["best_k_models"] = {_moved(path, recorded, folder): score
+                                      for path, score in (state.get("best_k_models") or {}).items()}
+            state["dirpath"] = callback.dirpath
+            state["last_model_path"] = str(folder / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+
+
+def _moved(path: str | None, recorded: Path, folder: Path) -> str | None:
+    """``path``, a file of the ``recorded`` checkpoint folder, as the same file of ``folder`` where that exists."""
+    if not path or not Path(path).is_relative_to(recorded):
+        return path
+    here = folder / Path(path).relative_to(recorded)
+    return str(here) if here.exists() else path
+
+
 EVALUATING = ("validate", "test", "predict")
 RUN_COMMANDS = ("fit", *EVALUATING)
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "lightning_configs" / "base.yaml"
@@ -169,6 +211,7 @@ class ProjectCLI(HookedCLI):
             resume = ("run the same command again (ckpt_path: last resumes it)"
                       if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
             trainer.callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
+            trainer.callbacks.append(SameRunFolder())
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -191,6 +234,7 @@ class ProjectCLI(HookedCLI):
         if subcommand:
             config = self.config[subcommand]
             apply_run_name(config, self.package)
+            check_run_settings(config)
             if subcommand == "fit" and first_process():  # before anything is printed, read or built
                 root = config.trainer.get("default_root_dir")  # config.yaml and the logs: writable before anything
                 folders = checkpoint_folders(config) + ([Path(root)] if root else [])
@@ -203,7 +247,7 @@ class ProjectCLI(HookedCLI):
                                                        if path == "best" else ""))
             if config.get("record_metrics"):
                 check_recording(subcommand, path, config.trainer.get("limit_test_batches"))
-            if path and path not in ("last", "hpc") and "://" not in str(path):
+            if path and path not in ("last", "hpc"):
                 checkpoint = read_checkpoint(path, "--ckpt_path")
                 self._check_checkpoint(path, checkpoint, config, subcommand)
                 if checkpoint.get("weights_only"):
@@ -293,6 +337,8 @@ def apply_run_name(config: Any, tool: str) -> None:
     logger's ``save_dir``, ``name`` and ``project`` (the tool), and each ``ModelCheckpoint``'s ``dirpath``
     (``<default_root_dir>/checkpoints``, also without a name, which is where ``ckpt_path: last`` looks)."""
     trainer, name = config.trainer, config.get("name")
+    if name is not None:
+        check_run_name(str(name))
     if name and not trainer.get("default_root_dir"):
         trainer.default_root_dir = f"runs/{name}"
     root = trainer.get("default_root_dir")
@@ -307,6 +353,37 @@ def apply_run_name(config: Any, tool: str) -> None:
         if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and not callback.init_args.get(
                 "dirpath"):
             callback.init_args.dirpath = f"{root or '.'}/checkpoints"
+
+
+def check_run_settings(config: Any) -> None:
+    """Refuse, in one line naming the flag and before the seed is set or anything built, settings that numpy or
+    Lightning would reject only later, with a traceback or a division by zero: a seed outside numpy's range, a
+    count of batches or epochs below 1, a negative gradient clip (which would flip the gradients' sign)."""
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2 ** 32:
+        raise UsageError(f"--seed_everything must be in [0, 2**32) (numpy's range), or true for a random seed, got "
+                         f"{seed}")
+    trainer = config.trainer
+    for name in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = trainer.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1, got {value}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise UsageError(f"--trainer.val_check_interval must be > 0 (training batches between validations, or a "
+                         f"fraction of an epoch), got {interval}")
+    clip = trainer.get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and not clip >= 0:
+        raise UsageError(f"--trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
+
+
+def check_run_name(name: str) -> None:
+    """Refuse a run name that is not one plain folder name: ``runs/NAME`` must stay inside ``runs/``, since ``..``,
+    a ``/`` or an absolute path would put the run's ``config.yaml`` and checkpoints elsewhere, over the user's own
+    files (``--name ..`` would write into the working folder)."""
+    if name in ("", ".", "..") or any(character in name for character in "/\\\0"):
+        raise UsageError(f"--name {name or repr(name)} is not a plain folder name: the run's folder is runs/NAME, so "
+                         f"NAME cannot be empty, '.' or '..' nor hold '/' or '\\' (e.g. --name mnist_small)")
 
 
 def checkpoint_folders(config: Any) -> list[Path]:
@@ -339,8 +416,8 @@ def _continue_wandb_run(config: Any) -> None:
         return
     path = config.ckpt_path
     if path == "last":
-        path = next((folder / "last.ckpt" for folder in checkpoint_folders(config)
-                     if (folder / "last.ckpt").is_file()), None)
+        path = max(filter(None, map(newest_last, checkpoint_folders(config))), key=lambda p: p.stat().st_mtime,
+                   default=None)
     if not path or not Path(path).is_file():
         return
     try:
@@ -359,11 +436,93 @@ def _finish_wandb_run() -> None:
         wandb.finish()
 
 
+TRUSTED_PACKAGES = ("arcore", "pytorch_lightning", "lightning_fabric", "torch")
+"""Packages whose classes a config may name (``class_path``) beside those of the tools and their registered models:
+the core, and Lightning's and torch's callbacks, loggers and plugins."""
+
+
+def restrict_class_paths(folder: Path) -> None:
+    """Let a config or a flag name classes (``class_path``) of :data:`TRUSTED_PACKAGES`, of the tools installed with
+    ``arcore``, of the registered models' packages and of the modules in ``folder`` (a user's own callback beside
+    the config: the working folder) only. jsonargparse imports the module a ``class_path`` names before it checks
+    that the class is of the right type, so any installed module's code would run from a config; its import-path
+    policy refuses the others before the import."""
+    from jsonargparse import set_parsing_settings
+
+    try:
+        with os.scandir(folder) as entries:
+            local = [entry.name.removesuffix(".py") for entry in entries if entry.name.endswith(".py")
+                     or (entry.is_dir() and os.path.isfile(os.path.join(entry.path, "__init__.py")))]
+    except OSError:  # a working folder this process cannot list holds nothing it could import
+        local = []
+    allowed = {*TRUSTED_PACKAGES, *sibling_packages(), *(name.split(".")[0] for name in MODELS), *local}
+    set_parsing_settings(import_path_denylist=["*"],
+                         import_path_allowlist=sorted(name for name in allowed if name.isidentifier()))
+
+
+MAX_CONFIG_VALUES = 1_000_000
+"""The most values (mappings, lists and scalars, each alias counted as what it stands for) one YAML config or
+value may hold: thousands of times a run's config, and far below what exhausts memory."""
+
+
+def limit_yaml_expansion() -> None:
+    """Have jsonargparse refuse, before building it, YAML that its aliases expand beyond :data:`MAX_CONFIG_VALUES`
+    (an alias bomb: nine aliases of nine aliases, ten levels deep, are 9**10 strings from a few hundred bytes) or
+    that refers to itself; anything else is read by jsonargparse's own YAML loader, as before."""
+    from jsonargparse import get_loader, set_loader
+
+    read = get_loader("yaml")
+    if getattr(read, "bounded", False):
+        return
+
+    def bounded(stream: str, path: Any = None) -> Any:
+        given = f"--config {path}" if path else "a YAML value"  # jsonargparse gives a config file's name
+        try:
+            node = yaml.compose(stream, Loader=yaml.SafeLoader)
+            size = 0 if node is None else _yaml_values(node, {}, set(), given)
+        except yaml.YAMLError:  # reported by jsonargparse's own loader, as before
+            size = 0
+        except RecursionError:
+            raise UsageError(f"{given} nests its values too deeply to be read") from None
+        if size > MAX_CONFIG_VALUES:
+            raise UsageError(f"{given} expands, through its aliases (&name, *name), to more than "
+                             f"{MAX_CONFIG_VALUES:,} values: refused before it is built (an alias bomb?); write the "
+                             f"values out")
+        return read(stream)
+
+    bounded.bounded = True  # type: ignore[attr-defined]
+    set_loader("yaml", bounded, (yaml.YAMLError,))
+
+
+def _yaml_values(node: yaml.Node, counted: dict[int, int], open_nodes: set[int], given: str) -> int:
+    """How many values the composed YAML ``node`` holds once built, each alias as the value it names (``counted``
+    keeps the count of every node already seen, so a shared node is counted, not walked, again); ``given`` names the
+    YAML in errors."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        raise UsageError(f"{given} refers to itself through an alias (*name inside the value &name marks): it would "
+                         f"never end")
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_yaml_values(key, counted, open_nodes, given) + _yaml_values(value, counted, open_nodes, given)
+                       for key, value in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_yaml_values(item, counted, open_nodes, given) for item in node.value)
+    else:
+        size = 1
+    open_nodes.discard(id(node))
+    counted[id(node)] = size
+    return size
+
+
 def lightning_command(tool: str, datamodule_class: type, args: list[str], from_sys_argv: bool) -> None:
     """Run ``fit | validate | test | predict`` with ``args`` (LightningCLI reads ``sys.argv`` itself when
     ``from_sys_argv``), over the base config of every run (:data:`BASE_CONFIG`); W&B logs offline unless an
     account or a mode is configured."""
     wandb_offline_unless_configured()
+    limit_yaml_expansion()
+    restrict_class_paths(Path.cwd())
     if not BASE_CONFIG.is_file():
         raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the "
                          f"project from a source checkout (pip install -e .)")
