@@ -586,3 +586,13 @@ def test_settings_in_a_weights_file_cannot_name_what_to_run(built):
     assert type(model) is pixelgen.PixelCNN
     expected = pixelgen.load(built["pixelcnn_st"]).state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_weights_file_whose_header_size_starts_like_a_pickle_is_read_as_weights():
+    """A safetensors header of 0x0b80 bytes starts with the byte 0x80, a pickle's first opcode: still weights."""
+    from arcore.weights import is_weights_file
+
+    header = b'{"a":' + b" " * (0x0B80 - 7) + b"1}"
+    data = (0x0B80).to_bytes(8, "little") + header
+    assert data[:1] == b"\x80" and is_weights_file(data, "renamed.ckpt")
+    assert not is_weights_file(b"\x80\x04" + b"pickled" * 4, "model.ckpt")  # a real pickle stays a checkpoint
