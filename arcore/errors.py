@@ -10,6 +10,7 @@ written once, wherever it runs (a constructor, a model's ``setup`` inside Lightn
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,22 @@ def options(group: str, *names: str) -> dict[str, str]:
         spelled[name] = flag
         spelled[f"{name}="] = f"{flag} "
     return spelled
+
+
+OOM_PHRASES = ("out of memory", "cannot allocate memory", "can't allocate memory", "failed to allocate")
+"""How torch and the allocators say that memory ran out."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device or host ran out of memory (torch and the allocators word it differently).
+
+    Args:
+        exc: an exception caught while drawing or reading data.
+    """
+    torch = sys.modules.get("torch")  # loaded already wherever a torch error can arise
+    if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(phrase in str(exc).lower() for phrase in OOM_PHRASES)
 
 
 def first_line(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 and each vocoder, on the same held-out files and the same frames.
 
     python -m benchmarks.bench_digits --data-root DIR --models pretrained/wavenet_vocoder.safetensors [more ...]
-        [--temperatures 0.6] [--takes 0] [--tiny]
+        [--temperatures 0.6] [--takes 0] [--frames 20/80] [--tiny]
+    python -m benchmarks.bench_digits --data-root DIR --frames 20/80 80/80
 
 ``--data-root`` is a Free Spoken Digit Dataset folder: files ``DIGIT_SPEAKER_TAKE.wav`` (``7_george_12.wav``). The
 held-out files are the ``--takes`` of every speaker and digit (one take of 6 speakers: 60 files); a vocoder trained
@@ -11,8 +12,10 @@ recognised as
 
 - the original: the file's audio as ``wavegen`` reads it (at the model's rate, DC offset removed, peak 0.95);
 - the 8-bit mu-law round trip, the audio the vocoder is trained to reproduce;
-- Griffin-Lim from the model's own log-mel frames, the frames the vocoder is given (the classical baseline);
-- each model at each temperature, resynthesising from the same frames (8 files a batch, noise seeded with 0).
+- for each frame layout (``--frames BANDS/HOP[/WINDOW]`` and every model's own; no model is needed for these rows),
+  mel-constrained Griffin-Lim and torchaudio's least squares + Griffin-Lim from the log-mel frames of the round
+  trip, the frames a vocoder is given (the classical inversions, :data:`wavegen.quality.BASELINES`);
+- each model at each temperature, resynthesising from its own frames (8 files a batch, noise seeded with 0).
 
 The recogniser is PocketSphinx (its US English acoustic model and dictionary) restricted to a grammar of the ten
 words ``zero`` to ``nine``, so every answer is a digit or nothing. Its acoustic model is for 16 kHz audio: each clip
@@ -37,14 +40,24 @@ from typing import Any
 import torch
 
 from arcore.errors import UsageError
-from benchmarks.common import load_vocoders, machine, speech_like, tiny_vocoder
+from benchmarks.common import (
+    CLASSICAL,
+    add_frames_options,
+    frames_label,
+    layouts,
+    load_vocoders,
+    machine,
+    speech_like,
+    tiny_vocoder,
+)
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NAME = re.compile(r"^(?P<digit>\d)_(?P<speaker>[^_]+)_(?P<take>\d+)$")  # DIGIT_SPEAKER_TAKE
 RECOGNISER_RATE = 16000  # the rate of PocketSphinx's US English acoustic model
 PADDING_SECONDS = 0.25
-Row = tuple[str, int, int, float | None, float | None]
-"""(what, files understood, files, PESQ, STOI); no scores for the originals."""
+Row = tuple[str, str, int, int, float | None, float | None]
+"""(what, frames, files understood, files, PESQ, STOI); the originals have no scores, and neither they nor the round
+trip a frame layout (``-``)."""
 
 
 class Recogniser:
@@ -105,44 +118,47 @@ def held_out(root: str, takes: Sequence[int], sample_rate: int) -> tuple[list[in
     return digits, who, audio
 
 
-def rows(root: str, models: dict[str, Any], temperatures: list[float], takes: Sequence[int]) -> list[Row]:
-    """The :data:`Row` of the originals, the two baselines, then each model (by name) at each temperature."""
+def rows(root: str, models: dict[str, Any], frames: list[Any], temperatures: list[float], takes: Sequence[int]
+         ) -> list[Row]:
+    """The :data:`Row` of the originals and the mu-law round trip, then for each frame layout of ``frames``
+    (:class:`wavegen.griffinlim.MelFrames`) the classical inversions and each model (by name) of that layout at each
+    temperature."""
     from wavegen.data import mu_law_encode
-    from wavegen.quality import baseline_audio, resynthesize_all, score
+    from wavegen.griffinlim import MelFrames
+    from wavegen.quality import BASELINES, decoded_clips, resynthesize_all, score
     from wavegen.wavenet import decode_mu_law
 
     if not all(t > 0 for t in temperatures):
         raise UsageError(f"--temperatures must be > 0, got {' '.join(f'{t:g}' for t in temperatures)}")
-    first = next(iter(models.values()))
-    for name, model in models.items():
-        if not model.capabilities.resynthesis:
-            raise UsageError(f"--models {name} is not a vocoder (it has no mel conditioning)")
-        if model.sample_rate != first.sample_rate:
-            raise UsageError(f"--models: {name} is for {model.sample_rate} Hz audio, the first for "
-                             f"{first.sample_rate} Hz; compare vocoders of one rate")
-    digits, speakers, references = held_out(root, takes, first.sample_rate)
+    rate, quantization = frames[0].sample_rate, next((m.num_classes for m in models.values()), 256)
+    digits, speakers, references = held_out(root, takes, rate)
+    shortest = max(layout.min_length for layout in frames)
     for clip in references:
-        if len(clip) <= first.mel_transform.n_fft // 2:
+        if len(clip) < shortest:
             raise UsageError(f"--data-root {root}: a held-out file has {len(clip)} samples, too few for a mel frame")
-    codes = [mu_law_encode(clip, first.num_classes) for clip in references]
+    codes = [mu_law_encode(clip, quantization) for clip in references]
+    decoded = [decode_mu_law(c, quantization) for c in codes]
     recognise = Recogniser()
 
-    def row(what: str, model: Any, made: list[torch.Tensor] | None) -> Row:
-        heard = [recognise(clip, model.sample_rate) for clip in (references if made is None else made)]
+    def row(what: str, layout: Any, made: list[torch.Tensor] | None) -> Row:
+        """``made`` from the frames of ``layout`` (None: not made from frames)."""
+        heard = [recognise(clip, rate) for clip in (references if made is None else made)]
         right = sum(word == DIGITS[digit] for word, digit in zip(heard, digits))
         if made is None:
-            return what, right, len(digits), None, None
-        result = score(model, references, made)
-        return what, right, len(digits), result.pesq, result.stoi
+            return what, "-", right, len(digits), None, None
+        result = score(frames[0] if layout is None else layout, references, made)
+        return what, "-" if layout is None else frames_label(layout), right, len(digits), result.pesq, result.stoi
 
-    decoded, griffin = baseline_audio(first, codes)
-    out = [row("original", first, None), row("8-bit mu-law round trip (ceiling)", first, decoded),
-           row("Griffin-Lim, 100 iterations (baseline)", first, griffin)]
-    for name, model in models.items():
-        for temperature in temperatures:
-            made = resynthesize_all(model, codes, speakers, 8, torch.Generator().manual_seed(0), temperature)
-            out.append(row(f"`{name}`, temperature {temperature:g}", model,
-                           [decode_mu_law(c.cpu(), model.num_classes) for c in made]))
+    out = [row("original", None, None), row("8-bit mu-law round trip (ceiling)", None, decoded)]
+    for layout in frames:
+        for method in BASELINES.values():
+            out.append(row(CLASSICAL[method], layout, [layout.resynthesize(clip, method) for clip in decoded]))
+        for name, model in models.items():
+            if MelFrames.of(model) != layout:
+                continue
+            for temperature in temperatures:
+                made = resynthesize_all(model, codes, speakers, 8, torch.Generator().manual_seed(0), temperature)
+                out.append(row(f"`{name}`, temperature {temperature:g}", layout, decoded_clips(model, made)))
     return out
 
 
@@ -162,13 +178,14 @@ def tiny_setup(folder: Path) -> tuple[str, dict[str, Any]]:
 
 
 def table(result: list[Row]) -> str:
-    originals = result[0][1]
-    lines = ["| recognised | digits understood | of the originals | PESQ | STOI |", "|---|---|---|---|---|"]
-    for what, right, files, pesq, stoi in result:
+    originals = result[0][2]
+    lines = ["| recognised | frames (mel values per sample) | digits understood | of the originals | PESQ | STOI |",
+             "|---|---|---|---|---|---|"]
+    for what, frames, right, files, pesq, stoi in result:
         ratio = f"{right / originals:.3f}" if originals else "-"
         scores = ("-", "-") if pesq is None or stoi is None else \
             tuple("-" if math.isnan(v) else f"{v:{f}}" for v, f in ((pesq, ".2f"), (stoi, ".3f")))
-        lines.append(f"| {what} | {right}/{files} | {ratio} | {scores[0]} | {scores[1]} |")
+        lines.append(f"| {what} | {frames} | {right}/{files} | {ratio} | {scores[0]} | {scores[1]} |")
     return "\n".join(lines)
 
 
@@ -179,6 +196,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--temperatures", nargs="+", type=float, default=[0.6])
     parser.add_argument("--takes", nargs="+", type=int, default=[0],
                         help="the takes held out (a vocoder trained on digits must not have seen them)")
+    add_frames_options(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a generated folder and an untrained model: a smoke run")
     args = parser.parse_args(argv)
@@ -188,13 +206,14 @@ def main(argv: list[str] | None = None) -> str:
             if args.tiny:
                 root, models = tiny_setup(Path(tmp))
             else:
-                if not args.data_root or not args.models:
-                    raise UsageError("--data-root and --models are required (or --tiny)")
+                if not args.data_root or not (args.models or args.frames):
+                    raise UsageError("--data-root and --models or --frames are required (or --tiny)")
                 try:
                     root, models = args.data_root, load_vocoders(args.models)
                 except UsageError as exc:
                     raise UsageError(f"--models: {exc}") from None
-            body = table(rows(root, models, args.temperatures, args.takes))
+            frames = layouts(args.frames, models, args.sample_rate)
+            body = table(rows(root, models, frames, args.temperatures, args.takes))
     except UsageError as exc:
         parser.exit(2, f"{parser.prog}: error: {str(exc).strip().splitlines()[0]}\n")
     text = f"{machine()}\n\n{body}"

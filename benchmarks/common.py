@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from arcore.errors import UsageError
+
+if TYPE_CHECKING:
+    from wavegen.griffinlim import MelFrames
+
+CLASSICAL = {"mel": "mel-constrained Griffin-Lim, 100 iterations",
+             "least-squares": "torchaudio least squares + Griffin-Lim, 100 iterations"}
+"""The rows of the classical inversions (:data:`wavegen.quality.BASELINES`) in the vocoder benchmarks' tables."""
 
 
 def machine() -> str:
@@ -109,3 +120,48 @@ def load_vocoders(paths: list[str]) -> dict[str, torch.nn.Module]:
     import wavegen
 
     return {Path(path).name: wavegen.load(path) for path in paths}
+
+
+def add_frames_options(parser: argparse.ArgumentParser) -> None:
+    """``--frames`` and ``--sample-rate``: the log-mel frame layouts a vocoder benchmark inverts (:func:`layouts`)."""
+    parser.add_argument("--frames", nargs="+", default=[], metavar="BANDS/HOP[/WINDOW]",
+                        help="log-mel frame layouts whose classical inversions are scored, e.g. 80/80 20/80 "
+                             "80/256/1024 (the window defaults to 4 hops); each model is scored on its own frames, "
+                             "whose layout is added when missing (default: the models' layouts, else 80/80)")
+    parser.add_argument("--sample-rate", type=int, default=None,
+                        help="the audio's rate when no --models are given (default 8000)")
+
+
+def layouts(specs: list[str], models: Mapping[str, torch.nn.Module], sample_rate: int | None) -> list[MelFrames]:
+    """The frame layouts of ``--frames`` (``BANDS/HOP`` or ``BANDS/HOP/WINDOW``), then each model's own where it is
+    not among them; 80 bands every 80 samples when there are neither. All at one rate: the models', else
+    ``sample_rate`` (8000 when None). Bad input is one :class:`arcore.UsageError` line."""
+    from wavegen.griffinlim import MelFrames
+
+    for name, model in models.items():
+        if not getattr(model, "vocoder", False):
+            raise UsageError(f"--models {name} is not a vocoder (it has no mel conditioning)")
+    rates = sorted({model.sample_rate for model in models.values()})
+    if len(rates) > 1 or (rates and sample_rate is not None and sample_rate != rates[0]):
+        raise UsageError(f"--models are for {' and '.join(map(str, rates))} Hz audio"
+                         + (f", --sample-rate {sample_rate}" if sample_rate is not None else "")
+                         + ": compare vocoders of one rate")
+    rate = rates[0] if rates else sample_rate or 8000
+    out = []
+    for spec in specs:
+        parts = spec.split("/")
+        if not 2 <= len(parts) <= 3 or not all(part.isdigit() for part in parts):
+            raise UsageError(f"--frames {spec}: write BANDS/HOP or BANDS/HOP/WINDOW in samples, e.g. 80/80 or "
+                             f"80/256/1024")
+        try:
+            out.append(MelFrames(rate, *map(int, parts)))
+        except UsageError as exc:
+            raise UsageError(f"--frames {spec}: {exc}") from None
+    out += [frames for frames in dict.fromkeys(MelFrames.of(model) for model in models.values()) if frames not in out]
+    return out or [MelFrames(rate)]
+
+
+def frames_label(frames: MelFrames) -> str:
+    """A layout in a table cell: bands, hop, window and mel values per sample."""
+    return (f"{frames.n_mels} bands, hop {frames.hop_length}, window {frames.n_fft} "
+            f"({frames.n_mels / frames.hop_length:.2f} per sample)")

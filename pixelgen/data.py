@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.errors import UsageError, options
+from arcore.errors import UsageError, is_out_of_memory, options
 from arcore.files.atomic import nothing_left_on_failure
 from arcore.training.data import CodesDataModule, EpochShuffle, Mirrored, ResumableLoader, Split, scan, warn
 
@@ -69,16 +69,26 @@ def _torchvision_split(dataset: str, root: Path, train: bool, download: bool) ->
 
 
 def _read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
-    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB), resized to ``size`` x ``size`` if given.
-    16-bit grey images are scaled to 8 bits (65535 becomes 255): Pillow's own conversion clips them at 255."""
-    from PIL import Image
+    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB), resized to ``size`` x ``size`` if given,
+    turned as its EXIF orientation says (a camera stores a portrait photo sideways, with a tag saying so). Pixels are
+    read in their own range: 16-bit grey scaled to 8 bits (65535 becomes 255) and 32-bit float grey (TIFF mode
+    ``F``) from 0..1, where Pillow's own conversion clips both at 255 (a float image would be black); values outside
+    those ranges are a :class:`UsageError` naming them."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
-        img: Image.Image = opened
-        if img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens 16-bit PNGs)
+        img: Image.Image = ImageOps.exif_transpose(opened)
+        if img.mode == "F":  # 32-bit float grey, 0 black to 1 white
+            values = np.asarray(img, dtype=np.float64)
+            if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+                raise UsageError(f"its 32-bit float pixels run from {values.min():g} to {values.max():g}, outside "
+                                 f"0..1 (0 black, 1 white): scale it to 0..1, or save it with 8-bit pixels")
+            img = Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
+        elif img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens 16-bit PNGs)
             wide = np.asarray(img, dtype=np.int64)
             if wide.min() < 0 or wide.max() > 65535:
-                raise ValueError(f"{img.mode} values outside 0..65535")
+                raise UsageError(f"its {img.mode} pixels run from {wide.min()} to {wide.max()}, outside 0..65535: save "
+                                 f"it with 8- or 16-bit pixels")
             img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
         img = img.convert("L" if channels == 1 else "RGB")
         if size is not None and img.size != (size, size):
@@ -103,7 +113,13 @@ def _folder_split(folder: Path, classes: list[str], channels: int, size: int | N
     for label, path in scan(files, f"reading {folder.name} images"):
         try:
             array = _read_image(path, channels, size)
+        except UsageError as exc:
+            warn("pixelgen", f"skipping {path}: {exc}")
+            continue
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt or truncated files
+            if is_out_of_memory(exc):  # the file is fine: the data set would silently lose it
+                raise UsageError(f"{path}: reading it ran out of memory ({type(exc).__name__}): free memory for "
+                                 f"this run, or make the image smaller") from None
             warn("pixelgen", f"skipping {path}: not a readable image ({type(exc).__name__})")
             continue
         images.append(torch.from_numpy(array))

@@ -13,7 +13,7 @@ import torch
 from arcore.cli.chunks import rows
 from arcore.cli.sample import SampleRun, check_fits_in_memory, check_sample_args, output_path
 from arcore.errors import UsageError
-from arcore.files.atomic import refuse_replacing_inputs
+from arcore.files.atomic import output_lock, refuse_replacing_inputs
 from arcore.files.checkpoint import read_checkpoint
 from arcore.files.media import SUFFIXES, Images, Text, save_media
 from arcore.training.data import Split
@@ -55,6 +55,12 @@ def sample(args: argparse.Namespace) -> None:
         output_path(out.with_name(f"{out.stem}_real.png"), ".png")
     refuse_replacing_inputs([out, out.with_name(f"{out.stem}_real.png")][: 2 if args.prime_rows else 1],
                             [("--ckpt", args.ckpt), *([("--data-root", args.data_root)] if args.data_root else [])])
+    with output_lock(out, "pixelgen sample"):  # a second sample to the same file at once is refused
+        _draw(args, out)
+
+
+def _draw(args: argparse.Namespace, out: Path) -> None:
+    """``pixelgen sample`` once its options and ``--out`` are checked: the draw, and the PNG grid(s) written."""
     sampling = SampleRun("pixelgen", args, AutoregressiveModule)
     model, device, n = sampling.model, sampling.device, args.num_samples
     if model.renders not in (Images, Text) or out.suffix.lower() != SUFFIXES[model.renders]:

@@ -33,10 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_public_names_import_and_are_the_modules_own():
     from arcore import AutoregressiveModule, Decoding, Sampler, StepCache, beam_search, sample
     from pixelgen import ImageDataModule, ImageGPT, PixelCNN, load  # noqa: F401
-    from wavegen import AudioCond, AudioDataModule, WaveNet  # noqa: F401
+    from wavegen import AudioCond, AudioDataModule, MelFrames, WaveNet, mel_griffin_lim  # noqa: F401
 
     assert set(pixelgen.__all__) == {"PixelCNN", "ImageGPT", "ImageDataModule", "load"}
-    assert set(wavegen.__all__) == {"WaveNet", "AudioCond", "AudioDataModule", "load"}
+    assert set(wavegen.__all__) == {"WaveNet", "AudioCond", "AudioDataModule", "load", "MelFrames", "mel_griffin_lim",
+                                    "least_squares_griffin_lim"}
     assert {"AutoregressiveModule", "sample", "beam_search", "StepCache", "Decoding", "Sampler"} <= set(arcore.__all__)
     for package in (arcore, pixelgen, wavegen):
         assert all(hasattr(package, name) for name in package.__all__)

@@ -226,6 +226,48 @@ ROWS = [
     ("zero dilation", "wavegen", "fit --config {wavenet} --model.init_args.dilations [1,0]",
      "dilations must be positive integers, got [1, 0]"),
 ]
+# fourth round: run names, trainer settings Lightning or numpy refuse late, remote checkpoints, sizes, configs
+ROWS += [
+    ("run name above runs/", "pixelgen", "fit --config {pixelcnn} --name ..",
+     "--name .. is not a plain folder name: the run's folder is runs/NAME"),
+    ("run name escaping runs/", "pixelgen", "fit --config {pixelcnn} --name ../../escaped",
+     "--name ../../escaped is not a plain folder name"),
+    ("run name absolute", "wavegen", "fit --config {wavenet} --name {out}", "is not a plain folder name"),
+    ("run name with a backslash", "pixelgen", "test --config {pixelcnn} --name a\\b", "--name a\\b is not a plain"),
+    ("seed beyond numpy's range", "pixelgen", "fit --config {pixelcnn} --seed_everything 18446744073709551616",
+     "--seed_everything must be in [0, 2**32) (numpy's range), or true for a random seed, got 18446744073709551616"),
+    ("seed negative", "wavegen", "fit --config {wavenet} --seed_everything -1",
+     "--seed_everything must be in [0, 2**32)"),
+    ("accumulate 0 batches", "pixelgen", "fit --config {pixelcnn} --trainer.accumulate_grad_batches 0",
+     "--trainer.accumulate_grad_batches must be >= 1, got 0"),
+    ("validate every 0 epochs", "pixelgen", "fit --config {pixelcnn} --trainer.check_val_every_n_epoch 0",
+     "--trainer.check_val_every_n_epoch must be >= 1, got 0"),
+    ("validate every 0 batches", "wavegen", "fit --config {wavenet} --trainer.val_check_interval 0",
+     "--trainer.val_check_interval must be > 0"),
+    ("validate after more batches than an epoch has", "pixelgen",
+     "fit --config {pixelcnn} --trainer.val_check_interval 1000000 --trainer.check_val_every_n_epoch 1",
+     "--trainer.val_check_interval (1000000) must be less than or equal to the number of the training batches (5)"),
+    ("negative gradient clip", "pixelgen", "fit --config {pixelcnn} --trainer.gradient_clip_val -1",
+     "--trainer.gradient_clip_val must be >= 0"),
+    ("remote ckpt_path, unreachable", "pixelgen", "test --config {pixelcnn} --ckpt_path http://127.0.0.1:9/x.ckpt",
+     "--ckpt_path http://127.0.0.1:9/x.ckpt is a remote address: checkpoints are read from local files only"),
+    ("remote ckpt_path, resume", "wavegen", "fit --config {wavenet} --ckpt_path https://127.0.0.1:9/last.ckpt",
+     "--ckpt_path https://127.0.0.1:9/last.ckpt is a remote address"),
+    ("remote ckpt, sample", "pixelgen", "sample --ckpt http://127.0.0.1:9/x.ckpt --out {out}.png",
+     "http://127.0.0.1:9/x.ckpt is a remote address"),
+    ("remote ckpt, export", "wavegen", "export --ckpt s3://bucket/run/last.ckpt --out {out}.safetensors",
+     "--ckpt s3://bucket/run/last.ckpt is a remote address"),
+    ("crop length typo", "wavegen", "fit --config {wavenet} --data.target_length 1000000000",
+     "--data.target_length 1000000000 with --data.batch_size 2: one batch's logits alone would take"),
+    ("YAML alias bomb", "pixelgen", "fit --config {pixelcnn} --config {bomb}",
+     "--config bomb.yaml expands, through its aliases (&name, *name), to more than 1,000,000 values"),
+    ("YAML alias of itself", "wavegen", "validate --config {wavenet} --config {self_alias}",
+     "--config self_alias.yaml refers to itself through an alias"),
+    ("greedy with a temperature", "pixelgen", f"{SAMPLE_PNG} {{out}}.png --greedy --temperature 0.5",
+     "--greedy takes the most likely code at each step, so --temperature 0.5 would have no effect"),
+    ("greedy with top-k and top-p", "wavegen", f"{SAMPLE_WAV} {{keep_wav}} --greedy --top-k 5 --top-p 0.9",
+     "--greedy takes the most likely code at each step, so --top-k 5 and --top-p 0.9 would have no effect"),
+]
 # a checkpoint whose pickle would create a marker file when loaded, through every command that reads checkpoints
 EVIL = "is not a checkpoint this project can load safely: it asks for io.open"
 ROWS += [(f"malicious {kind}{suffix or ' (no suffix)'}, sample", "pixelgen",
@@ -452,6 +494,10 @@ def paths(built: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
         (tmp_path / "garbage_images" / "train" / "a" / f"{i}.png").write_bytes(bytes(range(i, 200)))
         (tmp_path / "garbage_audio" / f"{i}.wav").write_bytes(b"RIFF" + bytes(range(i, 100)))
     (tmp_path / "garbage_images" / "test" / "a" / "0.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    bomb, self_alias = tmp_path / "bomb.yaml", tmp_path / "self_alias.yaml"
+    bomb.write_text("\n".join(['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 7)]) + "\n")  # 9**7 strings
+    self_alias.write_text("trainer: &trainer {max_steps: 3, callbacks: [*trainer]}\n")
     garbage_wav = tmp_path / "garbage.wav"
     garbage_wav.write_bytes(b"\x00\x01garbage" * 50)
     short_wav = tmp_path / "short.wav"
@@ -490,6 +536,7 @@ def paths(built: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
         readonly.mkdir(mode=0o555)
     return {**built, **keep, **evil, **configs, "missing": tmp_path / "missing", "out": tmp_path / "out", "taken": tmp_path / "taken",
             "garbage_wav": garbage_wav, "short_wav": short_wav, "garbage_images": tmp_path / "garbage_images",
+            "bomb": bomb, "self_alias": self_alias,
             "garbage_audio": tmp_path / "garbage_audio", "folder_png": tmp_path / "folder.png",
             "folder_wav": tmp_path / "folder.wav", "readonly": readonly, "pixelcnn_dir": tmp_path / "pixelcnn",
             "recordings": recordings, "recording": recordings / "clip.wav", "model_st": tmp_path / "model.safetensors",
@@ -539,3 +586,13 @@ def test_settings_in_a_weights_file_cannot_name_what_to_run(built):
     assert type(model) is pixelgen.PixelCNN
     expected = pixelgen.load(built["pixelcnn_st"]).state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_weights_file_whose_header_size_starts_like_a_pickle_is_read_as_weights():
+    """A safetensors header of 0x0b80 bytes starts with the byte 0x80, a pickle's first opcode: still weights."""
+    from arcore.files.weights import is_weights_file
+
+    header = b'{"a":' + b" " * (0x0B80 - 7) + b"1}"
+    data = (0x0B80).to_bytes(8, "little") + header
+    assert data[:1] == b"\x80" and is_weights_file(data, "renamed.ckpt")
+    assert not is_weights_file(b"\x80\x04" + b"pickled" * 4, "model.ckpt")  # a real pickle stays a checkpoint

@@ -116,32 +116,67 @@ def test_bench_capture_runs_tiny_with_every_configs_training_step():
     assert trained == expected
 
 
-def test_bench_vocoder_runs_tiny_with_its_baselines():
+def test_bench_vocoder_runs_tiny_with_its_baselines_in_each_frame_layout():
     from benchmarks import bench_vocoder
 
-    report = bench_vocoder.main(["--tiny", "--temperatures", "1.0", "0.5"])
+    report = bench_vocoder.main(["--tiny", "--temperatures", "1.0", "0.5", "--frames", "20/80", "80/160/640"])
     table = rows(report, "resynthesis from the same frames")
-    assert [row[0] for row in table[:2]] == ["8-bit mu-law round trip (ceiling)",
-                                             "Griffin-Lim, 100 iterations (baseline)"]
-    assert [row[0] for row in table[2:]] == ["`untrained`, temperature 1", "`untrained`, temperature 0.5"]
-    ceiling, baseline, untrained = (number(table[i][1]) for i in range(3))
-    assert ceiling > baseline > untrained  # an untrained vocoder is below Griffin-Lim
-    assert all(number(row[4]) > 0 for row in table[2:])
+    classical = ["8-bit mu-law round trip (ceiling)", "mel-constrained Griffin-Lim, 100 iterations",
+                 "torchaudio least squares + Griffin-Lim, 100 iterations"]
+    assert [row[0] for row in table] == [*classical * 3, "`untrained`, temperature 1", "`untrained`, temperature 0.5"]
+    assert [row[1] for row in table] == [  # the layouts asked for, then the model's own with its rows
+        *["20 bands, hop 80, window 320 (0.25 per sample)"] * 3,
+        *["80 bands, hop 160, window 640 (0.50 per sample)"] * 3,
+        *["80 bands, hop 80, window 320 (1.00 per sample)"] * 5]
+    pesq = [number(row[2]) for row in table]
+    assert pesq[0] == pesq[3] == pesq[6]  # the same clips in every layout: the round trip scores the same
+    assert pesq[6] > pesq[7] > pesq[9] and pesq[6] > pesq[8] > pesq[9]  # both inversions above an untrained model
+    assert all(number(row[5]) > 0 for row in table if not row[0].startswith("8-bit"))  # timed
+
+
+def test_bench_vocoder_scores_the_classical_inversions_without_a_model(tmp_path, capsys):
+    import soundfile
+
+    from benchmarks import bench_vocoder
+    from benchmarks.common import speech_like
+
+    for i in range(40):
+        soundfile.write(tmp_path / f"clip{i}.wav", speech_like(120 + 5 * i, 1.0), 8000)
+    report = bench_vocoder.main(["--data-root", str(tmp_path), "--frames", "20/80", "--clips", "2", "--seconds", "1"])
+    table = rows(report, "resynthesis from the same frames")
+    assert [(row[0], row[1]) for row in table] == [
+        ("8-bit mu-law round trip (ceiling)", "20 bands, hop 80, window 320 (0.25 per sample)"),
+        ("mel-constrained Griffin-Lim, 100 iterations", "20 bands, hop 80, window 320 (0.25 per sample)"),
+        ("torchaudio least squares + Griffin-Lim, 100 iterations", "20 bands, hop 80, window 320 (0.25 per sample)")]
+    distance = [number(row[4]) for row in table]
+    assert distance[1] < distance[2]  # the mel-constrained inversion matches the frames closer
+    for flags, message in [(["--frames", "20"], "--frames 20: write BANDS/HOP or BANDS/HOP/WINDOW"),
+                           (["--frames", "20/80/100"], "--frames 20/80/100: mel frames need"),
+                           ([], "--data-root is required")]:
+        with pytest.raises(SystemExit) as exit_:
+            bench_vocoder.main([*(["--data-root", str(tmp_path)] if flags else []), *flags])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
 def test_bench_digits_runs_tiny_through_the_recogniser():
     from benchmarks import bench_digits
 
-    report = bench_digits.main(["--tiny"])
+    report = bench_digits.main(["--tiny", "--frames", "20/80"])
     table = rows(report, "recognised")
-    assert [row[0] for row in table] == ["original", "8-bit mu-law round trip (ceiling)",
-                                         "Griffin-Lim, 100 iterations (baseline)", "`untrained`, temperature 0.6"]
-    counts = [tuple(map(int, row[1].split("/"))) for row in table]
+    classical = ["mel-constrained Griffin-Lim, 100 iterations",
+                 "torchaudio least squares + Griffin-Lim, 100 iterations"]
+    assert [row[0] for row in table] == ["original", "8-bit mu-law round trip (ceiling)", *classical * 2,
+                                         "`untrained`, temperature 0.6"]
+    assert [row[1] for row in table] == ["-", "-", *["20 bands, hop 80, window 320 (0.25 per sample)"] * 2,
+                                         *["80 bands, hop 80, window 320 (1.00 per sample)"] * 3]
+    counts = [tuple(map(int, row[2].split("/"))) for row in table]
     assert all(files == 20 and 0 <= right <= 20 for right, files in counts)  # one take of 2 speakers x 10 digits
     if counts[0][0]:
-        assert [float(row[2]) for row in table] == [round(right / counts[0][0], 3) for right, _ in counts]
-    assert table[0][3:] == ["-", "-"]  # the originals are the reference
-    assert number(table[1][3]) > number(table[3][3])  # the mu-law ceiling above an untrained vocoder
+        assert [float(row[3]) for row in table] == [round(right / counts[0][0], 3) for right, _ in counts]
+    assert table[0][4:] == ["-", "-"]  # the originals are the reference
+    assert number(table[1][4]) > number(table[-1][4])  # the mu-law ceiling above an untrained vocoder
+    assert number(table[4][4]) > number(table[-1][4])  # so is mel-constrained Griffin-Lim from the same frames
 
 
 def test_digit_recogniser_hears_a_digit_word_in_speech_and_none_in_silence():

@@ -11,8 +11,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from arcore.cli.chunks import draw_in_chunks, is_out_of_memory
-from arcore.errors import UsageError
+from arcore.cli.chunks import draw_in_chunks
+from arcore.errors import UsageError, is_out_of_memory
 from arcore.files.media import image_grid
 from pixelgen.cli import main as pixelgen_main
 from pixelgen.pixelcnn import PixelCNN

@@ -89,6 +89,7 @@ def error_paths(tool: str, f: dict[str, Path]) -> dict[str, list[list[str]]]:
             [*sample, "--temperature", "0"], [*sample, "--temperature", "inf"], [*sample, "--top-p", "1.5"],
             [*sample, "--top-k", "0"], [*sample, "--num-samples", "0"], [*sample, "--batch-size", "0"],
             [*sample, "--seed", "-1"], [*sample, "--threads", "0"], [*sample, "--device", "nowhere"],
+            [*sample, "--greedy", "--top-k", "3"],
         ],
         "export": [
             ["export", "--ckpt", str(root / "missing.ckpt"), "--out", str(root / "x.safetensors")],
@@ -97,6 +98,9 @@ def error_paths(tool: str, f: dict[str, Path]) -> dict[str, list[list[str]]]:
         "fit": [
             ["fit", *config, "--record_metrics", "true"],
             ["fit", *config, "--model.init_args.lr", "nan"],
+            ["fit", *config, "--name", ".."], ["fit", *config, "--seed_everything", "-1"],
+            ["fit", *config, "--trainer.accumulate_grad_batches", "0"],
+            ["fit", *config, "--trainer.val_check_interval", "1000000", "--trainer.check_val_every_n_epoch", "1"],
         ],
         "test": [["test", *config, "--ckpt_path", "best"], ["test", *config]],
     }
@@ -117,7 +121,8 @@ def error_paths(tool: str, f: dict[str, Path]) -> dict[str, list[list[str]]]:
                             ["sample", "--ckpt", str(f["vocoder"]), "--out", out],
                             ["sample", "--ckpt", str(f["vocoder"]), "--out", out, *mel, "--prime", mel[1]]]
         paths["fit"] += [["fit", *config, "--data.root", str(root / "none")],
-                         ["fit", *config, "--data.sample_rate", "16000"]]
+                         ["fit", *config, "--data.sample_rate", "16000"],
+                         ["fit", *config, "--data.target_length", "1000000000"]]
     return paths
 
 

@@ -13,11 +13,14 @@ import pytest
 
 from pixelgen.cli import _parser as pixelgen_sample_parser
 from pixelgen.cli import main as pixelgen
+from wavegen.cli import _griffin_lim_parser
 from wavegen.cli import _parser as wavegen_sample_parser
 from wavegen.cli import main as wavegen
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"pixelgen": (pixelgen, pixelgen_sample_parser), "wavegen": (wavegen, wavegen_sample_parser)}
+OWN = {"pixelgen": [], "wavegen": ["griffin-lim"]}
+"""Each tool's own commands, listed after the shared ones."""
 
 
 @pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]])
@@ -26,13 +29,15 @@ def test_the_overview_lists_every_command_with_one_line(tool, argv, capsys):
     assert TOOLS[tool][0](argv) == 0
     text = capsys.readouterr().out
     commands = text.split("commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert [line.split()[0] for line in commands] == ["fit", "validate", "test", "predict", "sample", "export"]
+    assert [line.split()[0] for line in commands] == ["fit", "validate", "test", "predict", "sample", "export",
+                                                      *OWN[tool]]
     assert all(len(line.split()) > 3 for line in commands)  # each with its line
 
 
-@pytest.mark.parametrize("tool", TOOLS)
-def test_every_sample_option_has_help_and_shows_its_default(tool):
-    parser = TOOLS[tool][1]()
+@pytest.mark.parametrize("make", [pixelgen_sample_parser, wavegen_sample_parser, _griffin_lim_parser],
+                         ids=["pixelgen sample", "wavegen sample", "wavegen griffin-lim"])
+def test_every_sample_option_has_help_and_shows_its_default(make):
+    parser = make()
     text = parser.format_help()
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
@@ -67,9 +72,11 @@ def test_the_commands_the_overview_suggests_run_as_written(tool, tmp_path, capsy
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_help_loads_neither_torch_nor_lightning(tool):
-    """The overview and ``sample --help`` print before anything heavy is imported (both in well under a second)."""
-    probe = (f"import sys; from {tool}.cli import main; main(['--help']); "
-             "exec('try: main([\"sample\", \"--help\"])\\nexcept SystemExit: pass'); "
+    """The overview, ``sample --help`` and the help of the tool's own commands print before anything heavy is
+    imported (in well under a second)."""
+    helps = "".join(f"exec('try: main([\\'{command}\\', \\'--help\\'])\\nexcept SystemExit: pass'); "
+                    for command in ("sample", *OWN[tool]))
+    probe = (f"import sys; from {tool}.cli import main; main(['--help']); {helps}"
              "print(sorted(m for m in ('torch', 'pytorch_lightning', 'jsonargparse') if m in sys.modules))")
     printed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     assert printed.stdout.splitlines()[-1] == "[]", printed.stderr

@@ -12,6 +12,7 @@ Two commands are not run here, each checked where it belongs: the test command (
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +58,8 @@ TINY = {  # the options added to a fit or test, by the config's name
 }
 SAMPLES = {"pixelgen": ["--num-samples", "4"]}
 """The options added to every ``sample``: a few images (whatever a page asks for, a grid of four shows it works)."""
-RECORD = "#!/usr/bin/env bash\nprintf '%s\\0' \"$(basename \"$0\")\" \"$@\" >> \"$RECORDED\"\nprintf '\\n' >> \"$RECORDED\"\n"
+RECORD = ("#!/usr/bin/env bash\nprintf '%s\\0' \"$(basename \"$0\")\" \"$@\" >> \"$RECORDED\"\n"
+          "printf '\\n' >> \"$RECORDED\"\n")
 """A command's stand-in for running a script: it records its words (NUL-separated, one command a line)."""
 
 
@@ -157,15 +160,23 @@ class Project:
                 extra = extra + ["--data.dataset", "folder", "--data.root", str(self.images)]
         elif command == "sample":
             extra = SAMPLES.get(tool, [])
-        cwd = Path.cwd()
+        cwd, printed = Path.cwd(), io.StringIO()
         os.chdir(self.folder)
         try:
-            status = TOOLS[tool](words[1:] + extra)
+            with redirect_stdout(printed):
+                status = TOOLS[tool](words[1:] + extra)
         finally:
             os.chdir(cwd)
+            sys.stdout.write(printed.getvalue())
         assert status == 0, f"{where}: `{shlex.join(words)}` exited with {status}"
-        if command == "sample":
+        if command in ("sample", "griffin-lim"):
             self.check_written(words, where)
+        elif command == "test":
+            scored = printed.getvalue()
+            assert "test/bpd" in scored, f"{where}: `{shlex.join(words)}` printed no test/bpd"
+            if "wavenet_vocoder" in words[words.index("--config") + 1]:  # beside the classical inversions
+                assert all(f"test/{name}{system}" in scored for name in ("pesq", "stoi", "mel_distance")
+                           for system in ("", "_mel_griffin_lim", "_griffin_lim", "_mulaw")), scored
 
     def check_written(self, words: list[str], where: str) -> None:
         """The files a ``sample`` wrote hold what it drew: a grid of its images, clips as long as asked for and

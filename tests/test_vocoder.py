@@ -73,6 +73,24 @@ def test_upsampler_starts_as_linear_interpolation_between_frames(mode):
     assert (rises.diff() > 0).all() and 0 < rises[0] < 0.5 < rises[-1] < 1
 
 
+def test_the_conditioning_stack_reaches_15_frames_and_the_upsampling_one_more():
+    """What the config header, docs/wavenet.md and the ``cond_layers`` docstring say: a kernel-3 convolution and 3
+    residual layers of kernel 5 see 7 frames on each side; the x4 x4 x5 transposed stack adds the next frame on the
+    side a sample is nearer, both sides in the middle of a frame."""
+    def reach(model: WaveNet, row: int) -> tuple[int, int]:
+        mel = torch.randn(1, 4, 41, requires_grad=True)
+        (grad,) = torch.autograd.grad(model.cond_features(mel)[0, :, row].sum(), mel)
+        frames = grad.abs().sum(1)[0].nonzero().flatten()
+        return int(frames[0]), int(frames[-1])
+
+    settings = {"n_mels": 4, "hop_length": 80, "cond_channels": 3, "cond_layers": 3, **TINY}
+    assert reach(randomise(WaveNet(**settings), std=0.4), 20) == (13, 27)  # frame 20's row: 15 frames
+    model = randomise(WaveNet(upsample="transposed", upsample_scales=[4, 4, 5], **settings), std=0.4)
+    assert reach(model, 20 * 80) == (12, 27)  # the first sample of frame 20: 16 frames
+    assert reach(model, 20 * 80 + 40) == (12, 28)  # its middle: 17
+    assert reach(model, 20 * 80 + 79) == (13, 28)  # its last: 16
+
+
 @pytest.mark.parametrize("upsample", ["repeat", "transposed", "nearest"])
 def test_cached_sampling_equals_cache_free_with_each_upsampling(upsample):
     model = vocoder(upsample)
@@ -193,11 +211,17 @@ def test_vocoder_fit_logs_resynthesis_and_quality_and_test_reports_pesq_stoi(tmp
     capsys.readouterr()
     assert main(["test", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    scores = {name: float(re.search(rf"test/{name}\s+([-0-9.e]+)", out).group(1))
-              for name in ("pesq", "stoi", "mel_distance", "bpd", "pesq_griffin_lim", "stoi_griffin_lim",
-                           "pesq_mulaw", "stoi_mulaw")}
+    scores = {f"{name}{system}": float(re.search(rf"test/{name}{system}\s+([-0-9.e]+)", out).group(1))
+              for name in ("pesq", "stoi", "mel_distance") for system in ("", "_mel_griffin_lim", "_griffin_lim",
+                                                                            "_mulaw")}
     assert -0.5 <= scores["pesq"] <= 4.6 and 0 <= scores["stoi"] <= 1 and scores["mel_distance"] > 0
-    assert scores["pesq_mulaw"] > scores["pesq_griffin_lim"] > scores["pesq"]  # an untrained vocoder is the floor
+    assert re.search(r"test/bpd\s+[0-9.]+", out)
+    for system in ("_mel_griffin_lim", "_griffin_lim"):  # an untrained vocoder is the floor, the round trip the top
+        assert scores["pesq_mulaw"] > scores[f"pesq{system}"] > scores["pesq"]
+        assert scores["stoi_mulaw"] > scores[f"stoi{system}"] > scores["stoi"]
+        assert scores["mel_distance_mulaw"] < scores[f"mel_distance{system}"] < scores["mel_distance"]
+    # the mel-constrained inversion matches the frames closer than torchaudio's least squares (8 bands, hop 40)
+    assert scores["mel_distance_mel_griffin_lim"] < scores["mel_distance_griffin_lim"] - 1.0
     assert scores["stoi_mulaw"] > max(0.85, scores["stoi"])
 
 
@@ -219,7 +243,7 @@ def test_quality_is_scored_every_k_validations_on_held_out_files(tmp_path):
                          enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=data)
     scored = sorted(f"val/{name}{system}" for name in ("mel_distance", "pesq", "stoi")
-                    for system in ("", "_griffin_lim", "_mulaw"))
+                    for system in ("", "_mel_griffin_lim", "_griffin_lim", "_mulaw"))
     assert seen == [[], scored, scored]
     (clip,), (reference,), _ = quality._held_out["val"]
     assert len(clip) == len(reference) == 4000  # the first half second of the held-out file

@@ -23,9 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from arcore.errors import UsageError, options
+from arcore.errors import UsageError, is_out_of_memory, options
 from arcore.files.atomic import nothing_left_on_failure
-from arcore.training.data import CodesDataModule, EpochDraws, ResumableLoader, Split, run_seed, scan, warn
+from arcore.training.data import (
+    CodesDataModule,
+    EpochDraws,
+    ResumableLoader,
+    Split,
+    machine_memory,
+    run_seed,
+    scan,
+    warn,
+)
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
 DIGITS_PATTERN = r"^\d+_(?P<speaker>[^_]+)_\d+$"  # DIGIT_SPEAKER_TAKE, the spoken-digits naming
@@ -56,32 +65,96 @@ def check_rates(rate: int, sample_rate: int) -> None:
                          f"convert the file to a common rate (e.g. 16000 or 44100 Hz)")
 
 
+CANCELLED = 1e-3
+"""A mix of channels whose peak is this far below its loudest channel's (60 dB) holds nothing of them: the channels
+cancel (one is the other inverted), and peak normalisation would only raise the remainder's noise."""
+MAX_CLIPPED = 0.01
+"""The largest share of a float file's samples that may lie outside [-1, 1] and be clipped (a few spikes); a file
+with more was written at another scale, and is refused rather than flattened."""
+READ_BYTES = 12
+"""Bytes per sample (at the file's rate) that reading a file holds beyond its float32 samples of every channel, at
+the peak: the mono mix, its centred copy, the resampled clip and its mu-law codes."""
+
+
+class NotEnoughMemory(UsageError):
+    """An audio file too large to read in this machine's memory: refused, never skipped as an unreadable file (a
+    data set silently missing its longest files)."""
+
+
 def prepare_audio(audio: np.ndarray | torch.Tensor, rate: int, sample_rate: int) -> torch.Tensor:
     """Samples ``[T]`` or ``[T, channels]`` at ``rate`` to a mono float32 clip at ``sample_rate``, its DC offset
     (mean) removed, then peak 0.95. Removing the offset first matters: speech riding on an offset of 0.3 would
     otherwise be scaled by its distance from zero and use a fraction of the mu-law levels (39 of 256), and a tone
-    on an offset would look silent."""
+    on an offset would look silent. Channels that cancel when mixed (:data:`CANCELLED`) are refused."""
     import torchaudio.functional as AF
 
     check_rates(rate, sample_rate)
     clip = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
+    loudest, channels = None, clip.shape[1] if clip.dim() == 2 else 1
     if clip.dim() == 2:
+        if clip.shape[0] and channels > 1:
+            means = clip.double().mean(dim=0)
+            loudest = float(torch.maximum(clip.amax(dim=0) - means, means - clip.amin(dim=0)).max())
         clip = clip.mean(dim=1)
     if clip.numel():
         clip = clip - clip.double().mean().float()
+    if loudest and math.isfinite(loudest) and float(clip.abs().max()) <= CANCELLED * loudest:
+        raise UsageError(f"its {channels} channels cancel when mixed to mono (the mix is "
+                         f"{_decibels(float(clip.abs().max()) / loudest)} below the loudest channel), which leaves "
+                         f"silence; save one channel as a mono file")
     if rate != sample_rate:
         clip = AF.resample(clip, rate, sample_rate)
     peak = clip.abs().max() if clip.numel() else torch.tensor(0.0)
     return clip * (0.95 / peak) if peak > 0 else clip
 
 
+def _decibels(ratio: float) -> str:
+    return f"{-20 * math.log10(ratio):.0f} dB" if ratio > 0 else "infinitely far"
+
+
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """One file to a mono float clip at ``sample_rate`` (see :func:`prepare_audio`); soundfile errors propagate
-    (:func:`why_unusable` words any of them for the user)."""
+    (:func:`why_unusable` words any of them for the user). The file is opened by Python, so a name that is not
+    valid UTF-8 reads as any other; a float file's samples outside [-1, 1] are clipped, and said in one warning line
+    (:func:`_within_range`). A file too large for this machine's memory is :class:`NotEnoughMemory`, found from its
+    header before it is read, or when reading runs out of memory."""
     import soundfile
 
-    audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return prepare_audio(audio, rate, sample_rate)
+    try:
+        with open(path, "rb") as file, soundfile.SoundFile(file) as sound:
+            need = sound.frames * (4 * sound.channels + READ_BYTES)
+            if need > machine_memory():
+                raise NotEnoughMemory(
+                    f"its {sound.frames / sound.samplerate / 60:,.0f} minutes of {sound.channels}-channel audio at "
+                    f"{sound.samplerate:,} Hz need about {need / 2 ** 30:,.1f} GiB to read, more than this machine's "
+                    f"{machine_memory() / 2 ** 30:,.0f} GiB of memory: split it into shorter files")
+            audio, rate = sound.read(dtype="float32", always_2d=True), sound.samplerate
+        return prepare_audio(_within_range(audio, path), rate, sample_rate)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise NotEnoughMemory(f"reading it ran out of memory ({type(exc).__name__}): split it into shorter files, or "
+                              f"free memory for this run") from None
+
+
+def _within_range(audio: np.ndarray, path: str | Path) -> np.ndarray:
+    """Float samples ``audio`` with the few outside [-1, 1] (a float file may hold any value) clipped to the loudest
+    of the others, and said: the rest of the file sets its level, where peak normalisation by such a spike would
+    squash it into a few mu-law levels. More than :data:`MAX_CLIPPED` of them is a file at another scale, refused.
+    Non-finite samples are left for the caller to refuse."""
+    outside = (audio > 1) | (audio < -1)
+    count = int(np.count_nonzero(outside))
+    if not count or not np.isfinite(audio).all():
+        return audio
+    peak = float(np.abs(audio).max())
+    if count > MAX_CLIPPED * audio.size:
+        raise UsageError(f"{count:,} of its {audio.size:,} samples ({count / audio.size:.0%}) lie outside [-1, 1], "
+                         f"up to {peak:.3g}: a float file holds audio in [-1, 1]; divide it by {peak:.3g} and save it "
+                         f"again")
+    level = float(np.abs(np.where(outside, 0, audio)).max())
+    warn("wavegen", f"{path}: {count:,} of its {audio.size:,} samples lie outside [-1, 1], up to {peak:.3g}: clipped "
+                    f"to the loudest of the others, {level:.3g}")
+    return np.clip(audio, -level, level, out=audio)
 
 
 def why_unusable(exc: Exception) -> str:
@@ -189,6 +262,12 @@ class AudioDataModule(CodesDataModule):
             raise UsageError(f"sample_rate, target_length, batch_size and crops_per_epoch must be >= 1 and "
                              f"num_workers >= 0, got {sample_rate}, {target_length}, {batch_size}, {crops_per_epoch} "
                              f"and {num_workers}", OPTIONS)
+        logits = batch_size * target_length * quantization * 2  # one batch's logits, in bfloat16 at the least
+        if logits > machine_memory():
+            raise UsageError(f"target_length={target_length} with batch_size={batch_size}: one batch's logits alone "
+                             f"would take {logits / 2 ** 30:,.0f} GiB, more than this machine's "
+                             f"{machine_memory() / 2 ** 30:,.0f} GiB of memory; target_length counts the samples of a "
+                             f"crop beyond the receptive field (e.g. 2000)", OPTIONS)
         self.save_hyperparameters()
         self.root, self.dataset, self.sample_rate = Path(root), dataset, sample_rate
         self.target_length, self.receptive_field = target_length, receptive_field
@@ -224,6 +303,8 @@ class AudioDataModule(CodesDataModule):
                 continue
             try:
                 clip = read_audio(path, self.sample_rate)
+            except NotEnoughMemory as exc:  # the file is fine: the data set would silently lose it
+                raise UsageError(f"{path}: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
                 warn("wavegen", f"skipping {path}: {why_unusable(exc)}")
                 continue

@@ -1,12 +1,14 @@
-"""Objective quality of a vocoder's resynthesis of held-out speech, beside its bits/sample and two baselines.
+"""Objective quality of a vocoder's resynthesis of held-out speech, beside its bits/sample and three baselines.
 
 Every score compares a clip to its reference, the held-out file's own audio (before the 8-bit mu-law coding the
-model is trained on). Three clips are scored, all made from the same log-mel frames (the model's own transform of the
+model is trained on). Four clips are scored, all made from the same log-mel frames (the model's own transform of the
 mu-law-decoded audio, what the vocoder is given):
 
 - the vocoder's resynthesis (``test/pesq``, ``test/stoi``, ``test/mel_distance``);
-- Griffin-Lim from the same frames (``*_griffin_lim``): torchaudio's ``InverseMelScale`` then ``GriffinLim`` (100
-  iterations, deterministic start), the classical baseline a vocoder has to beat;
+- mel-constrained Griffin-Lim from the same frames (``*_mel_griffin_lim``, :func:`wavegen.griffinlim.mel_griffin_lim`,
+  100 iterations from a seeded random phase): the classical inversion a vocoder has to beat, which needs no training;
+- torchaudio's Griffin-Lim from the same frames (``*_griffin_lim``): ``InverseMelScale`` (least squares) then
+  ``GriffinLim`` (100 iterations, deterministic start), the baseline of earlier releases, kept for comparison;
 - the 8-bit mu-law round trip (``*_mulaw``): the audio the model is trained to reproduce, so the ceiling of any
   resynthesis scored against the original.
 
@@ -18,8 +20,8 @@ The scores:
 - STOI (``pystoi``): short-time objective intelligibility, 0 to 1, of all clips joined end to end, each pair brought
   to one level first: STOI needs about 400 ms of speech, so a single spoken digit scored alone gets nothing, and
   joined clips at different levels would lose the quiet ones to its silent-frame removal.
-- Mel distance: the root-mean-square difference of the two log-mel spectrograms (the model's own mel transform),
-  in dB, averaged over frames and clips; 0 for identical clips.
+- Mel distance: the root-mean-square difference of the two log-mel spectrograms (the model's own frames, or the
+  :class:`wavegen.griffinlim.MelFrames` given), in dB, averaged over frames and clips; 0 for identical clips.
 
 :class:`VocoderQuality` logs them over the first ``clips`` held-out files in ``wavegen test`` (``test/*``) and every
 ``every_n_validations`` validations of ``fit`` (``val/*``).
@@ -40,7 +42,12 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from arcore.errors import UsageError
 from arcore.training.lightning_private import attached_datamodule
+from wavegen.griffinlim import MelFrames
 from wavegen.wavenet import WaveNet, decode_mu_law
+
+BASELINES = {"_mel_griffin_lim": "mel", "_griffin_lim": "least-squares"}
+"""The classical inversions scored beside a vocoder: the suffix of their metrics and their
+:meth:`wavegen.griffinlim.MelFrames.resynthesize` method."""
 
 
 def pesq_score(reference: np.ndarray, degraded: np.ndarray, rate: int) -> float:
@@ -77,30 +84,15 @@ def stoi_joined(references: Sequence[np.ndarray], degraded: Sequence[np.ndarray]
                       np.concatenate([d * k for d, k in zip(degraded, scale)]), rate)
 
 
-def log_mel_db(model: WaveNet, audio: torch.Tensor) -> torch.Tensor:
-    """Log-mel spectrogram ``[n_mels, F]`` in dB of float audio ``[T]`` (the model's own mel transform)."""
-    return 10 * model.mel_transform(audio.to(model.device, model.embed.weight.dtype)).clamp(min=1e-5).log10()
+def log_mel_db(frames: WaveNet | MelFrames, audio: torch.Tensor) -> torch.Tensor:
+    """Log-mel spectrogram ``[n_mels, F]`` in dB of float audio ``[T]`` (a model's frames, or the layout given),
+    computed on the CPU."""
+    return 10 * MelFrames.of(frames).log_mel(audio.detach().float().cpu())
 
 
-def mel_distance(model: WaveNet, reference: torch.Tensor, degraded: torch.Tensor) -> float:
+def mel_distance(frames: WaveNet | MelFrames, reference: torch.Tensor, degraded: torch.Tensor) -> float:
     """RMS difference (dB) of the log-mel spectrograms of two float clips ``[T]``, averaged over frames."""
-    return float((log_mel_db(model, reference) - log_mel_db(model, degraded)).pow(2).mean(dim=0).sqrt().mean())
-
-
-def griffin_lim(model: WaveNet, mel: torch.Tensor, length: int, iterations: int = 100) -> torch.Tensor:
-    """Float audio ``[T]`` from log-mel frames ``[n_mels, F]`` with torchaudio alone: the least-squares linear
-    spectrogram under the model's filterbank (``InverseMelScale``, minimum norm), then ``GriffinLim`` from a zero-phase start (so
-    the baseline is the same at every run)."""
-    import torchaudio.transforms as T
-
-    transform = model.mel_transform
-    inverse = T.InverseMelScale(transform.n_fft // 2 + 1, transform.n_mels, transform.sample_rate, transform.f_min,
-                                transform.f_max, transform.mel_scale.norm, transform.mel_scale.mel_scale,
-                                driver="gelsd")  # some low bands are narrower than a bin: the filterbank lacks rank
-    phase = T.GriffinLim(transform.n_fft, iterations, transform.win_length, transform.hop_length,
-                         power=transform.power, rand_init=False, length=length)
-    power = inverse(torch.pow(10.0, mel.detach().float().cpu()))
-    return phase(power).clamp(-1.0, 1.0)
+    return float((log_mel_db(frames, reference) - log_mel_db(frames, degraded)).pow(2).mean(dim=0).sqrt().mean())
 
 
 @dataclass
@@ -118,13 +110,15 @@ class Scores:
                 f"{stage}/mel_distance{suffix}": self.mel_distance}
 
 
-def score(model: WaveNet, references: Sequence[torch.Tensor], made: Sequence[torch.Tensor]) -> Scores:
-    """The three scores of each float clip ``made`` against its float reference."""
-    rate = model.sample_rate
+def score(frames: WaveNet | MelFrames, references: Sequence[torch.Tensor], made: Sequence[torch.Tensor]) -> Scores:
+    """The three scores of each float clip ``made`` against its float reference, at the rate of ``frames`` (a model
+    or a layout), whose log-mel spectrograms the mel distance compares."""
+    frames = MelFrames.of(frames)
+    rate = frames.sample_rate
     refs = [r.detach().cpu().double().numpy() for r in references]
     degs = [d.detach().cpu().double().numpy()[: len(r)] for d, r in zip(made, refs)]
     pesqs = [pesq_score(r, d, rate) for r, d in zip(refs, degs)]
-    distances = [mel_distance(model, torch.from_numpy(r), torch.from_numpy(d)) for r, d in zip(refs, degs)]
+    distances = [mel_distance(frames, torch.from_numpy(r), torch.from_numpy(d)) for r, d in zip(refs, degs)]
     mean = (lambda v: float(np.nanmean(v)) if not all(map(math.isnan, v)) else math.nan)
     return Scores(mean(pesqs), stoi_joined(refs, degs, rate), mean(distances), len(distances))
 
@@ -145,33 +139,41 @@ def resynthesize_all(model: WaveNet, clips: Sequence[torch.Tensor], speakers: Se
     return out  # type: ignore[return-value]
 
 
-def baseline_audio(model: WaveNet, clips: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The two baselines of each clip of codes as float audio: the mu-law round trip (the codes decoded) and
-    Griffin-Lim from the clip's own log-mel frames (what the vocoder is given)."""
-    decoded = [decode_mu_law(c.cpu().long(), model.num_classes) for c in clips]
-    made = [griffin_lim(model, model.log_mel(c.to(model.device).long()[None])[0], len(c)) for c in clips]
-    return decoded, made
+def baseline_audio(frames: WaveNet | MelFrames, decoded: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """The baselines of each mu-law-decoded clip ``[T]`` as float audio, by metric suffix: ``_mulaw``, the clips
+    themselves (the round trip), and each of :data:`BASELINES` from the clip's own log-mel frames (of a model, or of
+    the layout given: what the vocoder is given)."""
+    layout = MelFrames.of(frames)
+    clips = [clip.detach().float().cpu() for clip in decoded]
+    made = {suffix: [layout.resynthesize(clip, method) for clip in clips] for suffix, method in BASELINES.items()}
+    return {"_mulaw": clips, **made}
 
 
-def baselines(model: WaveNet, clips: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
+def baselines(frames: WaveNet | MelFrames, decoded: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
               stage: str) -> dict[str, float]:
-    """``stage/*_griffin_lim`` of Griffin-Lim from each clip's frames and ``stage/*_mulaw`` of the mu-law round
-    trip, both against the references."""
-    decoded, made = baseline_audio(model, clips)
-    return {**score(model, references, made).as_metrics(stage, "_griffin_lim"),
-            **score(model, references, decoded).as_metrics(stage, "_mulaw")}
+    """``stage/*_mulaw``, ``stage/*_mel_griffin_lim`` and ``stage/*_griffin_lim``: the scores of
+    :func:`baseline_audio` of the mu-law-decoded clips against the references."""
+    return {name: value for suffix, made in baseline_audio(frames, decoded).items()
+            for name, value in score(frames, references, made).as_metrics(stage, suffix).items()}
 
 
-def held_out_clips(files: Sequence[Any], model: WaveNet, clips: int, seconds: float
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+def decoded_clips(model: WaveNet, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Clips of the model's mu-law codes as float audio on the CPU: the round trip, whose frames the vocoder gets."""
+    return [decode_mu_law(c.cpu().long(), model.num_classes) for c in clips]
+
+
+def held_out_clips(files: Sequence[Any], frames: WaveNet | MelFrames, clips: int, seconds: float,
+                   quantization: int = 256) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
     """Codes, reference audio and speakers of the first ``clips`` files (``wavegen.data.Clip``) long enough for a
-    mel frame, each cut to its first ``seconds``. Without a file's own audio (a data module that keeps codes only)
-    the reference is the decoded codes, and the mu-law baseline then scores as transparent."""
-    shortest = 2 * model.hop_length + 1  # one mel frame
-    longest = max(shortest, round(seconds * model.sample_rate))
+    mel frame of ``frames`` (a model or a layout), each cut to its first ``seconds``. Without a file's own audio (a
+    data module that keeps codes only) the reference is the codes decoded (``quantization`` levels), and the mu-law
+    baseline then scores as transparent."""
+    layout = MelFrames.of(frames)
+    shortest = layout.min_length
+    longest = max(shortest, round(seconds * layout.sample_rate))
     chosen = [f for f in files if len(f.codes) >= shortest][:clips]
     codes = [f.codes[:longest].long() for f in chosen]
-    references = [decode_mu_law(c, model.num_classes) if getattr(f, "audio", None) is None
+    references = [decode_mu_law(c, quantization) if getattr(f, "audio", None) is None
                   else f.audio[:longest].float() for f, c in zip(chosen, codes)]
     return codes, references, [f.speaker for f in chosen]
 
@@ -179,7 +181,8 @@ def held_out_clips(files: Sequence[Any], model: WaveNet, clips: int, seconds: fl
 class VocoderQuality(pl.Callback):
     """PESQ, STOI and mel distance of a vocoder's resynthesis of the first ``clips`` held-out files (each cut to its
     first ``seconds``), drawn ``batch_size`` at a time through the cached sampler with a fixed ``seed`` and
-    ``temperature``, and (``baselines``) of Griffin-Lim and the mu-law round trip on the same clips: logged as
+    ``temperature``, and (``baselines``) of both Griffin-Lims and the mu-law round trip on the same clips
+    (:func:`baselines`): logged as
     ``test/*`` at the end of ``wavegen test`` and as ``val/*`` at every ``every_n_validations``-th validation of
     ``fit`` (0: never). The held-out clips and the baselines' scores are computed once and kept. Nothing happens for
     a model without mel conditioning. Listed before :class:`arcore.training.callbacks.EMA` it scores the averaged
@@ -217,11 +220,10 @@ class VocoderQuality(pl.Callback):
             return
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         made = resynthesize_all(pl_module, codes, speakers, self.batch_size, generator, self.temperature)
-        metrics = score(pl_module, references, [decode_mu_law(c.cpu(), pl_module.num_classes) for c in made]
-                        ).as_metrics(split)
+        metrics = score(pl_module, references, decoded_clips(pl_module, made)).as_metrics(split)
         if self.baselines:
             if split not in self._baselines:
-                self._baselines[split] = baselines(pl_module, codes, references, split)
+                self._baselines[split] = baselines(pl_module, decoded_clips(pl_module, codes), references, split)
             metrics.update(self._baselines[split])
         for name, value in metrics.items():
             pl_module.log(name, value, rank_zero_only=True)
@@ -234,7 +236,8 @@ class VocoderQuality(pl.Callback):
             if splits is None:
                 raise UsageError("VocoderQuality reads the held-out files of wavegen's audio data module: "
                                  "run it with an AudioDataModule")
-            self._held_out[split] = held_out_clips(splits()[split], pl_module, self.clips, self.seconds)
+            self._held_out[split] = held_out_clips(splits()[split], pl_module, self.clips, self.seconds,
+                                                   pl_module.num_classes)
         return self._held_out[split]
 
     def state_dict(self) -> dict[str, int]:

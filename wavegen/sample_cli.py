@@ -1,39 +1,48 @@
 """What ``wavegen sample`` does once its options are parsed (:mod:`wavegen.cli`): WAV clips drawn from a WaveNet,
 continued from a prime, or resynthesised by a vocoder from the log-mel frames of ``--mel-from`` inputs, through
-:class:`arcore.cli.sample.SampleRun`.
+:class:`arcore.cli.sample.SampleRun`; and ``wavegen griffin-lim``, the same inputs resynthesised from their frames by
+a classical inversion that needs no model (:mod:`wavegen.griffinlim`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from arcore.cli.chunks import rows
+from arcore.cli.chunks import draw_in_chunks, interrupted_exit, rows
 from arcore.cli.sample import SampleRun, check_fits_in_memory, check_sample_args, output_path
-from arcore.errors import UsageError
-from arcore.files.atomic import check_output, refuse_replacing_inputs
+from arcore.errors import UsageError, options
+from arcore.files.atomic import check_output, output_lock, refuse_replacing_inputs
 from arcore.files.media import save_wav
 from arcore.sampling.decoding import SampleOptions
 from wavegen.data import AUDIO_SUFFIXES, mu_law_encode, read_audio, why_unusable
+from wavegen.griffinlim import MelFrames
 from wavegen.wavenet import WaveNet
 from wavegen.wavenet_step import FusedStep, weight_dtype
 
 
-def _codes_of(path: str, model: WaveNet, option: str) -> torch.Tensor:
-    """An audio file as the model's mu-law codes ``[T]``, with a one-line error if it cannot be read."""
+def _audio_of(path: str | Path, sample_rate: int, option: str) -> torch.Tensor:
+    """An audio file as float audio ``[T]`` at ``sample_rate``, with a one-line error if it cannot be read."""
     if not Path(path).is_file():
         raise UsageError(f"{option} {path} does not exist")
     try:
-        clip = read_audio(path, model.sample_rate)
+        clip = read_audio(path, sample_rate)
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types for unreadable files
         raise UsageError(f"{option} {path}: {why_unusable(exc)}") from None
     if clip.numel() == 0 or not torch.isfinite(clip).all():
         raise UsageError(f"{option} {path} holds no samples, or samples that are not finite")
-    return mu_law_encode(clip, model.num_classes).to(model.device)
+    return clip
+
+
+def _codes_of(path: str, model: WaveNet, option: str) -> torch.Tensor:
+    """An audio file as the model's mu-law codes ``[T]``, with a one-line error if it cannot be read."""
+    return mu_law_encode(_audio_of(path, model.sample_rate, option), model.num_classes).to(model.device)
 
 
 def _mel_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
@@ -58,18 +67,24 @@ def _mel_inputs(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
     return files, names
 
 
-def _mel_codes(path: Path, model: WaveNet, seconds: float | None) -> torch.Tensor:
-    """One ``--mel-from`` input as codes (its first ``seconds``), refused in one line when a vocoder could not use it:
-    not audio, silent, or too short for one mel frame."""
-    codes = _codes_of(str(path), model, "--mel-from")
+def _mel_audio(path: Path, sample_rate: int, min_length: int, seconds: float | None) -> torch.Tensor:
+    """One ``--mel-from`` input as float audio at ``sample_rate`` (its first ``seconds``), refused in one line when
+    its frames could not be resynthesised: not audio, silent, or shorter than ``min_length``, one mel frame."""
+    clip = _audio_of(path, sample_rate, "--mel-from")
     if seconds is not None:
-        codes = codes[: max(1, round(seconds * model.sample_rate))]
-    if len(codes) <= 2 * model.hop_length:  # the mel transform's window needs more than half its width
-        raise UsageError(f"--mel-from {path} gives {len(codes)} samples at {model.sample_rate} Hz, too few for a mel "
-                         f"frame: it needs more than {2 * model.hop_length}")
-    if bool((codes == codes[0]).all()):
+        clip = clip[: max(1, round(seconds * sample_rate))]
+    if len(clip) < min_length:  # the mel transform's window needs more than half its width
+        raise UsageError(f"--mel-from {path} gives {len(clip)} samples at {sample_rate} Hz, too few for a mel "
+                         f"frame: it needs more than {min_length - 1}")
+    if bool((clip == clip[0]).all()):
         raise UsageError(f"--mel-from {path} is silent: there is nothing to resynthesise")
-    return codes
+    return clip
+
+
+def _mel_codes(path: Path, model: WaveNet, seconds: float | None) -> torch.Tensor:
+    """One ``--mel-from`` input as the model's codes (:func:`_mel_audio`; a frame's window is 4 hops)."""
+    clip = _mel_audio(path, model.sample_rate, 2 * model.hop_length + 1, seconds)
+    return mu_law_encode(clip, model.num_classes).to(model.device)
 
 
 def _clip_paths(out: Path, n: int) -> list[Path]:
@@ -91,6 +106,13 @@ def sample(args: argparse.Namespace) -> None:
              *(("--mel-from", path) for path in files)]
     refuse_replacing_inputs([out / name for name in names] if several else _clip_paths(out, args.num_samples),
                             given, folder=out if several else None)
+    with output_lock(out, "wavegen sample"):  # a second sample to the same file or folder at once is refused
+        _draw(args, out, inputs, several)
+
+
+def _draw(args: argparse.Namespace, out: Path, inputs: tuple[list[Path], list[Path]] | None, several: bool) -> None:
+    """``wavegen sample`` once its options and ``--out`` are checked: the clips drawn or resynthesised, and
+    written."""
     sampling = SampleRun("wavegen", args, WaveNet)
     model = sampling.model
     if args.half_weights:
@@ -207,3 +229,50 @@ def _resynthesize(sampling: SampleRun, files: list[Path], names: list[Path], out
     total, rate = sum(map(len, clips)), model.sample_rate
     print(f"{len(clips)} clips, {total:,} samples: {total / sampling.seconds:,.0f} samples/s "
           f"({total / rate / sampling.seconds:.2f}x real time at {rate} Hz, {_step_name(sampling.options, model)})")
+
+
+def griffin_lim(args: argparse.Namespace) -> None:
+    """``wavegen griffin-lim`` once its options are parsed (:mod:`wavegen.cli`): every ``--mel-from`` input
+    resynthesised from its own log-mel frames (``--n-mels`` bands every ``--hop-length`` samples at
+    ``--sample-rate``) by a classical inversion, no model needed, one WAV per input, as long as it, each written as
+    soon as it is made."""
+    cores = os.cpu_count() or 1
+    if not 1 <= args.threads <= cores:
+        raise UsageError(f"--threads must be >= 1 and at most {cores} (this machine's cores), got {args.threads}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
+    if args.iterations < 0 or not 0.0 <= args.momentum < 1.0:
+        raise UsageError(f"--iterations must be >= 0 and --momentum in [0, 1), got {args.iterations} and "
+                         f"{args.momentum}")
+    try:
+        frames = MelFrames(args.sample_rate, args.n_mels, args.hop_length, args.n_fft)
+    except UsageError as exc:
+        raise exc.spelled(options("", "sample_rate", "n_mels", "hop_length", "n_fft")) from None
+    several = len(args.mel_from) > 1 or Path(args.mel_from[0]).is_dir()
+    files, names = _mel_inputs(args.mel_from)
+    out = _output_folder(args.out, names) if several else output_path(args.out, ".wav")
+    paths = [out / name for name in names] if several else [out]
+    refuse_replacing_inputs(paths, [("--mel-from", path) for path in files], folder=out if several else None)
+    _refuse_folders(out, paths)
+    clips = [_mel_audio(path, frames.sample_rate, frames.min_length, args.seconds) for path in files]
+    torch.set_num_threads(args.threads)
+    written: list[Path] = []
+
+    def invert(first: int, count: int) -> torch.Tensor:
+        for i in range(first, first + count):
+            made = frames.resynthesize(clips[i], args.method, iterations=args.iterations, momentum=args.momentum,
+                                       seed=args.seed)
+            written.append(save_wav(made, frames.sample_rate, paths[i]))
+            print(f"wrote {paths[i]}")
+        return torch.zeros(count, 0)  # the clips are written as they are made
+
+    start = time.perf_counter()
+    chunks = draw_in_chunks(invert, len(clips), 1, tool="wavegen")
+    if chunks.interrupted:
+        raise interrupted_exit("wavegen", chunks, written)
+    total, rate = sum(map(len, clips)), frames.sample_rate
+    print(f"{len(clips)} clips, {total:,} samples: {total / rate / (time.perf_counter() - start):.1f}x real time "
+          f"({args.method} Griffin-Lim, {args.iterations} iterations, {frames.n_mels} bands every "
+          f"{frames.hop_length} samples at {rate} Hz)")

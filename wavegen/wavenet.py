@@ -219,8 +219,10 @@ class WaveNet(AutoregressiveModule):
         upsample, upsample_scales: how frame features reach the sample rate: ``repeat``, ``transposed`` or
             ``nearest`` (see the module docstring); ``upsample_scales``: the learned stack's factors, whose product is
             ``hop_length`` (default :func:`upsample_factors`).
-        cond_layers: residual layers (``x + tanh(conv_5(x))``) at frame rate after the first frame convolution,
-            before upsampling: a non-linear conditioning network that sees 4 frames more on each side per layer.
+        cond_layers: residual layers (``x + tanh(conv_5(x))``) at frame rate after the first frame convolution
+            (kernel 3), before upsampling: a non-linear conditioning network that sees 2 frames more on each side
+            per layer, ``4 * cond_layers + 3`` frames in all (15 for 3). A learned upsampling stack adds the next
+            frame on the side a sample is nearer (both sides in a frame's middle; ×4 ×4 ×5 ``transposed``).
         lpc_order, preemphasis: a vocoder with ``lpc_order > 0`` models the excitation of a linear predictor
             computed from its frames (:mod:`wavegen.lpc`), of the audio pre-emphasised by ``preemphasis``; its
             codes are then excitation codes and :meth:`resynthesize` turns them into audio.

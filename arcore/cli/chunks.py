@@ -13,19 +13,9 @@ from pathlib import Path
 
 import torch
 
-from arcore.errors import UsageError
+from arcore.errors import UsageError, is_out_of_memory
 
 Draw = Callable[[int, int], torch.Tensor]
-
-_OOM_PHRASES = ("out of memory", "cannot allocate memory", "can't allocate memory", "failed to allocate")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says the device or host ran out of memory (torch and the allocators word it differently)."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and any(phrase in str(exc).lower() for phrase in _OOM_PHRASES)
-
 
 @dataclass
 class Chunks:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from arcore.errors import UsageError
@@ -32,12 +32,14 @@ COMMANDS = {
 """Every command of both tools, with its line in ``--help``."""
 
 
-def overview(tool: str, about: str, sample: str, examples: Sequence[str]) -> str:
-    """The text of ``<tool> --help``: what the tool is, one line per command (``sample`` the tool's own), and
-    ``examples``, commands that run as written from the project's folder."""
-    width = max(map(len, COMMANDS))
+def overview(tool: str, about: str, sample: str, examples: Sequence[str], own: Mapping[str, str] | None = None
+             ) -> str:
+    """The text of ``<tool> --help``: what the tool is, one line per command (``sample`` the tool's own, then the
+    tool's ``own`` commands), and ``examples``, commands that run as written from the project's folder."""
+    lines_of = {**{name: line or sample for name, line in COMMANDS.items()}, **(own or {})}
+    width = max(map(len, lines_of))
     lines = [f"usage: {tool} COMMAND [OPTIONS]", "", about, "", "commands:"]
-    lines += [f"  {name:<{width}}  {line or sample}" for name, line in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {line}" for name, line in lines_of.items()]
     lines += ["", f"`{tool} COMMAND --help` lists a command's options. To try, from the project's folder:"]
     return "\n".join(lines + [f"  {example}" for example in examples])
 
@@ -105,6 +107,16 @@ def sample_options(args: argparse.Namespace, settings: type = SampleOptions, **f
 
 
 @dataclass(frozen=True)
+class Command:
+    """A command of one tool alone (``wavegen griffin-lim``): its line in ``--help``, its options (an ``argparse``
+    parser built without torch) and what runs once they parse, named as ``"module:attribute"``."""
+
+    line: str
+    parser: Callable[[], argparse.ArgumentParser]
+    run: str
+
+
+@dataclass(frozen=True)
 class Tool:
     """One console script (``pixelgen``, ``wavegen``): its help texts, its ``sample`` parser, and where the code of
     its commands lives, named as ``"module:attribute"`` so that it is imported only once the arguments parse."""
@@ -116,6 +128,7 @@ class Tool:
     parser: Callable[[], argparse.ArgumentParser]  # the ``sample`` options (:func:`sample_parser` plus the tool's)
     sample_run: str  # what draws once the ``sample`` options parse, e.g. ``"pixelgen.sample_cli:sample"``
     data_module: str  # the Lightning commands' default LightningDataModule, e.g. ``"pixelgen.data:ImageDataModule"``
+    commands: Mapping[str, Command] = field(default_factory=dict)  # the tool's own commands, after COMMANDS
 
     def sample_main(self, argv: Sequence[str]) -> None:
         """``sample``: the options parsed (``--help`` prints here), then the draw, which loads torch."""
@@ -123,24 +136,34 @@ class Tool:
         draw = _resolve(self.sample_run)
         draw(args)
 
+    def command_main(self, name: str, argv: Sequence[str]) -> None:
+        """One of the tool's own :attr:`commands`: its options parsed (``--help`` prints here), then its run."""
+        command = self.commands[name]
+        args = command.parser().parse_args(list(argv))
+        _resolve(command.run)(args)
+
     def run(self, argv: Sequence[str] | None) -> int:
         """The Lightning commands and ``export`` (:func:`arcore.cli.main.run`)."""
-        from arcore.cli.main import run
-
         data_module = _resolve(self.data_module)
+        run = _resolve("arcore.cli.main:run")
         return run(self.name, data_module, self.sample_main, argv)
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Run one command line; returns the exit status. No command, or ``--help``: :func:`overview`; ``sample``:
-        :meth:`sample_main`, a bad input printed as one line with exit status 2; anything else: :meth:`run`."""
+        :meth:`sample_main`, and one of the tool's own :attr:`commands`: :meth:`command_main`; anything else:
+        :meth:`run`. A bad input, or libraries that cannot load (too little memory), is one line with exit status 2."""
         args = list(sys.argv[1:] if argv is None else argv)
         if not args or args[0] in ("-h", "--help"):
-            print(overview(self.name, self.about, self.sample, self.examples))
+            print(overview(self.name, self.about, self.sample, self.examples,
+                           {name: command.line for name, command in self.commands.items()}))
             return 0
-        if args[0] != "sample":
-            return self.run(argv)
         try:
-            self.sample_main(args[1:])
+            if args[0] == "sample":
+                self.sample_main(args[1:])
+            elif args[0] in self.commands:
+                self.command_main(args[0], args[1:])
+            else:
+                return self.run(argv)
         except UsageError as exc:
             print(f"{self.name}: error: {exc.for_command_line().strip().splitlines()[0]}", file=sys.stderr)
             return 2
@@ -148,6 +171,36 @@ class Tool:
 
 
 def _resolve(target: str) -> Any:
-    """The attribute named by ``"module:attribute"``, its module imported."""
+    """The attribute named by ``"module:attribute"``, its module imported (with torch and the rest of the stack the
+    first time: a failure to load them is one :class:`UsageError` line, :func:`cannot_load`)."""
     module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, OSError, MemoryError) as exc:
+        message = cannot_load(exc)
+        if message is None:
+            raise
+        raise UsageError(message) from None
+
+
+def cannot_load(exc: BaseException) -> str | None:
+    """Why the libraries failed to load, in one line, when it is lack of memory: under a memory limit (``ulimit -v``
+    or ``-d``) torch and OpenBLAS cannot map their code and buffers ("failed to map segment from shared object");
+    None for any other failure (a broken installation keeps its traceback)."""
+    import resource
+
+    cause = exc
+    while cause.__cause__ is not None:  # numpy's ImportError is raised from the loader's own
+        cause = cause.__cause__
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(cause).__name__
+    limits = [(flag, resource.getrlimit(kind)[0]) for flag, kind in (("-v", resource.RLIMIT_AS),
+                                                                      ("-d", resource.RLIMIT_DATA))]
+    flag, limit = min(((f, v) for f, v in limits if v != resource.RLIM_INFINITY), key=lambda fv: fv[1],
+                      default=(None, None))
+    if limit is not None:
+        return (f"too little memory to load torch and its libraries: this process may use {limit / 2 ** 30:.1f} GiB "
+                f"(ulimit {flag}); raise the limit (ulimit {flag} unlimited) ({detail})")
+    if isinstance(cause, MemoryError) or "failed to map segment" in detail or "Cannot allocate memory" in detail:
+        return f"too little memory to load torch and its libraries ({detail}): close other programs, or add memory"
+    return None

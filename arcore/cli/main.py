@@ -4,6 +4,7 @@ commands, and turns bad input into one ``<tool>: error: ...`` line and exit stat
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import signal
 import sys
@@ -55,11 +56,12 @@ def run(tool: str, datamodule_class: type, sample_main: Callable[[Sequence[str]]
     except UsageError as exc:
         print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # a constructor's UsageError, wrapped by jsonargparse
+    except ValueError as exc:  # a constructor's UsageError wrapped by jsonargparse, or Lightning refusing a setting
         usage = usage_error_in(exc)
-        if usage is None:
+        line = _one_line(usage) if usage is not None else trainer_setting_error(exc)
+        if line is None:
             raise
-        print(f"{tool}: error: {_one_line(usage)}", file=sys.stderr)
+        print(f"{tool}: error: {line}", file=sys.stderr)
         return 2
     except MisconfigurationException as exc:  # Lightning's own refusal of a trainer setting
         print(f"{tool}: error: {_one_line(exc)}", file=sys.stderr)
@@ -85,6 +87,12 @@ def stopped_by(exc: BaseException) -> int | None:
 def parse_error_line(message: str) -> str:
     """jsonargparse's nested parse error as one line: the option it is about and the innermost cause, e.g.
     ``--model.init_args.lr: expected a float, got nan``."""
+    denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
+    key = re.match(r'\s*Parser key "([^"]+)":', message)
+    if denied:  # refused by the import-path policy of arcore.cli.runs.restrict_class_paths, before any import
+        return (f"{'--' + key[1] + ': ' if key else ''}{denied[1]} is not in a module a config may name: classes of "
+                f"arcore, the tools, their models, Lightning, torch or a module in the working folder only (the "
+                f"module is imported before its class is checked)")
     keys: list[str] = []
     for line in message.splitlines():
         text = line.strip().lstrip("-").strip()
@@ -99,6 +107,32 @@ def parse_error_line(message: str) -> str:
                             lambda m: f"expected {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]}, got {m[2]}", detail)
             return f"--{'.'.join(keys)}: {detail}" if keys else detail
     return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+
+
+def trainer_setting_error(exc: BaseException) -> str | None:
+    """Lightning's refusal of a trainer setting that it can only make once the run is set up (a
+    ``val_check_interval`` beyond the batches of an epoch) as one line, each setting it quotes spelled as the command
+    line spells it (``limit_val_batches`` as ``--trainer.limit_val_batches``); None for an error that was not raised
+    by Lightning or quotes no trainer setting."""
+    from pytorch_lightning import Trainer
+
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    module = frame.tb_frame.f_globals.get("__name__", "") if frame is not None else ""
+    settings = inspect.signature(Trainer.__init__).parameters
+    text = " ".join(str(exc).split())
+    if not module.startswith(("pytorch_lightning.", "lightning_fabric.")) or not any(
+            name in settings for name in re.findall(r"`(\w+)", text)):
+        return None
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match[1], match[2]
+        if name not in settings:
+            return match[0]
+        return f"--trainer.{name}" + ("" if value is None else f" {'null' if value == 'None' else value}")
+
+    return re.sub(r"`(\w+)(?:=([^`]*))?`", flag, text)
 
 
 def usage_error_in(exc: BaseException) -> UsageError | None:

@@ -18,9 +18,10 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from arcore.cli.configs import limit_yaml_expansion, restrict_class_paths
 from arcore.cli.record import check_recording, record_test_metrics
 from arcore.cli.resume import check_resume_matches_config
-from arcore.cli.run_folder import apply_run_name, checkpoint_folders, first_process, last_checkpoint
+from arcore.cli.run_folder import SameRunFolder, apply_run_name, checkpoint_folders, first_process, last_checkpoint
 from arcore.cli.wandb_run import continue_wandb_run, finish_wandb_run, wandb_offline_unless_configured
 from arcore.errors import UsageError
 from arcore.files import weights
@@ -171,6 +172,7 @@ class ProjectCLI(HookedCLI):
             resume = ("run the same command again (ckpt_path: last resumes it)"
                       if self.config.fit.get("ckpt_path") == "last" else "run the same command with --ckpt_path last")
             callbacks.insert(0, SaveOnStop(resume))  # first: its final save precedes EMA's end of training
+            callbacks.append(SameRunFolder())
         return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -190,6 +192,7 @@ class ProjectCLI(HookedCLI):
         if subcommand:
             config = self.config[subcommand]
             apply_run_name(config, self.package)
+            check_run_settings(config)
             if subcommand == "fit" and first_process():  # before anything is printed, read or built
                 root = config.trainer.get("default_root_dir")  # config.yaml and the logs: writable before anything
                 folders = checkpoint_folders(config) + ([Path(root)] if root else [])
@@ -202,7 +205,7 @@ class ProjectCLI(HookedCLI):
                                                        if path == "best" else ""))
             if config.get("record_metrics"):
                 check_recording(subcommand, path, config.trainer.get("limit_test_batches"))
-            if path and path not in ("last", "hpc") and "://" not in str(path):
+            if path and path not in ("last", "hpc"):
                 checkpoint = read_checkpoint(path, "--ckpt_path")
                 self._check_checkpoint(path, checkpoint, config, subcommand)
                 if checkpoint.get("weights_only"):
@@ -269,6 +272,28 @@ def configured_data(config: Any) -> tuple[type[CodesDataModule], dict[str, Any]]
     return cls, dict(data.get("init_args") or {})
 
 
+def check_run_settings(config: Any) -> None:
+    """Refuse, in one line naming the flag and before the seed is set or anything built, settings that numpy or
+    Lightning would reject only later, with a traceback or a division by zero: a seed outside numpy's range, a
+    count of batches or epochs below 1, a negative gradient clip (which would flip the gradients' sign)."""
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2 ** 32:
+        raise UsageError(f"--seed_everything must be in [0, 2**32) (numpy's range), or true for a random seed, got "
+                         f"{seed}")
+    trainer = config.trainer
+    for name in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = trainer.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1, got {value}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise UsageError(f"--trainer.val_check_interval must be > 0 (training batches between validations, or a "
+                         f"fraction of an epoch), got {interval}")
+    clip = trainer.get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and not clip >= 0:
+        raise UsageError(f"--trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
+
+
 def lightning_command(tool: str, datamodule_class: type[CodesDataModule], args: list[str], from_sys_argv: bool
                       ) -> None:
     """Run ``fit | validate | test | predict`` with ``args`` (LightningCLI reads ``sys.argv`` itself when
@@ -282,6 +307,8 @@ def lightning_command(tool: str, datamodule_class: type[CodesDataModule], args: 
         from_sys_argv: whether ``args`` are ``sys.argv``'s (LightningCLI then reads them itself).
     """
     wandb_offline_unless_configured()
+    limit_yaml_expansion()
+    restrict_class_paths(Path.cwd())
     if not BASE_CONFIG.is_file():
         raise UsageError(f"{BASE_CONFIG} is missing: the run configs are composed over it; install the project "
                          f"again (pip install -e .)")

@@ -79,14 +79,21 @@ def load_for_sampling(ckpt: str, package: str, device: torch.device) -> Model:
 
 def check_sample_args(args: argparse.Namespace) -> None:
     """Refuse, in one line before any work, what every ``sample`` command refuses: counts, seed, the sampling
-    options (:class:`arcore.sampling.decoding.SampleOptions`), the thread count."""
+    options (:class:`arcore.sampling.decoding.SampleOptions`) and flags that contradict each other (``--greedy`` with a
+    setting it would override), the thread count."""
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.seed < 2 ** 63:
         raise UsageError(f"--seed must be in [0, 2**63), got {args.seed}")
-    sample_options(args)
+    decoding = sample_options(args).decoding
+    overridden = [f"{flag} {value}" for flag, value, default in (
+        ("--temperature", decoding.temperature, 1.0), ("--top-k", decoding.top_k, None),
+        ("--top-p", decoding.top_p, None)) if value != default]
+    if decoding.greedy and overridden:
+        raise UsageError(f"--greedy takes the most likely code at each step, so {' and '.join(overridden)} would have "
+                         f"no effect: drop one or the other")
     cores = os.cpu_count() or 1
     if args.threads is not None and not 1 <= args.threads <= cores:
         raise UsageError(f"--threads must be >= 1 and at most {cores} (this machine's cores), got {args.threads}")

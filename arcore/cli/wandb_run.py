@@ -11,7 +11,7 @@ from typing import Any
 
 from arcore.cli.run_folder import checkpoint_folders
 from arcore.errors import UsageError
-from arcore.files.checkpoint import read_checkpoint
+from arcore.files.checkpoint import newest_last, read_checkpoint
 
 
 def wandb_offline_unless_configured() -> None:
@@ -33,8 +33,8 @@ def continue_wandb_run(config: Any) -> None:
         return
     path = config.ckpt_path
     if path == "last":
-        path = next((folder / "last.ckpt" for folder in checkpoint_folders(config)
-                     if (folder / "last.ckpt").is_file()), None)
+        path = max(filter(None, map(newest_last, checkpoint_folders(config))), key=lambda p: p.stat().st_mtime,
+                   default=None)
     if not path or not Path(path).is_file():
         return
     try:

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -101,12 +102,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (links followed), in words (``a
+    named pipe (FIFO)``, ``a character device``, ``a block device``, ``a socket``), else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), None)
+
+
+STREAMS = ("a named pipe (FIFO)", "a character device")
+"""The special files an output may name: written to in place (a program reading the pipe, ``/dev/null``), never
+replaced by a regular file as an atomic rename would."""
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; when the block ends it is flushed to disk and renamed over
     ``path``. If the block or the disk fails, ``path`` is left as it was, the temporary file is removed with any
-    folder created for it, and the failure is one :class:`UsageError` line naming the file."""
+    folder created for it, and the failure is one :class:`UsageError` line naming the file. A named pipe or a
+    character device at ``path`` (:data:`STREAMS`) is written to directly instead: renaming over it would replace it
+    and the reader at its other end would never get the output."""
     path = Path(path)
+    if special_file(path) in STREAMS:
+        try:
+            with open(path, "wb") as stream:
+                yield stream
+        except OSError as exc:
+            raise UsageError(f"could not write {path} ({exc.strerror or exc})") from None
+        return
     created = make_parents(path)
     remove_leftovers(path.parent)
     temporary = unique_temporary(path)
@@ -132,11 +159,14 @@ def write_atomically(path: str | Path, data: bytes) -> None:
 
 
 def check_output(path: str | Path, option: str = "--out") -> Path:
-    """Refuse, before any work, an output file that could not be written: an existing folder, a path through a
-    regular file, or a folder this process cannot create files in. Creates nothing."""
+    """Refuse, before any work, an output file that could not be written: an existing folder, a block device or a
+    socket, a path through a regular file, or a folder this process cannot create files in. Creates nothing."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder: name a file inside it")
+    kind = special_file(path)
+    if kind is not None and kind not in STREAMS:
+        raise UsageError(f"{option} {path} is {kind}: name a file (a named pipe or a character device is written to)")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -189,20 +219,34 @@ def folder_lock(folders: list[Path], holder: str) -> Iterator[None]:
     are removed again on the way out; ``holder`` (e.g. ``pixelgen fit``) names the other process in the error."""
     with ExitStack() as stack:
         for folder in sorted({f.resolve() for f in folders}):
-            stack.enter_context(_locked(folder, holder))
+            stack.enter_context(_locked(folder, f"{folder} is in use by another `{holder}`",
+                                        "give this run its own folder (--trainer.default_root_dir and the checkpoint "
+                                        "dirpath)", "run from a folder you can write to, or name one with "
+                                                    "--trainer.default_root_dir"))
         yield
 
 
 @contextmanager
-def _locked(folder: Path, holder: str) -> Iterator[None]:
-    lock = folder.with_name(f".{folder.name}.lock")
+def output_lock(path: Path, holder: str, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on the output file ``path`` (``option``) for the duration of the block, as
+    :func:`folder_lock` holds a folder's: a second command writing the same file at the same moment is refused in
+    one line, where both would report success and one file would silently win."""
+    with _locked(Path(os.path.abspath(path)), f"{option} {path} is being written by another `{holder}`",
+                 f"choose another {option}", f"choose an {option} in a folder you can write to"):
+        yield
+
+
+@contextmanager
+def _locked(target: Path, busy: str, advice: str, fix: str) -> Iterator[None]:
+    """The lock of ``target`` (a folder or a file) for the block; ``busy`` says who holds it, ``advice`` how to
+    avoid the clash and ``fix`` what to do when no lock file can be made, in the one-line refusals."""
+    lock = target.with_name(f".{target.name}.lock")
     try:
         created = make_parents(lock)
     except OSError as exc:
-        raise UsageError(f"cannot create {lock.parent} for this run ({exc.strerror or exc}): run from a folder you "
-                         f"can write to, or name one with --trainer.default_root_dir") from None
+        raise UsageError(f"cannot create {lock.parent} ({exc.strerror or exc}): {fix}") from None
     try:
-        fd = _acquire(lock, folder, holder)
+        fd = _acquire(lock, target, busy, advice, fix)
     except BaseException:
         remove_if_empty(created)
         raise
@@ -216,22 +260,19 @@ def _locked(folder: Path, holder: str) -> Iterator[None]:
         remove_if_empty(created)
 
 
-def _acquire(lock: Path, folder: Path, holder: str) -> int:
+def _acquire(lock: Path, target: Path, busy: str, advice: str, fix: str) -> int:
     """An open descriptor of ``lock`` holding its ``flock``, or a one-line refusal naming the holder's pid."""
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise UsageError(f"cannot lock {folder} for this run ({exc.strerror or exc}): run from a folder you can "
-                             f"write to, or name one with --trainer.default_root_dir") from None
+            raise UsageError(f"cannot lock {target} ({exc.strerror or exc}): {fix}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UsageError(f"{folder} is in use by another `{holder}` (pid {other}): wait for it to end, or give "
-                             f"this run its own folder (--trainer.default_root_dir and the checkpoint dirpath)"
-                             ) from None
+            raise UsageError(f"{busy} (pid {other}): wait for it to end, or {advice}") from None
         try:
             if os.path.samestat(os.fstat(fd), os.stat(lock)):
                 return fd

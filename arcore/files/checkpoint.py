@@ -46,14 +46,44 @@ def allow_listed() -> Iterator[None]:
         yield
 
 
+REMOTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+"""The start of a remote address (``http://``, ``s3://``, ``gs://``): fsspec's way of naming files elsewhere."""
+
+
+LAST_NAME = "last.ckpt"
+"""The name of a run's last checkpoint (Lightning's ``ModelCheckpoint`` with ``save_last``)."""
+
+
+def newest_last(folder: Path) -> Path | None:
+    """The newest of ``last.ckpt`` and the ``last-vN.ckpt`` beside it in ``folder`` (Lightning versions the name when
+    it takes the ``last.ckpt`` it finds for another run's), or None: the file ``ckpt_path: last`` resumes."""
+    try:
+        found = [entry for entry in folder.iterdir() if re.fullmatch(r"last(-v\d+)?\.ckpt", entry.name)
+                 and entry.is_file()]
+    except OSError:
+        return None
+    return max(found, key=lambda entry: entry.stat().st_mtime, default=None)
+
+
 def read_checkpoint_bytes(path: str | Path, what: str = "checkpoint", hint: str = "") -> bytes:
     """The bytes of the checkpoint file ``path`` after checking that it is one and undamaged; ``what`` names it in
-    errors (``--ckpt``, ``--ckpt_path``) and ``hint`` ends the missing-file error (how to get one)."""
+    errors (``--ckpt``, ``--ckpt_path``) and ``hint`` ends the missing-file error (how to get one). A remote address
+    (``https://``, ``s3://``) is refused: the checks need the whole file here, and a download is the user's to make
+    (a ``Path`` would also fold its ``//`` into one slash). A ``last.ckpt`` older than a ``last-vN.ckpt`` beside it
+    (:func:`newest_last`) is refused too: it is not the run's last checkpoint."""
+    if REMOTE.match(str(path)):
+        raise UsageError(f"{what} {path} is a remote address: checkpoints are read from local files only; download it "
+                         f"first (e.g. curl -fLo model.ckpt URL) and pass the file")
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist{hint}")
+    newer = newest_last(path.parent) if path.name == LAST_NAME else None
+    if newer is not None and newer.name != LAST_NAME and newer.stat().st_mtime > path.stat().st_mtime:
+        raise UsageError(f"{what} {path} is older than {newer.name} beside it, the run's later last checkpoint (saved "
+                         f"under that name after the run folder was moved or copied): pass {newer}, or remove the "
+                         f"older file")
     try:
         size, memory = path.stat().st_size, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if size > memory // 2:  # read whole, then unpacked into tensors: twice its size at least

@@ -116,6 +116,13 @@ def declared_tool(name: str) -> str | None:
     return None
 
 
+def declared_packages() -> set[str]:
+    """The top-level packages whose model classes an installed distribution declares in an entry-point group of a
+    tool (``pixelgen``, ``wavegen``, and a user's model packages), read from the metadata alone."""
+    return {point.value.split(":")[0].split(".")[0] for dist in distributions() for point in dist.entry_points
+            if point.group.endswith(".models")}
+
+
 def model_class(checkpoint: dict[str, Any], path: str | Path, tool: str, command: str | None = "sample") -> type:
     """The model class a checkpoint records, looked up among the registered models of ``tool``. A checkpoint of
     another tool is named as such (``use `wavegen COMMAND```, or ``wavegen.load`` for a Python caller,

@@ -43,10 +43,12 @@ def is_weights_file(data: bytes, path: str | Path) -> bool:
     """Whether ``data`` is (or claims to be, by its suffix or its first bytes) a safetensors file: an 8-byte
     little-endian header size, then a JSON object. Torch checkpoints start with ``PK`` (zip) or a pickle opcode,
     never with this, so a renamed checkpoint is read as what it is."""
+    size = int.from_bytes(data[:8], "little")
+    if len(data) > 8 and data[8:9] == b"{" and size <= MAX_HEADER:  # first: a header size may start with 0x80
+        return True
     if data[:2] == b"PK" or data[:1] == b"\x80":
         return False
-    size = int.from_bytes(data[:8], "little")
-    return Path(path).suffix.lower() == SUFFIX or (len(data) > 8 and data[8:9] == b"{" and size <= MAX_HEADER)
+    return Path(path).suffix.lower() == SUFFIX
 
 
 def split(data: bytes, path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, str], bytes]:

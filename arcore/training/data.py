@@ -24,6 +24,11 @@ def warn(tool: str, message: str) -> None:
     tqdm.write(f"{tool}: warning: {message}", file=sys.stderr)
 
 
+def machine_memory() -> int:
+    """This machine's memory in bytes: the bound a size is checked against before it is allocated."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def scan(items: Sequence[T], desc: str) -> Iterable[T]:
     """``items`` with a progress bar on stderr for a long data scan; no bar when stderr is not a terminal."""
     from tqdm.auto import tqdm
