@@ -67,7 +67,11 @@ class MelFrames:
 
     @classmethod
     def of(cls, model: WaveNet | MelFrames) -> MelFrames:
-        """The layout of a vocoder's frames (its ``mel_transform``); a layout is returned as it is."""
+        """The layout of a vocoder's frames (its ``mel_transform``); a layout is returned as it is.
+
+        Args:
+            model: a vocoder (:class:`wavegen.wavenet.WaveNet` with mel conditioning) or a layout.
+        """
         if isinstance(model, MelFrames):
             return model
         if not getattr(model, "n_mels", 0):
@@ -87,11 +91,20 @@ class MelFrames:
         return self.fft_size // 2 + 1
 
     def frames(self, length: int) -> int:
-        """How many frames ``length`` samples give."""
+        """How many frames ``length`` samples give.
+
+        Args:
+            length: samples of audio.
+        """
         return length // self.hop_length + 1
 
     def filterbank(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The mel filterbank ``[n_fft // 2 + 1, n_mels]`` (torchaudio's ``melscale_fbanks``, HTK, no norm)."""
+        """The mel filterbank ``[n_fft // 2 + 1, n_mels]`` (torchaudio's ``melscale_fbanks``, HTK, no norm).
+
+        Args:
+            device: where the filterbank is wanted.
+            dtype: its float type.
+        """
         key = (str(device), dtype)
         if key not in self._filterbank:
             import torchaudio.functional as AF
@@ -101,7 +114,11 @@ class MelFrames:
         return self._filterbank[key]
 
     def stft(self, audio: torch.Tensor) -> torch.Tensor:
-        """The complex STFT ``[..., n_fft // 2 + 1, frames]`` of float audio ``[..., T]`` (Hann window, centred)."""
+        """The complex STFT ``[..., n_fft // 2 + 1, frames]`` of float audio ``[..., T]`` (Hann window, centred).
+
+        Args:
+            audio: float audio ``[..., T]``.
+        """
         window = torch.hann_window(self.fft_size, device=audio.device, dtype=audio.dtype)
         flat = audio.reshape(-1, audio.shape[-1])
         spec = torch.stft(flat, self.fft_size, self.hop_length, window=window, center=True, pad_mode="reflect",
@@ -110,18 +127,31 @@ class MelFrames:
 
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """Float audio ``[..., length]`` of a complex STFT ``[..., n_fft // 2 + 1, frames]``: the least-squares
-        inverse of :meth:`stft`."""
+        inverse of :meth:`stft`.
+
+        Args:
+            spec: a complex STFT ``[..., n_fft // 2 + 1, frames]``.
+            length: samples of the audio wanted.
+        """
         window = torch.hann_window(self.fft_size, device=spec.device, dtype=spec.real.dtype)
         flat = spec.reshape(-1, *spec.shape[-2:])
         audio = torch.istft(flat, self.fft_size, self.hop_length, window=window, center=True, length=length)
         return audio.reshape(*spec.shape[:-2], length)
 
     def band_powers(self, power: torch.Tensor) -> torch.Tensor:
-        """Mel band powers ``[..., n_mels, F]`` of a power spectrogram ``[..., n_fft // 2 + 1, F]``."""
+        """Mel band powers ``[..., n_mels, F]`` of a power spectrogram ``[..., n_fft // 2 + 1, F]``.
+
+        Args:
+            power: a power spectrogram ``[..., n_fft // 2 + 1, F]``.
+        """
         return torch.matmul(power.transpose(-1, -2), self.filterbank(power.device, power.dtype)).transpose(-1, -2)
 
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
-        """Log-mel frames ``[..., n_mels, T // hop_length + 1]`` of float audio ``[..., T]``."""
+        """Log-mel frames ``[..., n_mels, T // hop_length + 1]`` of float audio ``[..., T]``.
+
+        Args:
+            audio: float audio ``[..., T]`` at :attr:`sample_rate`.
+        """
         if audio.shape[-1] < self.min_length:
             raise UsageError(f"{audio.shape[-1]} samples are too few for a mel frame: it needs more than "
                              f"{self.fft_size // 2}")
@@ -149,7 +179,12 @@ class MelFrames:
 
     def check(self, mel: torch.Tensor, length: int | None) -> int:
         """The audio length for frames ``mel [..., n_mels, F]`` of this layout (``length``, or
-        ``hop_length * (F - 1)``), refused in one line when the frames do not fit it."""
+        ``hop_length * (F - 1)``), refused in one line when the frames do not fit it.
+
+        Args:
+            mel: frames ``[..., n_mels, F]``.
+            length: the audio's length, or None for the frames' own.
+        """
         frames = mel.shape[-1]
         length = self.hop_length * (frames - 1) if length is None else int(length)
         if length < self.min_length or self.frames(length) != frames:
