@@ -17,32 +17,63 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from arcore.cli.wandb_run import wandb_offline_unless_configured
+from arcore.errors import UsageError
+from arcore.training.wandb_mode import api_key_configured, choose_wandb_mode
+from pixelgen.cli import main as pixelgen_main
 from arcore.training.callbacks import SampleLogger
 from pixelgen.igpt import ImageGPT
 from pixelgen.pixelcnn import PixelCNN
 from tests.test_palette import COLOURS, patch_images
-from tests.test_pixelgen_cli import make_folder_dataset
+from tests.test_pixelgen_cli import ROOT, make_folder_dataset
 from wavegen.wavenet import WaveNet
 
 
-def test_wandb_is_offline_unless_an_account_or_mode_is_configured(tmp_path, monkeypatch):
+def test_wandb_is_offline_unless_an_account_is_configured_and_reachable(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("NETRC", raising=False)
-    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    wandb_offline_unless_configured()
-    assert os.environ["WANDB_MODE"] == "offline"
+    choose_wandb_mode("pixelgen")
+    assert os.environ["WANDB_MODE"] == "offline" and capsys.readouterr().err == ""
 
     monkeypatch.delenv("WANDB_MODE")
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret-key\n")
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1\n  login user\n  password secret-key\n")
     (tmp_path / ".netrc").chmod(0o600)
-    wandb_offline_unless_configured()
-    assert "WANDB_MODE" not in os.environ
+    assert api_key_configured() is False  # an entry for another server than W&B's
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # an account on a server that is down
+    assert api_key_configured() is True
+    choose_wandb_mode("pixelgen")
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert "W&B server 127.0.0.1 cannot be reached: logging offline" in capsys.readouterr().err
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    wandb_offline_unless_configured()
+    choose_wandb_mode("pixelgen")
     assert os.environ["WANDB_MODE"] == "disabled"
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_BASE_URL")
+    with pytest.raises(UsageError, match="WANDB_MODE=online but no W&B API key is configured"):
+        choose_wandb_mode("pixelgen")
+
+
+def test_a_run_logs_into_its_own_folder_after_the_process_changed_folder(tmp_path, monkeypatch):
+    """W&B's service resolves a relative run folder against the folder it started in: each run's folder is made
+    absolute before it starts, so a second run from another folder writes its log where ``wandb sync`` looks."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    images = make_folder_dataset(tmp_path / "images", size=8)
+    for first in ("a", "b"):
+        (tmp_path / first).mkdir()
+        monkeypatch.chdir(tmp_path / first)
+        status = pixelgen_main(["fit", "--config", str(ROOT / "lightning_configs" / "pixelcnn_mnist.yaml"), "--name", "run",
+                       "--data.dataset", "folder", "--data.root", str(images), "--data.channels", "1",
+                       "--data.batch_size", "2", "--data.val_size", "2", "--model.init_args.image_shape", "[1, 8, 8]",
+                                 "--model.init_args.hidden", "4",
+                       "--model.init_args.layers", "1", "--trainer.max_steps", "1", "--trainer.limit_val_batches",
+                       "1", "--trainer.enable_progress_bar", "false"])
+        assert status == 0
+        runs = list((tmp_path / first / "runs" / "run" / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), (first, runs)
 
 
 def wandb_history(run: Path, wait: float = 60.0) -> list[dict[str, object]]:

@@ -137,6 +137,9 @@ class Project:
         elif name == "python" and words[1] == "-c":
             self.python(words[2], where)
         elif name == "wandb" and words[1] == "sync":
+            if not (self.folder / "runs" / "pixelcnn_mnist").is_dir():  # NAME: the README's first run, made here
+                self.tool([".venv/bin/pixelgen", "fit", "--config", "lightning_configs/pixelcnn_mnist.yaml",
+                           "--data.root", str(self.mnist)], f"{where} (the run it syncs)")
             found = [Path(p) for w in self.place(words)[2:] for p in glob.glob(str(self.folder / w))]
             assert found and all(next(p.glob("*.wandb"), None) for p in found), f"{where}: no offline run {words[2:]}"
         elif words == ["source", ".venv/bin/activate"]:

@@ -22,7 +22,7 @@ from arcore.cli.configs import limit_yaml_expansion, restrict_class_paths
 from arcore.cli.record import check_recording, record_test_metrics
 from arcore.cli.resume import check_resume_matches_config
 from arcore.cli.run_folder import SameRunFolder, apply_run_name, checkpoint_folders, first_process, last_checkpoint
-from arcore.cli.wandb_run import continue_wandb_run, finish_wandb_run, wandb_offline_unless_configured
+from arcore.cli.wandb_run import anchor_wandb_folders, continue_wandb_run, finish_wandb_run
 from arcore.errors import UsageError
 from arcore.files import weights
 from arcore.files.atomic import atomic_write, folder_lock
@@ -164,6 +164,7 @@ class ProjectCLI(HookedCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         quiet_wandb_loggers(trainer.loggers)
+        anchor_wandb_folders(trainer.loggers)
         callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's init
         for i, callback in enumerate(callbacks):
             if type(callback) is TQDMProgressBar:  # Lightning's own bar
@@ -306,7 +307,6 @@ def lightning_command(tool: str, datamodule_class: type[CodesDataModule], args: 
         args: the command line after the tool's name.
         from_sys_argv: whether ``args`` are ``sys.argv``'s (LightningCLI then reads them itself).
     """
-    wandb_offline_unless_configured()
     limit_yaml_expansion()
     restrict_class_paths(Path.cwd())
     if not BASE_CONFIG.is_file():

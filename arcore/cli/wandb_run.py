@@ -1,29 +1,32 @@
-"""A run's W&B run: offline unless an account or a mode is configured, continued by a resumed ``fit``, and ended
-with the command."""
+"""A run's W&B run: its folder fixed before it starts, continued by a resumed ``fit``, and ended with the command
+(the mode, offline unless an account is configured and reachable, is :mod:`arcore.training.wandb_mode`'s)."""
 
 from __future__ import annotations
 
-import netrc
-import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from arcore.cli.run_folder import checkpoint_folders
 from arcore.errors import UsageError
 from arcore.files.checkpoint import newest_last, read_checkpoint
+from arcore.training.lightning_private import wandb_init_settings
 
 
-def wandb_offline_unless_configured() -> None:
-    """Log to W&B offline (sync later with ``wandb sync``) unless the user has an account or chose a mode."""
-    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
-        return
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    os.environ["WANDB_MODE"] = "offline"
+def anchor_wandb_folders(loggers: Iterable[Any]) -> None:
+    """Give every Lightning ``WandbLogger`` of ``loggers`` that has not started its run an absolute folder.
+
+    W&B's background service, started by a process's first run, resolves a relative run folder against its own
+    working folder: a later run of the same process (a notebook, a script calling the tools) that changed folder
+    would write its log where nobody looks, and ``wandb sync`` would find nothing.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        init = wandb_init_settings(logger) if isinstance(logger, WandbLogger) else None
+        if isinstance(init, dict) and init.get("dir"):
+            init["dir"] = str(Path(init["dir"]).absolute())
 
 
 def continue_wandb_run(config: Any) -> None:
