@@ -2,30 +2,38 @@
 :class:`Capabilities`, and the check every model class passes when it registers (:func:`check_model_class`).
 
 - :class:`Autoregressive`: what the sampling engine needs (any ``torch.nn.Module`` that keeps it samples, Lightning or
-  not);
+  not), stated by the engine itself in :mod:`arcore.sampling.cache`;
 - :class:`Model`: what the command lines, the callbacks and the files need besides (``arcore.training.module.
   AutoregressiveModule`` provides all of it but ``forward`` and ``render_samples``);
+- what ``render_samples`` returns, a typed value: :class:`Images`, :class:`Audio` or :class:`Text` (together
+  :data:`Media`; :mod:`arcore.files.media` writes them), so a caller learns what it got from the value's type, never
+  from a string key;
 - optional parts, each gated by a flag of :class:`Capabilities`: :class:`Resynthesizer` (``resynthesis``) and
   :class:`HalfWeights` (``half_weights``). A caller reaches them only through :func:`resynthesizer` and
   :func:`half_weights`, which check the flag, so nothing is guessed from attribute names.
 
-This module imports nothing at run time but the standard library: every layer may use it.
+Only the command lines, the training layer and the files use this module; it uses only the sampling layer below
+them (torch, never Lightning).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from arcore.sampling.cache import Autoregressive
 
 if TYPE_CHECKING:
     import torch
 
-    from arcore.files.media import Media
-    from arcore.sampling.cache import Sampler
     from arcore.sampling.decoding import SampleOptions
     from arcore.sampling.engine import BeamResult
+
+__all__ = ["Audio", "Autoregressive", "Capabilities", "ContractError", "HalfWeights", "Images", "Media", "Model",
+           "Resynthesizer", "Text", "check_capabilities", "check_model_class", "half_weights", "required",
+           "resynthesizer"]
 
 
 @dataclass(frozen=True)
@@ -49,21 +57,39 @@ class Capabilities:
     codes_per_second: int | None = None
 
 
-class Autoregressive(Protocol):
-    """What the sampling engine (:mod:`arcore.sampling.engine`) needs of a model: p(x) = prod_t p(x_t | x_<t) over
-    ``event_shape_for(length)`` codes in the order of ``to_order``, each with ``num_classes`` values."""
+@dataclass(frozen=True)
+class Images:
+    """A batch of pictures: ``pixels`` float ``[B, C, H, W]`` in [0, 1], C = 1 or 3."""
 
-    num_classes: int
-    training: bool
+    pixels: torch.Tensor
 
-    def event_shape_for(self, length: int | None) -> tuple[int, ...]: ...
-    def to_order(self, x: torch.Tensor) -> torch.Tensor: ...
-    def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
-    def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
-    def __call__(self, codes: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
-    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler: ...
-    def parameters(self) -> Iterable[torch.nn.Parameter]: ...
-    def train(self, mode: bool = True) -> Any: ...
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A batch of mono clips: ``clips`` float ``[B, T]`` in [-1, 1] at ``sample_rate`` samples per second."""
+
+    clips: torch.Tensor
+    sample_rate: int
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A batch of strings, one per sample."""
+
+    texts: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+Media = Images | Audio | Text
+"""What ``render_samples`` returns."""
 
 
 class Model(Autoregressive, Protocol):
@@ -157,7 +183,7 @@ def check_model_class(cls: type) -> None:
                             f"arcore.contract.Model)")
     if not isinstance(getattr(cls, "renders", None), type):
         raise ContractError(f"{cls.__qualname__} does not declare what it renders: set the class attribute renders "
-                            f"to Images, Audio or Text (arcore.files.media), what its render_samples returns")
+                            f"to Images, Audio or Text (arcore.contract), what its render_samples returns")
     declared = inspect.getattr_static(cls, "capabilities", None)
     if isinstance(declared, Capabilities):
         check_capabilities(cls, declared)

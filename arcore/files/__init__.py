@@ -4,7 +4,8 @@
 - :mod:`arcore.files.checkpoint`: checkpoints read without running their code, damage refused;
 - :mod:`arcore.files.weights`: safetensors weights files for sharing a trained model;
 - :mod:`arcore.files.registry`: which model classes a file may name (entry points), and reading a model from a file;
-- :mod:`arcore.files.media`: ``Images``, ``Audio``, ``Text`` and writing them as PNG, WAV and text.
+- :mod:`arcore.files.media`: writing a model's ``Images``, ``Audio`` and ``Text`` (:mod:`arcore.contract`) as PNG,
+  WAV and text.
 
 Before ``arcore.files`` was this package it was the module now at :mod:`arcore.files.atomic`; its names are found
 here still (``from arcore.files import atomic_write``).

@@ -3,56 +3,22 @@ spectrogram pictures, UTF-8 text, each written atomically (:func:`arcore.files.a
 leaves the earlier file whole.
 
 A model's ``render_samples(codes)`` returns one of :class:`Images`, :class:`Audio` or :class:`Text` (together
-:data:`Media`), so a caller learns what it got from the value's type, never from a string key.
+:data:`Media`, defined with the model's contract in :mod:`arcore.contract` and importable from here too).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from arcore.contract import Audio, Images, Media, Text
 from arcore.files.atomic import write_atomically
 
-
-@dataclass(frozen=True)
-class Images:
-    """A batch of pictures: ``pixels`` float ``[B, C, H, W]`` in [0, 1], C = 1 or 3."""
-
-    pixels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-
-@dataclass(frozen=True)
-class Audio:
-    """A batch of mono clips: ``clips`` float ``[B, T]`` in [-1, 1] at ``sample_rate`` samples per second."""
-
-    clips: torch.Tensor
-    sample_rate: int
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-
-@dataclass(frozen=True)
-class Text:
-    """A batch of strings, one per sample."""
-
-    texts: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-
-Media = Images | Audio | Text
-"""What ``render_samples`` returns."""
 
 SUFFIXES: dict[type, str] = {Images: ".png", Audio: ".wav", Text: ".txt"}
 """The file each kind of media is written as."""

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from arcore.contract import Autoregressive
+    from collections.abc import Iterable
+
     from arcore.sampling.decoding import Decoding
 
 Piece = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -40,6 +41,25 @@ Step = Callable[[torch.Tensor], torch.Tensor]
 Drawer = Callable[[torch.Tensor, "torch.Tensor | None"], None]
 """``draw(seq, gumbel)``: one whole sampling position (:meth:`Sampler.drawer`); ``gumbel`` [B, num_classes] is the
 position's Gumbel noise (None when the decoding takes the argmax)."""
+
+
+class Autoregressive(Protocol):
+    """What the sampling engine (:mod:`arcore.sampling.engine`) needs of a model: p(x) = prod_t p(x_t | x_<t) over
+    ``event_shape_for(length)`` codes in the order of ``to_order``, each with ``num_classes`` values. Any
+    ``torch.nn.Module`` that keeps it samples, Lightning or not; :class:`arcore.contract.Model` adds what the tools
+    need."""
+
+    num_classes: int
+    training: bool
+
+    def event_shape_for(self, length: int | None) -> tuple[int, ...]: ...
+    def to_order(self, x: torch.Tensor) -> torch.Tensor: ...
+    def prime_to_order(self, prime: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
+    def from_order(self, seq: torch.Tensor, event_shape: tuple[int, ...]) -> torch.Tensor: ...
+    def __call__(self, codes: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+    def sampler(self, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> Sampler: ...
+    def parameters(self) -> Iterable[torch.nn.Parameter]: ...
+    def train(self, mode: bool = True) -> Any: ...
 
 
 class StepCache:
@@ -184,7 +204,7 @@ class ForwardSampler(Sampler):
     """The cache-free step every model has: the teacher-forced pass over the whole code buffer, logits taken at
     ``cache.position``. It is the reference of every cached path, and the cached path of a model that writes only
     ``forward`` (static shapes, so it captures too). It needs only the engine's contract
-    (:class:`arcore.contract.Autoregressive`): any ``torch.nn.Module`` that keeps it samples, Lightning or
+    (:class:`Autoregressive`): any ``torch.nn.Module`` that keeps it samples, Lightning or
     not."""
 
     def __init__(self, model: Autoregressive, batch_size: int, cond: Any, event_shape: tuple[int, ...]) -> None:

@@ -14,7 +14,7 @@ on a GPU (warmed up on a side stream with the state restored afterwards, so capt
 ``torch.compile(fullgraph=True, dynamic=False)`` elsewhere. ``"cudagraph"``, ``"reduce-overhead"`` (torch.compile's
 CUDA graphs) or a torch.compile backend name or callable may be passed instead of ``True``. A piece its sampler marks as not capturable (a native fused CPU step) runs as it is.
 
-A model used here provides (:class:`arcore.contract.Autoregressive`; ``arcore.training.module.AutoregressiveModule``
+A model used here provides (:class:`arcore.sampling.cache.Autoregressive`; ``arcore.training.module.AutoregressiveModule``
 provides it all but ``forward``):
 
 - ``num_classes``; ``event_shape_for(length)``: the shape of one sample's codes;
@@ -33,9 +33,8 @@ from typing import Any
 
 import torch
 
-from arcore.contract import Autoregressive
 from arcore.errors import UsageError
-from arcore.sampling.cache import ForwardSampler, Piece, Sampler, Step, StepCache
+from arcore.sampling.cache import Autoregressive, ForwardSampler, Piece, Sampler, Step, StepCache
 from arcore.sampling.decoding import Capture, SampleOptions, gumbel
 
 
@@ -212,7 +211,7 @@ def sample(model: Autoregressive, n: int, *, cond: Any = None, prime: torch.Tens
     ``generator`` seed they return the same codes (up to float rounding of the logits).
 
     Args:
-        model: the model (:class:`arcore.contract.Autoregressive`).
+        model: the model (:class:`arcore.sampling.cache.Autoregressive`).
         n: how many samples.
         cond: their conditioning, or None.
         prime: a prefix of each sample to continue, or None.
@@ -260,7 +259,7 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
     equals ``model.log_prob(codes)``. Caches are reordered by beam in place at every step.
 
     Args:
-        model: the model (:class:`arcore.contract.Autoregressive`).
+        model: the model (:class:`arcore.sampling.cache.Autoregressive`).
         n: how many searches.
         beams: the beams kept at every step.
         cond: their conditioning, or None.
@@ -275,7 +274,10 @@ def beam_search(model: Autoregressive, n: int = 1, *, beams: int = 4, cond: Any 
     event_shape = model.event_shape_for(length)
     device = _device(model)
     rows = n * beams
-    expand = (lambda x: None if x is None else x.repeat_interleave(beams, dim=0))
+
+    def expand(x: Any) -> Any:
+        return None if x is None else x.repeat_interleave(beams, dim=0)
+
     was_training = model.training
     model.train(False)
     try:
