@@ -31,6 +31,7 @@ def test_the_site_builds_in_strict_mode_with_every_page_and_the_api(tmp_path):
     api = (site / "api" / "arcore" / "index.html").read_text()
     assert 'id="arcore.sampling.engine.sample"' in api  # rendered from docstrings
     assert 'id="arcore.sampling.cache.StepCache"' in api
+    assert 'id="arcore.contract.Capabilities"' in api and 'id="arcore.contract.Model"' in api  # the contract
     assert 'id="pixelgen.igpt.ImageGPT"' in (site / "api" / "pixelgen" / "index.html").read_text()
     assert 'id="wavegen.wavenet.WaveNet"' in (site / "api" / "wavegen" / "index.html").read_text()
     results = (site / "results" / "index.html").read_text()
