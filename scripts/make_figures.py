@@ -31,7 +31,8 @@ SEED = "0"
 # image run: (its data folder under --data-root, enlargement: the image GPT run's 14x14 images are drawn twice as
 # large, the size of the other MNIST pictures)
 IMAGE_RUNS = {"pixelcnn_mnist": ("", 1), "pixelcnn_cifar10": ("cifar10-subset", 1), "igpt_mnist": ("", 2),
-              "pixelcnn_cifar10_mixture": ("cifar10-subset", 1), "pixelcnn_mnist8": ("", 1),
+              "pixelcnn_cifar10_mixture": ("cifar10-subset", 1), "pixelcnn_cifar10_recipe": ("cifar10-subset", 1),
+              "pixelcnn_mnist8": ("", 1),
               "pixelcnn_mnist8_mixture": ("", 1)}
 AUDIO_RUNS = {"wavenet_speech": 2.0}  # audio run: seconds of the clip
 VOCODER_RUNS = {"wavenet_vocoder": ("audio/speech-en", 3.0)}  # vocoder run: its data under --data-root, seconds

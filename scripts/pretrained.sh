@@ -21,7 +21,7 @@ IGPT=(--data.root "$DATA_ROOT" --model.init_args.resolution 14)
 
 if [ "$STAGE" != ship ]; then
   (
-    $P fit --config lightning_configs/pixelcnn_cifar10.yaml "${CIFAR[@]}" --trainer.max_epochs 8 --trainer.max_time $LONG
+    $P fit --config lightning_configs/pixelcnn_cifar10_recipe.yaml "${CIFAR[@]}"  # its 1,900 steps
     $P fit --config lightning_configs/igpt_mnist.yaml "${IGPT[@]}" --trainer.max_steps 980 --trainer.max_time $LONG
   ) &
   $W fit --config lightning_configs/wavenet_vocoder.yaml "${SPEECH[@]}"  # the config's 5,000 steps, then resumed
@@ -33,16 +33,18 @@ fi
 
 if [ "$STAGE" != train ]; then
   mkdir -p pretrained
-  ship() {  # tool, run, data options...; WaveNets ship float16-valued weights (their fused CPU step's fast path)
-    local tool=$1 run=$2; shift 2
+  # ship TOOL RUN FILE DATA...: runs/RUN (trained by lightning_configs/RUN.yaml) exported as pretrained/FILE.safetensors
+  # and its test metrics recorded; WaveNets ship float16-valued weights (their fused CPU step's fast path)
+  ship() {
+    local tool=$1 run=$2 file=$3; shift 3
     local half=(); if [ "$tool" = wavegen ]; then half=(--half-weights); fi
-    .venv/bin/$tool export --ckpt "runs/$run/checkpoints/last.ckpt" --out "pretrained/$run.safetensors" "${half[@]}"
-    .venv/bin/$tool test --config "lightning_configs/$run.yaml" "$@" --ckpt_path "pretrained/$run.safetensors" \
+    .venv/bin/$tool export --ckpt "runs/$run/checkpoints/last.ckpt" --out "pretrained/$file.safetensors" "${half[@]}"
+    .venv/bin/$tool test --config "lightning_configs/$run.yaml" "$@" --ckpt_path "pretrained/$file.safetensors" \
       --record_metrics true --trainer.logger false
   }
-  ship pixelgen pixelcnn_mnist --data.root "$DATA_ROOT"
-  ship pixelgen pixelcnn_cifar10 "${CIFAR[@]}"
-  ship pixelgen igpt_mnist "${IGPT[@]}"
-  ship wavegen wavenet_speech "${SPEECH[@]}"
-  ship wavegen wavenet_vocoder "${SPEECH[@]}"
+  ship pixelgen pixelcnn_mnist pixelcnn_mnist --data.root "$DATA_ROOT"
+  ship pixelgen pixelcnn_cifar10_recipe pixelcnn_cifar10 "${CIFAR[@]}"
+  ship pixelgen igpt_mnist igpt_mnist "${IGPT[@]}"
+  ship wavegen wavenet_speech wavenet_speech "${SPEECH[@]}"
+  ship wavegen wavenet_vocoder wavenet_vocoder "${SPEECH[@]}"
 fi

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from arcore.errors import UsageError
+from arcore.files.checkpoint import read_checkpoint
 from arcore.sampling.engine import stepper
 from pixelgen.cli import main
 from pixelgen.pixelcnn import PixelCNN
@@ -160,8 +162,8 @@ def test_bad_output_options_are_one_line_errors():
     assert PixelCNN(image_shape=(3, 8, 8), hidden=8, head=8, output="logistic_mixture").head2.out_channels == 100
 
 
-@pytest.mark.parametrize("config,channels", [("pixelcnn_cifar10_mixture.yaml", 3), ("pixelcnn_mnist8.yaml", 1),
-                                             ("pixelcnn_mnist8_mixture.yaml", 1)])
+@pytest.mark.parametrize("config,channels", [("pixelcnn_cifar10_mixture.yaml", 3), ("pixelcnn_cifar10_recipe.yaml", 3),
+                                             ("pixelcnn_mnist8.yaml", 1), ("pixelcnn_mnist8_mixture.yaml", 1)])
 def test_shipped_configs_fit_test_and_sample_at_a_tiny_size(config, channels, tmp_path, monkeypatch, capsys):
     data = make_folder_dataset(tmp_path / "images")
     monkeypatch.chdir(tmp_path)  # the config's run folder (runs/<name>) lands here
@@ -174,7 +176,8 @@ def test_shipped_configs_fit_test_and_sample_at_a_tiny_size(config, channels, tm
     assert main(["test", *args]) == 0
     assert "test/bpd" in capsys.readouterr().out
     ckpt = tmp_path / "runs" / config.removesuffix(".yaml") / "checkpoints" / "last.ckpt"
-    output = torch.load(ckpt, weights_only=False)["hyper_parameters"]["output"]
-    assert output == ("logistic_mixture" if "mixture" in config else "softmax")
+    trained = read_checkpoint(ckpt)["hyper_parameters"]
+    own = yaml.safe_load((ROOT / "lightning_configs" / config).read_text())["model"]["init_args"]
+    assert trained["output"] == own.get("output", "softmax") and trained["dropout"] == own.get("dropout", 0.0)
     assert main(["sample", "--ckpt", str(ckpt), "--num-samples", "4", "--out", "grid.png"]) == 0
     assert np.asarray(Image.open("grid.png")).shape == (2 + 2 * 10, 2 + 2 * 10, 3)  # 2 x 2 grid of 8x8 images
