@@ -173,6 +173,7 @@ def test_one_line_switches_the_logger_to_csv(tmp_path):
 KILL_CONFIG = """
 seed_everything: 7
 ckpt_path: last
+threads: 1
 trainer:
   accelerator: cpu
   max_epochs: 6
